@@ -1,0 +1,142 @@
+"""Kimi-VL for the learner: MoonViT -> projector -> DeepSeek-V3 (MLA + MoE) language model.
+
+The text tower is transformers' ``DeepseekV3ForCausalLM``; kvrl writes only the vision tower, the
+projector and the glue. Module names equal the official checkpoint's top-level prefixes
+(``vision_tower``, ``multi_modal_projector``, ``language_model``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from transformers import DeepseekV3ForCausalLM, GenerationMixin, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration import KimiVLConfig
+from .moonvit import MoonViT
+
+
+class KimiVLProjector(nn.Module):
+    """LayerNorm -> 2x2 merge (4x channels) -> Linear -> GELU -> Linear (Kimi-VL report, sec. 2.1)."""
+
+    def __init__(self, config: KimiVLConfig):
+        super().__init__()
+        vision = config.vision_config
+        kh, kw = vision.merge_kernel_size
+        self.merged = vision.hidden_size * kh * kw
+        self.pre_norm = nn.LayerNorm(vision.hidden_size, eps=1e-5)
+        self.linear_1 = nn.Linear(self.merged, self.merged)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(self.merged, config.text_config.hidden_size)
+
+    def forward(self, merged: torch.Tensor) -> torch.Tensor:
+        # merged: (T, kh*kw, D) -> (T, text hidden)
+        x = self.pre_norm(merged).reshape(-1, self.merged)
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+class KimiVLPreTrainedModel(PreTrainedModel):
+    config_class = KimiVLConfig
+    base_model_prefix = ""
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["DeepseekV3DecoderLayer", "EncoderBlock"]
+    _supports_sdpa = True
+    _keep_in_fp32_modules_strict = ["e_score_correction_bias"]
+
+
+class KimiVLForConditionalGeneration(KimiVLPreTrainedModel, GenerationMixin):
+    def __init__(self, config: KimiVLConfig):
+        super().__init__(config)
+        self.vision_tower = MoonViT(config.vision_config)
+        self.multi_modal_projector = KimiVLProjector(config)
+        self.language_model = DeepseekV3ForCausalLM(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def image_features(self, pixel_values: torch.Tensor, image_grid_hws: torch.Tensor) -> torch.Tensor:
+        """(num_patches, 3, 14, 14) + (num_images, 2) -> (num_patches / 4, text hidden)."""
+        dtype = self.vision_tower.patch_embed.proj.weight.dtype
+        merged = self.vision_tower(pixel_values.to(dtype), image_grid_hws)
+        return self.multi_modal_projector(merged)
+
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_hws: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token embeddings with each image placeholder row replaced by that image's features, in order."""
+        embeds = self.get_input_embeddings()(input_ids)
+        is_image = input_ids == self.config.media_placeholder_token_id
+        num_slots = int(is_image.sum())
+        if pixel_values is None:
+            if num_slots:
+                raise ValueError(f"input_ids hold {num_slots} image placeholder tokens but no pixel_values")
+            return embeds
+        feats = self.image_features(pixel_values, image_grid_hws)
+        if feats.shape[0] != num_slots:
+            raise ValueError(
+                f"input_ids hold {num_slots} image placeholder tokens but the images give "
+                f"{feats.shape[0]} feature rows; expand each <|media_pad|> with the processor"
+            )
+        return embeds.masked_scatter(is_image[..., None], feats.to(embeds.dtype))
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        image_grid_hws: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        past_key_values=None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        if inputs_embeds is None:
+            # Image features enter on the first (prefill) step only; cached decoding sees text ids.
+            first_step = past_key_values is None or past_key_values.get_seq_length() == 0
+            inputs_embeds = self.embed(
+                input_ids,
+                pixel_values if first_step else None,
+                image_grid_hws if first_step else None,
+            )
+        return self.language_model(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )
+
+    def checkpoint_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, tensor) pairs under the official checkpoint names, as vLLM's loader expects them.
+
+        transformers stores routed experts fused as (E, 2I, H) ``gate_up_proj`` and (E, H, I)
+        ``down_proj``; official checkpoints (and vLLM) name each expert's matrices. These are views.
+        """
+        for name, tensor in self.state_dict().items():
+            if name.endswith("mlp.experts.gate_up_proj"):
+                prefix = name[: -len("gate_up_proj")]
+                for e, fused in enumerate(tensor):
+                    gate, up = fused.chunk(2, dim=0)
+                    yield f"{prefix}{e}.gate_proj.weight", gate
+                    yield f"{prefix}{e}.up_proj.weight", up
+            elif name.endswith("mlp.experts.down_proj"):
+                prefix = name[: -len("down_proj")]
+                for e, down in enumerate(tensor):
+                    yield f"{prefix}{e}.down_proj.weight", down
+            else:
+                yield name, tensor
