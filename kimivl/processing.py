@@ -110,9 +110,8 @@ class KimiVLImageProcessor(BaseImageProcessor):
         padded_w, padded_h = math.ceil(w / (kw * p)) * kw * p, math.ceil(h / (kh * p)) * kh * p
         return (padded_h // p, padded_w // p), (w, h)
 
-    def process_one(self, image: Any, index: int = 0) -> tuple[torch.Tensor, tuple[int, int]]:
-        img = load_image(image, index)
-        width, height = img.size
+    def check_size(self, width: int, height: int, index: int = 0) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((grid_h, grid_w), (resized_w, resized_h)) for an image, or ImageInputError if MoonViT can't take it."""
         if width < 1 or height < 1:
             raise ImageInputError(f"image {index}: has zero size {width}x{height}")
         (gh, gw), (w, h) = self._grid(width, height)
@@ -126,6 +125,12 @@ class KimiVLImageProcessor(BaseImageProcessor):
                 f"image {index}: {width}x{height} gives a {gh}x{gw} patch grid; MoonViT positions "
                 f"cover at most {MAX_GRID} patches per side"
             )
+        return (gh, gw), (w, h)
+
+    def process_one(self, image: Any, index: int = 0) -> tuple[torch.Tensor, tuple[int, int]]:
+        img = load_image(image, index)
+        width, height = img.size
+        (gh, gw), (w, h) = self.check_size(width, height, index)
         if (w, h) != (width, height):
             img = img.resize((w, h), Image.Resampling.BICUBIC)
         canvas = Image.new("RGB", (gw * self.patch_size, gh * self.patch_size))
