@@ -36,7 +36,8 @@ class ImageInputError(ValueError):
 
 
 def load_image(image: Any, index: int = 0) -> Image.Image:
-    """PIL image (RGB) from a PIL image, a path, raw bytes, a ``{"bytes"|"path": ...}`` dict or an HWC uint8 array."""
+    """RGB PIL image from a PIL image, a path, raw bytes, a ``{"bytes"|"path": ...}`` dict or an HWC
+    uint8 array. ``index`` names the image in errors."""
     if isinstance(image, dict):
         image = image.get("bytes") or image.get("path")
     try:
@@ -111,7 +112,7 @@ class KimiVLImageProcessor(BaseImageProcessor):
         return (padded_h // p, padded_w // p), (w, h)
 
     def check_size(self, width: int, height: int, index: int = 0) -> tuple[tuple[int, int], tuple[int, int]]:
-        """((grid_h, grid_w), (resized_w, resized_h)) for an image, or ImageInputError if MoonViT can't take it."""
+        """((grid_h, grid_w), (resized_w, resized_h)) of an image; raises if MoonViT can't take it."""
         if width < 1 or height < 1:
             raise ImageInputError(f"image {index}: has zero size {width}x{height}")
         (gh, gw), (w, h) = self._grid(width, height)
@@ -172,8 +173,10 @@ class KimiVLProcessor(ProcessorMixin):
         self.image_token = IMAGE_TOKEN
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
 
-    def expand_image_tokens(self, text: str, grid_hws: Sequence[tuple[int, int]], start: int = 0) -> tuple[str, int]:
-        """Replace each ``<|media_pad|>`` by one per merged token of its image; returns (text, images used)."""
+    def expand_image_tokens(
+        self, text: str, grid_hws: Sequence[tuple[int, int]], start: int = 0
+    ) -> tuple[str, int]:
+        """Expand each ``<|media_pad|>`` to one per merged token of its image -> (text, images used)."""
         parts = text.split(IMAGE_TOKEN)
         kh, kw = self.image_processor.merge_kernel_size
         out = [parts[0]]

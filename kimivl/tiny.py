@@ -89,12 +89,12 @@ def _corpus(seed: int = 0, lines: int = 4000) -> list[str]:
     """Short English and arithmetic lines, the kind of text the tiny tasks use."""
     rng = random.Random(seed)
     words = (
-        "the a an of to is are what how many which answer think step first then so because count "
-        "image picture color shape red green blue yellow black white square circle triangle left right "
-        "top bottom number sum total plus minus times equals question solve check wait let me final "
-        "therefore result value each there in on with and or not yes no one two three four five six "
-        "seven eight nine ten"
-    ).split()
+        "the a an of to is are what how many which answer think step first then so because count image "
+        "picture color shape red green blue yellow black white square circle triangle left right top bottom "
+        "number sum total plus minus times equals question solve check wait let me final therefore result "
+        "value each there in on with and or not yes no one two three four five six seven eight nine ten "
+        "user assistant system"
+    ).split(" ")
     out = []
     for _ in range(lines):
         a, b = rng.randint(0, 999), rng.randint(0, 999)
@@ -159,7 +159,9 @@ def make_tiny(out: str | Path, seed: int = 0, in_token_limit: int = 256) -> Path
     processor.save_pretrained(out)
     stop_ids = [tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "[EOS]")]
     GenerationConfig(
-        bos_token_id=config.text_config.bos_token_id, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
+        bos_token_id=config.text_config.bos_token_id,
+        eos_token_id=stop_ids,
+        pad_token_id=tokenizer.pad_token_id,
     ).save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
     (out / "kvrl_tiny.json").write_text(json.dumps({"seed": seed, "parameters": n_params}) + "\n")

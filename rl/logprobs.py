@@ -21,7 +21,10 @@ def response_logprobs(
     pixel_values: torch.Tensor | None = None,
     image_grid_hws: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """(len(response_ids),) log-probs of a response given its prompt (ids with expanded image placeholders)."""
+    """(len(response_ids),) log-probs of a response given its prompt.
+
+    ``prompt_ids`` carry the expanded image placeholders, as vLLM and the processor produce them.
+    """
     device = next(model.parameters()).device
     ids = torch.tensor([list(prompt_ids) + list(response_ids)], device=device)
     if pixel_values is not None:

@@ -2,6 +2,8 @@
 
 Every image is decoded here and every ``<|media_pad|>`` is matched to an image here, so a corrupt
 file, an empty file or a placeholder/image mismatch is reported by index before vLLM sees it.
+vLLM itself tokenizes the prompt apart from the images and leaves a surplus ``<|media_pad|>`` in
+place as an ordinary token, so every kvrl path builds requests here.
 """
 
 from __future__ import annotations

@@ -47,7 +47,9 @@ def test_vllm_logprobs_match_learner(tiny_dir, llm, learner, record_property):
     for (prompt, images), (sample,) in zip(prompts, outputs, strict=True):
         assert len(sample.response_token_ids) >= MIN_TOKENS
         enc = processor(text=prompt, images=images or None, return_tensors="pt")
-        assert enc["input_ids"][0].tolist() == sample.prompt_token_ids, "processor and vLLM disagree on prompt ids"
+        assert enc["input_ids"][0].tolist() == sample.prompt_token_ids, (
+            "processor and vLLM disagree on prompt ids"
+        )
         with torch.no_grad():
             ours = response_logprobs(
                 learner,
@@ -70,12 +72,16 @@ def test_parity_detects_a_different_model(tiny_dir, llm, learner):
     prompt = chat(processor, "What is 1 + 1?", 1)
     image = gradient_image(64, 64, 5)
     params = SamplingParams(temperature=1.0, max_tokens=16, min_tokens=16, logprobs=0, seed=4)
-    (sample,), = to_samples(llm.generate([make_request(prompt, [image])], params, use_tqdm=False))
+    ((sample,),) = to_samples(llm.generate([make_request(prompt, [image])], params, use_tqdm=False))
     enc = processor(text=prompt, images=[image], return_tensors="pt")
     changed = KimiVLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     with torch.no_grad():
         changed.multi_modal_projector.linear_2.weight.mul_(3.0)
         ours = response_logprobs(
-            changed, sample.prompt_token_ids, sample.response_token_ids, enc["pixel_values"], enc["image_grid_hws"]
+            changed,
+            sample.prompt_token_ids,
+            sample.response_token_ids,
+            enc["pixel_values"],
+            enc["image_grid_hws"],
         )
     assert (ours - torch.tensor(sample.response_logprobs)).abs().max().item() > 10 * TOLERANCE

