@@ -8,7 +8,6 @@ special token, so nothing is downloaded.
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from pathlib import Path
@@ -164,6 +163,5 @@ def make_tiny(out: str | Path, seed: int = 0, in_token_limit: int = 256) -> Path
         pad_token_id=tokenizer.pad_token_id,
     ).save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
-    (out / "kvrl_tiny.json").write_text(json.dumps({"seed": seed, "parameters": n_params}) + "\n")
     log.info("wrote tiny Kimi-VL (%d parameters, vocab %d) to %s", n_params, len(tokenizer), out)
     return out

@@ -10,8 +10,10 @@ from pathlib import Path
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
     from kimivl.tiny import make_tiny
+    from rl.provenance import write_run_info
 
     out = make_tiny(args.out, seed=args.seed)
+    write_run_info(out, {"command": "tiny", "seed": args.seed})
     print(f"tiny Kimi-VL checkpoint written to {out}")
     return 0
 
