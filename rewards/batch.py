@@ -1,0 +1,44 @@
+"""Verify many responses from a jsonl file: one ``{"response", "answer"[, "verifier"]}`` object a line."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+from .sandbox import Task, VerifierPool
+from .verdict import Verdict
+
+
+def read_tasks(path: str | Path, default_verifier: str) -> Iterator[tuple[int, Task | str]]:
+    """(line number, Task) per good line, (line number, reason) per malformed one; blank lines skipped."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield n, f"{path}:{n}: not valid JSON ({e.msg})"
+                continue
+            if not isinstance(row, dict):
+                yield n, f"{path}:{n}: expected a JSON object"
+                continue
+            missing = [k for k in ("response", "answer") if k not in row]
+            if missing:
+                yield n, f"{path}:{n}: missing key {missing[0]!r}"
+                continue
+            verifier = row.get("verifier") or default_verifier
+            yield n, Task(str(row["response"]), str(row["answer"]), str(verifier))
+
+
+def verify_jsonl(path: str | Path, default_verifier: str, pool: VerifierPool) -> list[dict]:
+    """One result dict per non-blank line, in file order: the line number plus the verdict's fields."""
+    entries = list(read_tasks(path, default_verifier))
+    tasks = [t for _, t in entries if isinstance(t, Task)]
+    verdicts = iter(pool.verify(tasks))
+    out = []
+    for n, item in entries:
+        verdict = next(verdicts) if isinstance(item, Task) else Verdict(False, None, False, item)
+        out.append({"line": n, **verdict.to_dict()})
+    return out

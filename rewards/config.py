@@ -1,0 +1,34 @@
+"""Reward settings (the ``rewards:`` section of a stage config)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .extract import DEFAULT_MAX_CHARS
+from .length import LengthPenalty
+from .registry import resolve_verifier
+from .sandbox import VerifierPool
+
+
+@dataclass
+class RewardConfig:
+    """``verifier`` is the default for rows without a ``verifier`` column: a built-in name,
+    ``package.module:function`` or a ``kvrl.verifiers`` entry point."""
+
+    verifier: str = "math"
+    workers: int = 2
+    timeout_s: float = 10.0
+    memory_mb: int = 2048
+    max_answer_chars: int = DEFAULT_MAX_CHARS
+    length: LengthPenalty = field(default_factory=LengthPenalty)
+
+    def __post_init__(self):
+        resolve_verifier(self.verifier)  # fail at config time, naming the verifier
+        for name in ("workers", "memory_mb", "max_answer_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
+
+    def make_pool(self) -> VerifierPool:
+        return VerifierPool(self.workers, self.timeout_s, self.memory_mb, self.max_answer_chars)
