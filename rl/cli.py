@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -53,6 +54,27 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_difficulty(args: argparse.Namespace) -> int:
+    import json
+
+    from rl.difficulty import DifficultyJob, estimate_difficulty
+
+    job = DifficultyJob(
+        checkpoint=str(args.checkpoint),
+        data=str(args.data),
+        out=str(args.out) if args.out else None,
+        k=args.k,
+        temperature=args.temperature,
+        max_tokens=args.max_tokens,
+        verifier=args.verifier,
+        no_think_tries=args.drop_easy,
+        seed=args.seed,
+    )
+    summary = estimate_difficulty(job)
+    print(json.dumps(summary))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvrl", description="RL post-training for Kimi-VL-Thinking.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -86,11 +108,36 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--memory-mb", type=int, default=2048, help="memory limit per worker (default 2048)")
     verify.add_argument("--workers", type=int, default=2, help="verifier processes (default 2)")
     verify.set_defaults(func=_cmd_verify)
+
+    diff = sub.add_parser(
+        "difficulty",
+        help="estimate problem difficulty (1 - pass rate of k samples) and write a difficulty column",
+    )
+    diff.add_argument("--checkpoint", required=True, type=Path, help="Kimi-VL checkpoint directory")
+    diff.add_argument("--data", required=True, type=Path, help="prompt dataset (jsonl, parquet, ...)")
+    diff.add_argument("--k", type=int, default=10, help="samples per problem (default 10)")
+    diff.add_argument(
+        "--out", type=Path, help="output file (default: <data>.difficulty.jsonl beside the data)"
+    )
+    diff.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    diff.add_argument("--max-tokens", type=int, default=1024, help="max new tokens per sample (default 1024)")
+    diff.add_argument("--verifier", default="math", help="verifier for rows without a verifier column")
+    diff.add_argument(
+        "--drop-easy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="drop problems answered correctly with no thinking in N tries (k1.5 filter)",
+    )
+    diff.add_argument("--seed", type=int, default=0)
+    diff.set_defaults(func=_cmd_difficulty)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # vLLM logs every request at INFO to stdout; keep stdout for kvrl's own results.
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "DEBUG" if args.verbose else "WARNING")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

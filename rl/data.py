@@ -1,0 +1,166 @@
+"""Prompt datasets: rows of ``id, question, answer`` with optional ``images``, ``difficulty``, ``verifier``.
+
+Files: ``.jsonl`` (read here line by line, so errors name the line), or anything ``datasets`` reads
+(parquet, csv, a ``save_to_disk`` directory ...; rows are then counted from 1). Image entries are
+paths (relative to the data file's folder), raw bytes, or ``{"bytes": ..., "path": ...}`` as
+``datasets.Image`` stores them.
+
+A bad row raises :class:`DataError` naming the file, the row and the reason, or, with
+``skip_bad_rows``, is skipped and counted by reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from curriculum import DifficultyError, check_difficulty
+from kimivl.processing import ImageInputError, load_image
+from rewards import UnknownVerifier, resolve_verifier
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A dataset row kvrl cannot use; the message names the file and row."""
+
+
+@dataclass
+class DataConfig:
+    path: str = ""
+    skip_bad_rows: bool = False  # skip and count bad rows instead of stopping at the first
+    check_images: bool = True  # decode every image at load time
+
+
+@dataclass
+class Problem:
+    id: str
+    question: str
+    answer: str
+    images: list[Any] = field(default_factory=list)
+    difficulty: float | None = None
+    verifier: str | None = None
+    row: int = 0
+    columns: dict[str, Any] = field(default_factory=dict)  # the row as read, for writing it back
+
+
+@dataclass
+class ProblemSet:
+    source: str
+    problems: list[Problem]
+    skipped: Counter = field(default_factory=Counter)
+
+    def __len__(self) -> int:
+        return len(self.problems)
+
+
+def _rows(path: Path) -> Iterator[tuple[int, Any]]:
+    if path.suffix == ".jsonl":
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield n, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield n, DataError(f"{path}, row {n}: not valid JSON ({e.msg})")
+        return
+    import datasets
+
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "state.json").exists()):
+        ds = datasets.load_from_disk(str(path))
+    else:
+        kind = {".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}.get(path.suffix)
+        ds = datasets.load_dataset(kind, data_files=str(path)) if kind else datasets.load_dataset(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        if "train" not in ds:
+            raise DataError(f"{path}: has splits {list(ds)}; point at one split's files")
+        ds = ds["train"]
+    for n, row in enumerate(ds, start=1):
+        yield n, row
+
+
+def _image_entry(entry: Any, base: Path, where: str, index: int, check: bool) -> Any:
+    if isinstance(entry, dict):
+        entry = entry.get("bytes") or entry.get("path")
+    if isinstance(entry, str):
+        path = Path(entry) if Path(entry).is_absolute() else base / entry
+        entry = str(path)
+    elif not isinstance(entry, bytes | bytearray):
+        raise DataError(f"{where}: images[{index}] is a {type(entry).__name__}; expected a path or bytes")
+    if check:
+        try:
+            load_image(entry, index)
+        except ImageInputError as e:
+            raise DataError(f"{where}: {e}") from e
+    return entry
+
+
+def parse_row(raw: Any, source: Path, row: int, check_images: bool = True) -> Problem:
+    where = f"{source}, row {row}"
+    if isinstance(raw, Exception):
+        raise raw
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: expected an object with id, question, answer")
+    for key in ("question", "answer"):
+        if key not in raw or raw[key] is None:
+            raise DataError(f"{where}: missing column {key!r}")
+    question, answer = raw["question"], raw["answer"]
+    if not isinstance(question, str) or not question.strip():
+        raise DataError(f"{where}: question must be non-empty text")
+    if isinstance(answer, bool) or not isinstance(answer, str | int | float):
+        raise DataError(f"{where}: answer must be text or a number, got {type(answer).__name__}")
+    images = raw.get("images") or []
+    if not isinstance(images, list):
+        images = [images]
+    images = [_image_entry(im, source.parent, where, i, check_images) for i, im in enumerate(images)]
+    difficulty = raw.get("difficulty")
+    if difficulty is not None:
+        try:
+            difficulty = check_difficulty(difficulty, str(source), row)
+        except DifficultyError as e:
+            raise DataError(str(e)) from e
+    verifier = raw.get("verifier") or None
+    if verifier is not None:
+        try:
+            resolve_verifier(verifier)
+        except UnknownVerifier as e:
+            raise DataError(f"{where}: {e}") from e
+    pid = raw.get("id", row)
+    return Problem(str(pid), question, str(answer), images, difficulty, verifier, row, dict(raw))
+
+
+def load_problems(path: str | Path, skip_bad_rows: bool = False, check_images: bool = True) -> ProblemSet:
+    """Read and validate a prompt dataset (see the module docstring)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"dataset {str(path)!r} does not exist")
+    problems, skipped, seen = [], Counter(), {}
+    for row, raw in _rows(path):
+        try:
+            problem = parse_row(raw, path, row, check_images)
+            if problem.id in seen:
+                raise DataError(
+                    f"{path}, row {row}: duplicate id {problem.id!r} (first at row {seen[problem.id]})"
+                )
+        except DataError as e:
+            if not skip_bad_rows:
+                raise
+            reason = str(e).split(": ", 1)[-1].split(" (")[0]
+            skipped[reason] += 1
+            log.warning("skipping %s", e)
+            continue
+        seen[problem.id] = row
+        problems.append(problem)
+    if not problems:
+        raise DataError(
+            f"{path}: no usable rows" + (f" ({sum(skipped.values())} skipped)" if skipped else "")
+        )
+    if skipped:
+        log.warning("%s: skipped %d bad rows: %s", path, sum(skipped.values()), dict(skipped))
+    return ProblemSet(str(path), problems, skipped)
