@@ -1,0 +1,126 @@
+"""The learner group: N DeepSpeed ranks (``rl.learner.Learner``) as Ray actors. Plumbing only."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+
+from rl.batch import Experience
+from rl.learner import LearnerConfig, inactive, shard_for_ranks, with_baselines
+
+log = logging.getLogger(__name__)
+
+
+@ray.remote
+class LearnerActor:
+    def __init__(self, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size
+        self.learner = None
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free port, for rank 0 to host the process-group rendezvous."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def setup(self, model_path: str, cfg: LearnerConfig, master_addr: str, master_port: int) -> None:
+        import torch
+
+        gpus = ray.get_gpu_ids()
+        os.environ.update(
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_RANK="0",
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
+        if not gpus and not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+        from rl.learner import Learner
+
+        self.learner = Learner(model_path, cfg, self.rank, self.world_size)
+
+    def logprobs(self, samples: list[Experience]) -> list[list[float]]:
+        return self.learner.logprobs(samples)
+
+    def train_step(self, samples, baselines, loss_name, loss_kwargs, global_batch) -> dict[str, float]:
+        return self.learner.train_step(samples, baselines, loss_name, loss_kwargs, global_batch)
+
+    def reset_optimizer(self) -> None:
+        self.learner.reset_optimizer()
+
+    def full_state(self):
+        return self.learner.full_state()
+
+    def export_hf(self, out_dir: str) -> str | None:
+        return self.learner.export_hf(out_dir)
+
+
+class LearnerGroup:
+    """Drives N learner ranks in lock step; every call fans out to all ranks and waits for all."""
+
+    def __init__(
+        self,
+        model_path: str,
+        cfg: LearnerConfig,
+        world_size: int,
+        actor_options: Sequence[dict[str, Any]] | None = None,
+    ):
+        self.cfg, self.world_size = cfg, world_size
+        options = list(actor_options or [{}] * world_size)
+        self.actors = [LearnerActor.options(**options[r]).remote(r, world_size) for r in range(world_size)]
+        addr, port = ray.get(self.actors[0].address.remote())
+        ray.get([a.setup.remote(model_path, cfg, addr, port) for a in self.actors])
+        log.info("learner group up: %d ranks, ZeRO-%d", world_size, cfg.zero_stage)
+
+    def logprobs(self, samples: Sequence[Experience]) -> list[list[float]]:
+        """Teacher-forced log-probs, in sample order."""
+        shards = shard_for_ranks(samples, self.world_size, inactive(samples[0]))
+        results = ray.get([a.logprobs.remote(s) for a, s in zip(self.actors, shards, strict=True)])
+        out: list[list[float]] = [[] for _ in samples]
+        for r, shard_result in enumerate(results):
+            for j, lp in enumerate(shard_result[: len(samples[r :: self.world_size])]):
+                out[r + j * self.world_size] = lp
+        return out
+
+    def train_step(
+        self,
+        samples: Sequence[Experience],
+        loss_name: str,
+        loss_kwargs: dict[str, Any],
+        exact_tau: float | None = None,
+    ) -> dict[str, float]:
+        """One optimizer step on every rank over the whole batch; metrics averaged over ranks."""
+        baselines = with_baselines(samples, exact_tau)
+        tagged = [(s, b) for s, b in zip(samples, baselines, strict=True)]
+        shards = shard_for_ranks(tagged, self.world_size, (inactive(samples[0]), 0.0))
+        futures = [
+            a.train_step.remote(
+                [s for s, _ in shard], [b for _, b in shard], loss_name, loss_kwargs, len(samples)
+            )
+            for a, shard in zip(self.actors, shards, strict=True)
+        ]
+        per_rank = ray.get(futures)
+        return {k: sum(m[k] for m in per_rank) / len(per_rank) for k in per_rank[0]}
+
+    def reset_optimizer(self) -> None:
+        ray.get([a.reset_optimizer.remote() for a in self.actors])
+
+    def state_ref(self) -> ray.ObjectRef:
+        """ObjectRef of rank 0's full weights (official names); all ranks take part in gathering them."""
+        refs = [a.full_state.remote() for a in self.actors]
+        ray.wait(refs, num_returns=len(refs))
+        return refs[0]
+
+    def export_hf(self, out_dir: str) -> str:
+        return ray.get([a.export_hf.remote(out_dir) for a in self.actors])[0]
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)

@@ -1,0 +1,85 @@
+"""Learner-side batch types: one :class:`Experience` per sampled response, collated into padded tensors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Experience:
+    """One sampled response with what the learner needs to score and train on it.
+
+    ``prompt_ids`` carry the expanded image placeholders (as vLLM and the processor produce them);
+    ``pixel_values`` (P, 3, 14, 14) and ``image_grid_hws`` (N, 2) are the prompt's images.
+    """
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    reward: float = 0.0
+    group_id: int = 0
+    old_logprobs: list[float] | None = None  # from the rollout engine, per response token
+    pixel_values: torch.Tensor | None = None
+    image_grid_hws: torch.Tensor | None = None
+
+
+@dataclass
+class Collated:
+    input_ids: torch.Tensor  # (B, L) prompt + response, right-padded
+    attention_mask: torch.Tensor  # (B, L)
+    response_index: torch.Tensor  # (B, T) position in the shifted log-prob row of response token t
+    response_mask: torch.Tensor  # (B, T) 1 on real response tokens
+    rewards: torch.Tensor  # (B,)
+    group_ids: torch.Tensor  # (B,)
+    old_logprobs: torch.Tensor | None  # (B, T)
+    pixel_values: torch.Tensor | None  # (sum P, 3, 14, 14) in sample order
+    image_grid_hws: torch.Tensor | None  # (sum N, 2)
+
+    def to(self, device) -> Collated:
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Collated(**moved)
+
+
+def collate(samples: Sequence[Experience], pad_id: int) -> Collated:
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    lengths = [len(s.prompt_ids) + len(s.response_ids) for s in samples]
+    width, resp_width = max(lengths), max(max(len(s.response_ids) for s in samples), 1)
+    input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(samples), width), dtype=torch.long)
+    index = torch.zeros((len(samples), resp_width), dtype=torch.long)
+    mask = torch.zeros((len(samples), resp_width), dtype=torch.float32)
+    old = torch.zeros((len(samples), resp_width), dtype=torch.float32)
+    for b, s in enumerate(samples):
+        ids = list(s.prompt_ids) + list(s.response_ids)
+        input_ids[b, : len(ids)] = torch.tensor(ids)
+        attention[b, : len(ids)] = 1
+        n, p = len(s.response_ids), len(s.prompt_ids)
+        # shifted row t predicts token t + 1, so response token j sits at row p - 1 + j
+        index[b, :n] = torch.arange(p - 1, p - 1 + n)
+        mask[b, :n] = 1
+        if s.old_logprobs is not None:
+            if len(s.old_logprobs) != n:
+                raise ValueError(f"sample {b}: {len(s.old_logprobs)} old log-probs for {n} response tokens")
+            old[b, :n] = torch.tensor(s.old_logprobs)
+    have_old = all(s.old_logprobs is not None for s in samples)
+    images = [s for s in samples if s.pixel_values is not None]
+    return Collated(
+        input_ids=input_ids,
+        attention_mask=attention,
+        response_index=index,
+        response_mask=mask,
+        rewards=torch.tensor([float(s.reward) for s in samples]),
+        group_ids=torch.tensor([int(s.group_id) for s in samples]),
+        old_logprobs=old if have_old else None,
+        pixel_values=torch.cat([s.pixel_values for s in images]) if images else None,
+        image_grid_hws=torch.cat([s.image_grid_hws for s in images]) if images else None,
+    )
+
+
+def micro_batches(samples: Sequence[Experience], size: int) -> list[list[Experience]]:
+    if size < 1:
+        raise ValueError(f"micro batch size must be >= 1, got {size}")
+    return [list(samples[i : i + size]) for i in range(0, len(samples), size)]

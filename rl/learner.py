@@ -1,0 +1,251 @@
+"""One DeepSpeed learner rank: teacher-forced log-probs, loss steps, weight export. No Ray here.
+
+``actors/learner.py`` runs N of these as Ray actors (gloo on CPU, NCCL on GPU). Every method that
+touches ZeRO-partitioned parameters is collective: all ranks call it, with the same number of
+micro-batches (:func:`shard_for_ranks` pads shards to equal size with inactive samples).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .batch import Collated, Experience, collate, micro_batches
+from .logprobs import gather_logprobs
+from .losses import get_loss, group_baseline
+
+log = logging.getLogger(__name__)
+
+# Files of a Kimi-VL directory besides the weights, copied into exported checkpoints.
+ASSET_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "generation_config.json",
+)
+
+
+@dataclass
+class LearnerConfig:
+    """Optimizer and DeepSpeed settings of the learner group."""
+
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0
+    micro_batch_size: int = 4
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: float32 on CPU, bfloat16 on GPU
+    gradient_checkpointing: bool = False
+
+
+def _device_kind() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def deepspeed_config(cfg: LearnerConfig, dtype: torch.dtype) -> dict[str, Any]:
+    return {
+        "train_micro_batch_size_per_gpu": 1,  # kvrl forms micro-batches itself
+        "gradient_accumulation_steps": 1,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def shard_for_ranks(items: Sequence[Any], world_size: int, pad: Any) -> list[list[Any]]:
+    """Split items round-robin into ``world_size`` equal-size shards, filling short ones with ``pad``.
+
+    Equal shards keep ZeRO-3's per-forward collectives in step across ranks.
+    """
+    shards = [list(items[r::world_size]) for r in range(world_size)]
+    size = max(len(s) for s in shards)
+    return [s + [pad] * (size - len(s)) for s in shards]
+
+
+def inactive(sample: Experience) -> Experience:
+    """A copy with no response tokens: it contributes nothing to any loss (padding for equal shards)."""
+    return replace(sample, response_ids=[], old_logprobs=[] if sample.old_logprobs is not None else None)
+
+
+def with_baselines(samples: Sequence[Experience], exact_tau: float | None = None) -> list[float]:
+    """Per-sample group baseline over the whole batch (before it is sharded and micro-batched)."""
+    rewards = torch.tensor([s.reward for s in samples], dtype=torch.float64)
+    groups = torch.tensor([s.group_id for s in samples])
+    return group_baseline(rewards, groups, exact_tau).tolist()
+
+
+class Learner:
+    def __init__(self, model_path: str, cfg: LearnerConfig, rank: int = 0, world_size: int = 1):
+        import deepspeed
+
+        from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
+
+        self.cfg, self.rank, self.world_size, self.model_path = cfg, rank, world_size, str(model_path)
+        device = _device_kind()
+        deepspeed.init_distributed(
+            dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False
+        )
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
+            cfg.dtype, torch.bfloat16 if device == "cuda" else torch.float32
+        )
+        model = KimiVLForConditionalGeneration.from_pretrained(self.model_path, dtype=self.dtype)
+        if cfg.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+        self.pad_id = KimiVLProcessor.from_pretrained(self.model_path).tokenizer.pad_token_id
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas)
+        )
+        self.engine, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, config=deepspeed_config(cfg, self.dtype)
+        )
+        self.device = self.engine.device
+        self.steps = 0
+
+    # -- forward ---------------------------------------------------------------------------------
+
+    def _response_logprobs(self, batch: Collated) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T) log-probs of the response tokens, and (B,) mean token entropy of each response."""
+        out = self.engine(
+            input_ids=batch.input_ids,
+            attention_mask=batch.attention_mask,
+            pixel_values=batch.pixel_values,
+            image_grid_hws=batch.image_grid_hws,
+            use_cache=False,
+        )
+        logits = out.logits[:, :-1].float()
+        rows = logits.gather(1, batch.response_index[..., None].expand(-1, -1, logits.shape[-1]))
+        targets = batch.input_ids[:, 1:].gather(1, batch.response_index)
+        logprobs = gather_logprobs(rows, targets)
+        with torch.no_grad():
+            probs = rows.softmax(-1)
+            entropy = -(probs * rows.log_softmax(-1)).sum(-1)
+            entropy = (entropy * batch.response_mask).sum(-1) / batch.response_mask.sum(-1).clamp(min=1)
+        return logprobs * batch.response_mask, entropy
+
+    @torch.no_grad()
+    def logprobs(self, samples: Sequence[Experience]) -> list[list[float]]:
+        """Teacher-forced log-probs of each sample's response tokens (collective under ZeRO-3)."""
+        self.engine.eval()
+        out: list[list[float]] = []
+        for mb in micro_batches(samples, self.cfg.micro_batch_size):
+            batch = collate(mb, self.pad_id).to(self.device)
+            lp, _ = self._response_logprobs(batch)
+            for b, s in enumerate(mb):
+                out.append(lp[b, : len(s.response_ids)].tolist())
+        return out
+
+    # -- training --------------------------------------------------------------------------------
+
+    def train_step(
+        self,
+        samples: Sequence[Experience],
+        baselines: Sequence[float],
+        loss_name: str,
+        loss_kwargs: dict[str, Any],
+        global_batch: int,
+    ) -> dict[str, float]:
+        """One optimizer step over this rank's samples, accumulated over micro-batches.
+
+        ``global_batch`` is the number of real samples over all ranks: each rank's loss is divided by
+        global_batch / world_size so the data-parallel gradient average is that of the full batch.
+        """
+        loss_fn = get_loss(loss_name)
+        self.engine.train()
+        normalizer = global_batch / self.world_size
+        groups = micro_batches(list(zip(samples, baselines, strict=True)), self.cfg.micro_batch_size)
+        totals: dict[str, float] = {"loss": 0.0, "entropy": 0.0}
+        tokens = 0.0
+        for k, mb in enumerate(groups):
+            batch = collate([s for s, _ in mb], self.pad_id).to(self.device)
+            if batch.old_logprobs is None:
+                raise ValueError("train_step needs old log-probs on every sample")
+            self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
+            logprobs, entropy = self._response_logprobs(batch)
+            baseline = torch.tensor([b for _, b in mb], dtype=torch.float32, device=self.device)
+            loss, metrics = loss_fn(
+                logprobs,
+                batch.old_logprobs,
+                batch.response_mask,
+                batch.rewards,
+                batch.group_ids,
+                baseline=baseline,
+                normalizer=normalizer,
+                **loss_kwargs,
+            )
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss {loss.item()} in micro-batch {k}")
+            self.engine.backward(loss, scale_wrt_gas=False)
+            active = batch.response_mask.sum(-1) > 0
+            totals["loss"] += float(loss.detach())
+            totals["entropy"] += float((entropy * active).sum())
+            tokens += float(active.sum())
+            for name, value in metrics.items():
+                totals[name] = totals.get(name, 0.0) + value * float(active.sum())
+        self.engine.step()
+        self.steps += 1
+        out = {"loss": totals.pop("loss")}
+        for name, value in totals.items():
+            out[name] = value / max(tokens, 1.0)
+        out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+        return out
+
+    def reset_optimizer(self) -> None:
+        """Drop Adam moments (Kimi k1.5 resets the optimizer at each mirror-descent iteration)."""
+        base = getattr(self.optimizer, "optimizer", self.optimizer)
+        base.state.clear()
+
+    # -- weights ---------------------------------------------------------------------------------
+
+    def _gathered(self):
+        """Context in which every parameter is whole on every rank (a no-op below ZeRO-3). Collective."""
+        import deepspeed
+
+        params = list(self.engine.module.parameters())
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.cfg.zero_stage == 3)
+
+    def full_state(self) -> dict[str, torch.Tensor] | None:
+        """Full weights under the official checkpoint names on rank 0 (None elsewhere). Collective."""
+        with self._gathered():
+            if self.rank != 0:
+                return None
+            return {
+                name: t.detach().to("cpu", copy=True) for name, t in self.engine.module.checkpoint_tensors()
+            }
+
+    def export_hf(self, out_dir: str | Path) -> str | None:
+        """Write an HF-format checkpoint (weights + tokenizer/processor files) on rank 0. Collective.
+
+        The directory appears whole or not at all: it is written beside and renamed into place.
+        """
+        out = Path(out_dir)
+        tmp = out.with_name(out.name + ".tmp")
+        with self._gathered():
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+                self.engine.module.save_pretrained(tmp)
+        if self.rank != 0:
+            return None
+        for name in ASSET_FILES:
+            src = Path(self.model_path) / name
+            if src.exists():
+                shutil.copy2(src, tmp / name)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+        return str(out)
