@@ -38,7 +38,7 @@ def get_loss(name: str) -> LossFn:
 
 
 def group_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, tau: float | None = None) -> torch.Tensor:
-    """(B,) per-sample baseline of its group: the mean reward, or tau * log mean exp(r / tau) if tau is given."""
+    """(B,) baseline of each sample's group: mean reward, or tau * log mean exp(r / tau) if tau is given."""
     _, inverse = torch.unique(group_ids, return_inverse=True)
     n_groups = int(inverse.max()) + 1 if len(inverse) else 0
     counts = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(
