@@ -33,3 +33,17 @@ def make_request(
         for i, im in enumerate(decoded):
             image_processor.check_size(*im.size, index=i)
     return {"prompt": prompt, "multi_modal_data": {"image": decoded}}
+
+
+def collapse_placeholders(token_ids: list[int], placeholder_id: int) -> list[int]:
+    """Undo the processor's expansion: each run of ``placeholder_id`` becomes a single one.
+
+    vLLM expands the placeholders of token-id prompts itself, so a prompt it returned (already
+    expanded) must be collapsed before it is sent back, e.g. to continue a response.
+    """
+    out: list[int] = []
+    for t in token_ids:
+        if t == placeholder_id and out and out[-1] == placeholder_id:
+            continue
+        out.append(t)
+    return out

@@ -1,0 +1,34 @@
+"""vLLM worker extension (``worker_extension_cls``) that loads new weights into the live model.
+
+vLLM 0.32's RL weight-transfer API (``init_weight_transfer_engine`` / ``update_weights``) is built
+into the GPU worker only; its CPU worker has none of it. This extension works on both: it hands
+``(name, tensor)`` pairs under the official checkpoint names to the model runner's in-place
+``reload_weights``, which re-applies vLLM's weight processing (fused QKV/MoE layouts, CPU GEMM
+repacking) and drops caches derived from the old weights (encoder outputs, multimodal cache).
+
+One gap is closed here: on CPU, ``reload_weights`` leaves routed-expert weights in checkpoint
+layout, while vLLM's CPU MoE kernel reads them prepacked, so logits silently drift after a sync.
+The experts' own ``process_weights_after_loading`` is run again on each such layer
+(``tests/rollout/test_weight_sync.py`` checks rollout/learner parity after a sync).
+"""
+
+from __future__ import annotations
+
+
+def _cpu_experts(layer):
+    impl = getattr(getattr(getattr(layer, "quant_method", None), "moe_kernel", None), "impl", None)
+    experts = getattr(impl, "fused_experts", None)
+    if experts is not None and type(experts).__name__.endswith("CPUUnquantizedExperts"):
+        return experts
+    return None
+
+
+class WeightReceiver:
+    def kvrl_load_weights(self, weights: list) -> int:
+        """Reload the model from ``weights`` in place; returns the number of tensors received."""
+        self.model_runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
+        for layer in self.model_runner.model.modules():
+            experts = _cpu_experts(layer)
+            if experts is not None:
+                experts.process_weights_after_loading(layer)
+        return len(weights)
