@@ -1,0 +1,115 @@
+"""Where actors run: Ray placement groups built from config, checked against the cluster first.
+
+``colocate: false`` gives learner ranks and rollout engines their own bundles; ``colocate: true``
+puts rollout engine i in learner rank i's bundle (they share its GPU, e.g. 0.5 each).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+
+class ClusterTooSmall(RuntimeError):
+    """The config asks for more than the Ray cluster has; the message says what is missing."""
+
+
+@dataclass
+class ResourceConfig:
+    rollout_actors: int = 2
+    rollout_cpus: float = 1.0
+    rollout_gpus: float = 0.0
+    learner_ranks: int = 2
+    learner_cpus: float = 1.0
+    learner_gpus: float = 0.0
+    reward_cpus: float = 1.0
+    colocate: bool = False
+    placement_timeout_s: float = 60.0
+
+    def __post_init__(self):
+        if self.rollout_actors < 1 or self.learner_ranks < 1:
+            raise ValueError("rollout_actors and learner_ranks must be >= 1")
+        if self.colocate and self.rollout_actors != self.learner_ranks:
+            raise ValueError(
+                "colocate needs rollout_actors == learner_ranks (engine i shares rank i's bundle)"
+            )
+
+    def demand(self) -> dict[str, float]:
+        cpus = (
+            self.rollout_actors * self.rollout_cpus
+            + self.learner_ranks * self.learner_cpus
+            + self.reward_cpus
+        )
+        gpus = self.rollout_actors * self.rollout_gpus + self.learner_ranks * self.learner_gpus
+        return {"CPU": cpus, "GPU": gpus}
+
+
+def check_fits(cfg: ResourceConfig, available: dict[str, float] | None = None) -> None:
+    """Fail fast, naming what is missing, if the cluster cannot hold the requested actors."""
+    available = available if available is not None else ray.cluster_resources()
+    missing = []
+    for res, need in cfg.demand().items():
+        have = float(available.get(res, 0.0))
+        if need > have + 1e-9:
+            missing.append(f"{need:g} {res} (the cluster has {have:g})")
+    if missing:
+        raise ClusterTooSmall(
+            f"resources: {cfg.rollout_actors} rollout actors x ({cfg.rollout_cpus:g} CPU, {cfg.rollout_gpus:g} GPU) "
+            f"+ {cfg.learner_ranks} learner ranks x ({cfg.learner_cpus:g} CPU, {cfg.learner_gpus:g} GPU) "
+            f"+ reward {cfg.reward_cpus:g} CPU need " + " and ".join(missing)
+        )
+
+
+@dataclass
+class Placement:
+    learner: list[dict[str, Any]]
+    rollout: list[dict[str, Any]]
+    reward: dict[str, Any]
+    groups: list[Any]
+
+    def remove(self) -> None:
+        for pg in self.groups:
+            ray.util.remove_placement_group(pg)
+
+
+def _bundle(cpus: float, gpus: float) -> dict[str, float]:
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+
+
+def _at(pg, index: int, cpus: float, gpus: float) -> dict[str, Any]:
+    return {
+        "num_cpus": cpus,
+        "num_gpus": gpus,
+        "scheduling_strategy": PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index),
+    }
+
+
+def place(cfg: ResourceConfig) -> Placement:
+    """Reserve bundles and return the ``.options(...)`` for each actor."""
+    check_fits(cfg)
+    groups = []
+    if cfg.colocate:
+        shared = [
+            _bundle(cfg.learner_cpus + cfg.rollout_cpus, cfg.learner_gpus + cfg.rollout_gpus)
+        ] * cfg.learner_ranks
+        pg = placement_group(shared, strategy="PACK")
+        groups.append(pg)
+        learner = [_at(pg, i, cfg.learner_cpus, cfg.learner_gpus) for i in range(cfg.learner_ranks)]
+        rollout = [_at(pg, i, cfg.rollout_cpus, cfg.rollout_gpus) for i in range(cfg.rollout_actors)]
+    else:
+        lpg = placement_group(
+            [_bundle(cfg.learner_cpus, cfg.learner_gpus)] * cfg.learner_ranks, strategy="PACK"
+        )
+        rpg = placement_group(
+            [_bundle(cfg.rollout_cpus, cfg.rollout_gpus)] * cfg.rollout_actors, strategy="SPREAD"
+        )
+        groups += [lpg, rpg]
+        learner = [_at(lpg, i, cfg.learner_cpus, cfg.learner_gpus) for i in range(cfg.learner_ranks)]
+        rollout = [_at(rpg, i, cfg.rollout_cpus, cfg.rollout_gpus) for i in range(cfg.rollout_actors)]
+    ready = ray.get([pg.ready() for pg in groups], timeout=cfg.placement_timeout_s)
+    del ready
+    return Placement(learner, rollout, {"num_cpus": cfg.reward_cpus}, groups)

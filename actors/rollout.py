@@ -1,0 +1,121 @@
+"""Rollout actors (one vLLM engine each) and the pool that shares a batch among them by load.
+
+The pool hands out small chunks of requests: an actor gets its next chunk when it returns the last,
+so a slow actor takes fewer chunks instead of holding the others. An actor that dies mid-chunk is
+replaced by a fresh one (loaded with the latest weights), and its chunk goes back to the queue:
+every request comes back exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from rollout.engine import EngineConfig
+from rollout.worker import RolloutRequest, RolloutResult, SamplingConfig
+
+log = logging.getLogger(__name__)
+ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+@ray.remote
+class RolloutActor:
+    def __init__(self, cfg: EngineConfig):
+        # Several engines share the node's cores; don't let each pin threads to all of them.
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
+        from rollout.worker import RolloutWorker
+
+        self.worker = RolloutWorker(cfg)
+
+    def generate(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> list[RolloutResult]:
+        return self.worker.generate(requests, sampling)
+
+    def update_weights(self, state: dict, version: int) -> float:
+        return self.worker.update_weights(state, version)
+
+    def weights_version(self) -> int:
+        return self.worker.weights_version
+
+
+class RolloutPool:
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        num_actors: int,
+        actor_options: Sequence[dict[str, Any]] | None = None,
+        chunk_size: int = 4,
+    ):
+        if num_actors < 1:
+            raise ValueError(f"num_actors must be >= 1, got {num_actors}")
+        self.cfg, self.chunk_size = cfg, chunk_size
+        self._options = list(actor_options or [{}] * num_actors)
+        self.actors = [self._start(i) for i in range(num_actors)]
+        ray.get([a.weights_version.remote() for a in self.actors])  # wait until every engine is up
+        self.version = 0
+        self._state_ref: ray.ObjectRef | None = None
+        self.replaced = 0
+        self.inflight = 0  # chunks being generated right now (for monitoring and tests)
+
+    def _start(self, i: int):
+        return RolloutActor.options(**self._options[i]).remote(self.cfg)
+
+    def _replace(self, i: int) -> None:
+        log.warning("rollout actor %d died; starting a replacement", i)
+        with contextlib.suppress(Exception):  # it may be gone already
+            ray.kill(self.actors[i])
+        self.actors[i] = self._start(i)
+        if self._state_ref is not None:
+            ray.get(self.actors[i].update_weights.remote(self._state_ref, self.version))
+        self.replaced += 1
+
+    def generate(self, requests: Sequence[RolloutRequest], sampling: SamplingConfig) -> list[RolloutResult]:
+        """Results in request order; each request is generated exactly once across the pool."""
+        queue = deque(
+            list(requests[i : i + self.chunk_size]) for i in range(0, len(requests), self.chunk_size)
+        )
+        results: dict[str, RolloutResult] = {}
+        running: dict[ray.ObjectRef, tuple[int, list[RolloutRequest]]] = {}
+        while queue or running:
+            busy = {i for i, _ in running.values()}
+            for i in range(len(self.actors)):
+                if i not in busy and queue:
+                    chunk = queue.popleft()
+                    running[self.actors[i].generate.remote(chunk, sampling)] = (i, chunk)
+            self.inflight = len(running)
+            done, _ = ray.wait(list(running), num_returns=1)
+            for ref in done:
+                i, chunk = running.pop(ref)
+                try:
+                    for r in ray.get(ref):
+                        results[r.request_id] = r
+                except ACTOR_FAILURES:
+                    queue.appendleft(chunk)
+                    self._replace(i)
+        self.inflight = 0
+        return [results[r.request_id] for r in requests]
+
+    def update_weights(self, state_ref: ray.ObjectRef) -> list[float]:
+        """Load new weights into every engine (in place); returns each engine's load seconds."""
+        self.version += 1
+        self._state_ref = state_ref
+        start = time.perf_counter()
+        seconds = ray.get([a.update_weights.remote(state_ref, self.version) for a in self.actors])
+        log.info(
+            "weights v%d synced to %d engines in %.3f s",
+            self.version,
+            len(self.actors),
+            time.perf_counter() - start,
+        )
+        return seconds
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a)

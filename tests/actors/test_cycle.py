@@ -1,0 +1,159 @@
+"""One full sample -> score -> learn -> sync cycle on Ray: 2 rollout actors, 2 learner ranks, reward pool."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+import ray
+import torch
+
+from actors.learner import LearnerGroup
+from actors.placement import ClusterTooSmall, ResourceConfig, check_fits, place
+from actors.reward import RewardActor
+from actors.rollout import RolloutPool
+from kimivl import KimiVLProcessor
+from rewards import RewardConfig, Task
+from rl.batch import Experience
+from rl.learner import LearnerConfig
+from rollout.engine import EngineConfig
+from rollout.prompts import chat_prompt
+from rollout.worker import RolloutRequest, SamplingConfig
+from tests.conftest import gradient_image
+
+log = logging.getLogger(__name__)
+TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def placement(ray_cluster):
+    p = place(
+        ResourceConfig(rollout_actors=2, learner_ranks=2, rollout_cpus=1, learner_cpus=1, reward_cpus=1)
+    )
+    yield p
+    p.remove()
+
+
+@pytest.fixture(scope="module")
+def pool(tiny_dir, placement):
+    p = RolloutPool(
+        EngineConfig(model=str(tiny_dir), max_model_len=512, max_num_seqs=16),
+        2,
+        placement.rollout,
+        chunk_size=2,
+    )
+    yield p
+    p.shutdown()
+
+
+@pytest.fixture(scope="module")
+def reward_actor(placement):
+    actor = RewardActor.options(**placement.reward).remote(
+        RewardConfig(verifier="kvrl_cycle_plugin:even_length", workers=1, timeout_s=10)
+    )
+    yield actor
+    ray.kill(actor)
+
+
+def make_requests(tiny_dir, count: int, prefix: str = "p") -> list[RolloutRequest]:
+    processor = KimiVLProcessor.from_pretrained(tiny_dir)
+    out = []
+    for i in range(count):
+        images = [gradient_image(40 + 10 * i, 30, i)] if i % 2 == 0 else []
+        prompt = chat_prompt(processor, f"What is {i} + {i}?", len(images))
+        out.append(RolloutRequest(f"{prefix}{i}", prompt, images, seed=100 + i))
+    return out
+
+
+def experiences(tiny_dir, requests, results, rewards=None) -> list[Experience]:
+    ip = KimiVLProcessor.from_pretrained(tiny_dir).image_processor
+    out, k = [], 0
+    for g, (req, res) in enumerate(zip(requests, results, strict=True)):
+        enc = ip(req.images) if req.images else {}
+        for s in res.samples:
+            out.append(
+                Experience(
+                    s.prompt_token_ids,
+                    s.response_token_ids,
+                    reward=rewards[k] if rewards else 0.0,
+                    group_id=g,
+                    old_logprobs=s.logprobs,
+                    pixel_values=enc.get("pixel_values"),
+                    image_grid_hws=enc.get("image_grid_hws"),
+                )
+            )
+            k += 1
+    return out
+
+
+def max_gap(learner_lps, samples) -> float:
+    return max(
+        (torch.tensor(lp) - torch.tensor(s.old_logprobs)).abs().max().item()
+        for lp, s in zip(learner_lps, samples, strict=True)
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_sample_score_learn_sync(tiny_dir, placement, pool, reward_actor, zero_stage):
+    group = LearnerGroup(
+        str(tiny_dir), LearnerConfig(zero_stage=zero_stage, micro_batch_size=3, lr=3e-3), 2, placement.learner
+    )
+    try:
+        sync_s = pool.update_weights(group.state_ref())  # start both sides from the same weights
+        sampling = SamplingConfig(n=2, max_tokens=12, temperature=1.0)
+        requests = make_requests(tiny_dir, 4)
+        results = pool.generate(requests, sampling)
+        tasks = [Task(s.text, "0", "kvrl_cycle_plugin:even_length") for r in results for s in r.samples]
+        verdicts = ray.get(reward_actor.verify.remote(tasks))
+        rewards = [float(v.correct) for v in verdicts]
+        batch = experiences(tiny_dir, requests, results, rewards)
+        assert max_gap(group.logprobs(batch), batch) <= TOLERANCE  # rollout and learner agree before learning
+        metrics = group.train_step(batch, "opmd", {"tau": 0.5})
+        assert all(map(lambda v: v == v, metrics.values()))  # no NaN
+
+        after = experiences(tiny_dir, requests, pool.generate(requests, sampling))
+        stale_gap = max_gap(group.logprobs(after), after)
+        sync_s = pool.update_weights(group.state_ref())
+        fresh = experiences(tiny_dir, requests, pool.generate(requests, sampling))
+        gap = max_gap(group.logprobs(fresh), fresh)
+        log.info("ZeRO-%d: stale gap %.3g, after sync %.3g, sync %s s", zero_stage, stale_gap, gap, sync_s)
+        print(
+            f"\nZeRO-{zero_stage}: learner vs rollout before sync {stale_gap:.3g}, after sync {gap:.3g}; "
+            f"sync seconds per engine {[round(s, 4) for s in sync_s]}"
+        )
+        assert stale_gap > 10 * TOLERANCE, "the update should have changed the policy"
+        assert gap <= TOLERANCE
+    finally:
+        group.shutdown()
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_killed_rollout_actor_loses_no_prompt(tiny_dir, pool):
+    requests = make_requests(tiny_dir, 12, prefix="k")
+    sampling = SamplingConfig(n=2, max_tokens=48)
+    box = {}
+    thread = threading.Thread(target=lambda: box.setdefault("results", pool.generate(requests, sampling)))
+    thread.start()
+    deadline = time.time() + 60
+    while pool.inflight == 0 and time.time() < deadline:
+        time.sleep(0.01)
+    replaced_before = pool.replaced
+    ray.kill(pool.actors[0])
+    thread.join(timeout=600)
+    results = box["results"]
+    ids = [r.request_id for r in results]
+    assert sorted(ids) == sorted(r.request_id for r in requests) and len(set(ids)) == len(ids)
+    assert all(len(r.samples) == 2 for r in results)
+    assert pool.replaced == replaced_before + 1
+
+
+def test_config_that_cannot_fit_fails_fast():
+    cfg = ResourceConfig(rollout_actors=2, rollout_gpus=1, learner_ranks=2, learner_gpus=1)
+    with pytest.raises(ClusterTooSmall, match=r"need 4 GPU \(the cluster has 0\)"):
+        check_fits(cfg, {"CPU": 16.0})
+    with pytest.raises(ClusterTooSmall, match=r"need 5 CPU \(the cluster has 2\)"):
+        check_fits(ResourceConfig(), {"CPU": 2.0})
