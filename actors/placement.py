@@ -58,8 +58,9 @@ def check_fits(cfg: ResourceConfig, available: dict[str, float] | None = None) -
             missing.append(f"{need:g} {res} (the cluster has {have:g})")
     if missing:
         raise ClusterTooSmall(
-            f"resources: {cfg.rollout_actors} rollout actors x ({cfg.rollout_cpus:g} CPU, {cfg.rollout_gpus:g} GPU) "
-            f"+ {cfg.learner_ranks} learner ranks x ({cfg.learner_cpus:g} CPU, {cfg.learner_gpus:g} GPU) "
+            f"resources: {cfg.rollout_actors} rollout actors x ({cfg.rollout_cpus:g} CPU, "
+            f"{cfg.rollout_gpus:g} GPU) + {cfg.learner_ranks} learner ranks x ({cfg.learner_cpus:g} CPU, "
+            f"{cfg.learner_gpus:g} GPU) "
             f"+ reward {cfg.reward_cpus:g} CPU need " + " and ".join(missing)
         )
 
