@@ -75,6 +75,20 @@ def _cmd_difficulty(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from rl.bench import BENCHMARKS
+
+    result = BENCHMARKS[args.name](**({"model": str(args.model)} if args.model else {}))
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvrl", description="RL post-training for Kimi-VL-Thinking.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -131,6 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diff.add_argument("--seed", type=int, default=0)
     diff.set_defaults(func=_cmd_difficulty)
+
+    bench = sub.add_parser(
+        "bench", help="side-by-side benchmarks; writes JSON (benchmark, kvrl, baseline, ratio)"
+    )
+    bench.add_argument("name", choices=["sync"], help="sync: in-place weight sync vs save + engine restart")
+    bench.add_argument("--model", type=Path, help="Kimi-VL directory (default: a fresh tiny model)")
+    bench.add_argument("--out", type=Path, help="write the JSON result here too")
+    bench.set_defaults(func=_cmd_bench)
     return parser
 
 
