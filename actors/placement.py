@@ -14,7 +14,7 @@ from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 
-class ClusterTooSmall(RuntimeError):
+class ClusterTooSmall(ValueError):
     """The config asks for more than the Ray cluster has; the message says what is missing."""
 
 

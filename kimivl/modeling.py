@@ -75,10 +75,18 @@ class KimiVLForConditionalGeneration(KimiVLPreTrainedModel, GenerationMixin):
         input_ids: torch.Tensor,
         pixel_values: torch.Tensor | None = None,
         image_grid_hws: torch.Tensor | None = None,
+        image_token_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Token embeddings with each image placeholder row replaced by that image's features, in order."""
+        """Token embeddings with each image placeholder row replaced by that image's features, in order.
+
+        ``image_token_mask`` (B, L) marks the placeholder positions; by default every
+        ``<|media_pad|>`` token is one. Training passes prompt positions only, since a sampled response
+        may contain the token too (vLLM embeds those as plain tokens).
+        """
         embeds = self.get_input_embeddings()(input_ids)
         is_image = input_ids == self.config.media_placeholder_token_id
+        if image_token_mask is not None:
+            is_image = is_image & image_token_mask.bool()
         num_slots = int(is_image.sum())
         if pixel_values is None:
             if num_slots:
@@ -104,6 +112,7 @@ class KimiVLForConditionalGeneration(KimiVLPreTrainedModel, GenerationMixin):
         labels: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        image_token_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         if inputs_embeds is None:
@@ -113,6 +122,7 @@ class KimiVLForConditionalGeneration(KimiVLPreTrainedModel, GenerationMixin):
                 input_ids,
                 pixel_values if first_step else None,
                 image_grid_hws if first_step else None,
+                image_token_mask,
             )
         return self.language_model(
             inputs_embeds=inputs_embeds,

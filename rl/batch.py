@@ -29,6 +29,7 @@ class Experience:
 class Collated:
     input_ids: torch.Tensor  # (B, L) prompt + response, right-padded
     attention_mask: torch.Tensor  # (B, L)
+    prompt_mask: torch.Tensor  # (B, L) 1 on prompt positions (where image placeholders may be)
     response_index: torch.Tensor  # (B, T) position in the shifted log-prob row of response token t
     response_mask: torch.Tensor  # (B, T) 1 on real response tokens
     rewards: torch.Tensor  # (B,)
@@ -49,6 +50,7 @@ def collate(samples: Sequence[Experience], pad_id: int) -> Collated:
     width, resp_width = max(lengths), max(max(len(s.response_ids) for s in samples), 1)
     input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
     attention = torch.zeros((len(samples), width), dtype=torch.long)
+    prompt_mask = torch.zeros((len(samples), width), dtype=torch.bool)
     index = torch.zeros((len(samples), resp_width), dtype=torch.long)
     mask = torch.zeros((len(samples), resp_width), dtype=torch.float32)
     old = torch.zeros((len(samples), resp_width), dtype=torch.float32)
@@ -56,6 +58,7 @@ def collate(samples: Sequence[Experience], pad_id: int) -> Collated:
         ids = list(s.prompt_ids) + list(s.response_ids)
         input_ids[b, : len(ids)] = torch.tensor(ids)
         attention[b, : len(ids)] = 1
+        prompt_mask[b, : len(s.prompt_ids)] = True
         n, p = len(s.response_ids), len(s.prompt_ids)
         # shifted row t predicts token t + 1, so response token j sits at row p - 1 + j
         index[b, :n] = torch.arange(p - 1, p - 1 + n)
@@ -69,6 +72,7 @@ def collate(samples: Sequence[Experience], pad_id: int) -> Collated:
     return Collated(
         input_ids=input_ids,
         attention_mask=attention,
+        prompt_mask=prompt_mask,
         response_index=index,
         response_mask=mask,
         rewards=torch.tensor([float(s.reward) for s in samples]),

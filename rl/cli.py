@@ -75,6 +75,20 @@ def _cmd_difficulty(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_rl(args: argparse.Namespace) -> int:
+    from rl.config import load_config
+    from rl.trainer import RLConfig, Trainer
+
+    cfg = load_config(RLConfig, args.config, args.overrides)
+    trainer = Trainer(cfg)
+    trainer.fit()
+    print(
+        f"kvrl rl: done; metrics in {trainer.run_dir / 'metrics.jsonl'}, "
+        f"checkpoints in {trainer.run_dir / 'checkpoints'}"
+    )
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -146,6 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("--seed", type=int, default=0)
     diff.set_defaults(func=_cmd_difficulty)
 
+    rl = sub.add_parser(
+        "rl", help="RL with online policy mirror descent (Kimi k1.5) on Ray + vLLM + DeepSpeed"
+    )
+    rl.add_argument("--config", required=True, type=Path, help="YAML config, e.g. configs/tiny/rl.yaml")
+    rl.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. trainer.iterations=5"
+    )
+    rl.set_defaults(func=_cmd_rl)
+
     bench = sub.add_parser(
         "bench", help="side-by-side benchmarks; writes JSON (benchmark, kvrl, baseline, ratio)"
     )
@@ -166,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"kvrl {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -126,6 +126,7 @@ class Learner:
             attention_mask=batch.attention_mask,
             pixel_values=batch.pixel_values,
             image_grid_hws=batch.image_grid_hws,
+            image_token_mask=batch.prompt_mask,
             use_cache=False,
         )
         logits = out.logits[:, :-1].float()
@@ -171,6 +172,7 @@ class Learner:
         groups = micro_batches(list(zip(samples, baselines, strict=True)), self.cfg.micro_batch_size)
         totals: dict[str, float] = {"loss": 0.0, "entropy": 0.0}
         tokens = 0.0
+        bad = torch.zeros(1)
         for k, mb in enumerate(groups):
             batch = collate([s for s, _ in mb], self.pad_id).to(self.device)
             if batch.old_logprobs is None:
@@ -189,7 +191,10 @@ class Learner:
                 **loss_kwargs,
             )
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss {loss.item()} in micro-batch {k}")
+                # Keep the backward (its collectives must stay in step across ranks) with a zero loss.
+                log.warning("non-finite loss %s in micro-batch %d on rank %d", loss.item(), k, self.rank)
+                bad += 1
+                loss = (logprobs * 0.0).sum()
             self.engine.backward(loss, scale_wrt_gas=False)
             active = batch.response_mask.sum(-1) > 0
             totals["loss"] += float(loss.detach())
@@ -197,9 +202,15 @@ class Learner:
             tokens += float(active.sum())
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0.0) + value * float(active.sum())
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad)  # every rank skips, or none does
+        if bad.item() > 0:
+            self.engine.zero_grad()
+            self.engine.optimizer.zero_grad()
+            return {"skipped": 1.0}
         self.engine.step()
         self.steps += 1
-        out = {"loss": totals.pop("loss")}
+        out = {"loss": totals.pop("loss"), "skipped": 0.0}
         for name, value in totals.items():
             out[name] = value / max(tokens, 1.0)
         out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)

@@ -33,7 +33,7 @@ def register_loss(name: str) -> Callable[[LossFn], LossFn]:
 
 def get_loss(name: str) -> LossFn:
     if name not in LOSSES:
-        raise KeyError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
+        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
     return LOSSES[name]
 
 

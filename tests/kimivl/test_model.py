@@ -97,3 +97,17 @@ def test_placeholder_count_mismatch_is_a_clear_error(tiny_dir, model):
         model(input_ids=ids, **enc)
     with pytest.raises(ValueError, match="no pixel_values"):
         model(input_ids=ids)
+
+
+def test_placeholder_tokens_in_a_response_are_plain_tokens(tiny_dir, model):
+    """A sampled response may contain <|media_pad|>; only prompt positions take image features."""
+    processor = KimiVLProcessor.from_pretrained(tiny_dir)
+    enc = processor.image_processor([gradient_image(28, 28)])
+    pad = model.config.media_placeholder_token_id
+    ids = torch.tensor([[1, pad, 2, pad]])  # prompt [1, pad]; response [2, pad]
+    mask = torch.tensor([[1, 1, 0, 0]])
+    with torch.no_grad():
+        out = model(input_ids=ids, image_token_mask=mask, **enc).logits
+        with pytest.raises(ValueError, match="2 image placeholder tokens but the images give 1"):
+            model(input_ids=ids, **enc)
+    assert torch.isfinite(out).all()

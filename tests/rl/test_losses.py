@@ -26,7 +26,8 @@ def test_k2_rewards_1_0_tau_1_equal_policies():
     assert math.isclose(loss.item(), 0.625, rel_tol=1e-6)
     assert metrics["kl"] == 0.0
     loss.backward()
-    # d loss / d token log-prob = 1/2 * -(r - rbar): -0.25 on sample 1's tokens, +0.25 on sample 2's, 0 on padding
+    # d loss / d token log-prob = 1/2 * -(r - rbar):
+    # -0.25 on sample 1's tokens, +0.25 on sample 2's, 0 on padding
     torch.testing.assert_close(logprobs.grad, torch.tensor([[-0.25, -0.25], [0.25, 0.0]]))
 
 
@@ -124,7 +125,7 @@ def test_token_normalized_variant():
 
 def test_registry_and_other_losses():
     assert {"opmd", "reinforce", "grpo"} <= set(LOSSES)
-    with pytest.raises(KeyError, match="valid names: grpo, opmd, reinforce"):
+    with pytest.raises(ValueError, match="valid names: grpo, opmd, reinforce"):
         get_loss("ppo2")
     logprobs, mask = batch()
     rewards, groups = torch.tensor([1.0, 0.0]), torch.tensor([0, 0])

@@ -1,0 +1,413 @@
+"""The RL driver (single controller): online policy mirror descent for Kimi-VL-Thinking.
+
+Kimi k1.5 sec. 2.3.2: iteration i samples rollouts from pi_i (the current weights), then takes one
+or more optimizer steps on the OPMD loss with pi_i as the KL reference; the result is pi_{i+1}.
+The optimizer state is reset at each iteration (k1.5), by default. ``fit()`` is the whole order of
+an iteration; each step is a short method below it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from tqdm import tqdm
+
+from actors.placement import ResourceConfig
+from curriculum import CurriculumConfig, CurriculumSampler
+from rewards import RewardConfig, Task, total_rewards
+from rollout.engine import EngineConfig
+from rollout.worker import RolloutRequest, SamplingConfig
+
+from .batch import Experience
+from .config import to_dict
+from .data import DataConfig, DataError, Problem, load_problems
+from .learner import LearnerConfig
+from .provenance import write_run_info
+from .tracking import Tracker, TrackingConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainerConfig:
+    iterations: int = 3
+    output_dir: str = "runs/rl"
+    resume: str | None = None  # a checkpoint directory, or a run directory (its latest checkpoint)
+    seed: int = 0
+    prompts_per_iteration: int = 8
+    optimizer_steps_per_iteration: int = 1
+    reset_optimizer: bool = True  # k1.5: fresh optimizer state at every mirror-descent iteration
+    old_logprobs: Literal["learner", "rollout"] = "learner"
+    drop_zero_signal_groups: bool = False  # groups whose rewards are all equal
+    save_every: int = 1
+    keep_checkpoints: int = 2
+    max_nonfinite_in_a_row: int = 5
+
+    def __post_init__(self):
+        if self.iterations < 1 or self.prompts_per_iteration < 1 or self.optimizer_steps_per_iteration < 1:
+            raise ValueError(
+                "iterations, prompts_per_iteration and optimizer_steps_per_iteration must be >= 1"
+            )
+
+
+@dataclass
+class LossConfig:
+    name: str = "opmd"
+    tau: float = 1.0
+    exact_baseline: bool = False
+    token_normalized: bool = False
+    clip_eps: float = 0.2
+
+    def kwargs(self) -> dict[str, Any]:
+        if self.name == "opmd":
+            return {
+                "tau": self.tau,
+                "exact_baseline": self.exact_baseline,
+                "token_normalized": self.token_normalized,
+            }
+        return {"clip_eps": self.clip_eps} if self.name == "grpo" else {}
+
+
+@dataclass
+class RolloutConfig:
+    max_model_len: int = 2048
+    max_num_seqs: int = 64
+    chunk_size: int = 4
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+
+
+@dataclass
+class RLConfig:
+    model: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: RewardConfig = field(default_factory=RewardConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    resources: ResourceConfig = field(default_factory=ResourceConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __post_init__(self):
+        from .losses import get_loss
+
+        get_loss(self.loss.name)  # unknown names fail here, listing the valid ones
+
+
+class TrainingStopped(RuntimeError):
+    pass
+
+
+def resolve_resume(path: str) -> Path:
+    """A checkpoint directory (with trainer_state.json) from a checkpoint or run directory."""
+    p = Path(path)
+    if (p / "trainer_state.json").exists():
+        return p
+    latest = p / "checkpoints" / "latest"
+    if latest.exists():
+        return p / "checkpoints" / latest.read_text().strip()
+    raise FileNotFoundError(f"trainer.resume: {path} is neither a checkpoint nor a run directory with one")
+
+
+class Trainer:
+    def __init__(self, cfg: RLConfig):
+        import ray
+
+        from actors.learner import LearnerGroup
+        from actors.placement import place
+        from actors.reward import RewardActor
+        from actors.rollout import RolloutPool
+        from kimivl import KimiVLProcessor
+
+        self.cfg, t = cfg, cfg.trainer
+        self.run_dir = Path(t.output_dir)
+        state = None
+        if t.resume:
+            ckpt = resolve_resume(t.resume)
+            state = json.loads((ckpt / "trainer_state.json").read_text())
+            self.model_path = str(ckpt)
+        else:
+            self.model_path = cfg.model
+        if not Path(self.model_path).is_dir():
+            raise FileNotFoundError(
+                f"model: {self.model_path} is not a directory (make one with `kvrl tiny --out DIR`)"
+            )
+        self.problems = load_problems(cfg.data.path, cfg.data.skip_bad_rows, cfg.data.check_images).problems
+        self.processor = KimiVLProcessor.from_pretrained(self.model_path)
+        self.sampler = CurriculumSampler(self._difficulties(), cfg.curriculum, seed=t.seed)
+        self.start = 0
+        if state is not None:
+            self.sampler.load_state_dict(state["sampler"])
+            self.start = state["iteration"] + 1
+        self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0) if state else 0
+        self._index = {p.id: i for i, p in enumerate(self.problems)}
+        self._images: dict[str, dict] = {}
+        write_run_info(self.run_dir, to_dict(cfg))
+        self.tracker = Tracker(self.run_dir, cfg.tracking, to_dict(cfg), resume=state is not None)
+        if not ray.is_initialized():
+            # A local cluster: CPU counts are reservations, so give it at least what the config asks.
+            address = os.environ.get("RAY_ADDRESS")
+            cpus = None if address else max(os.cpu_count() or 1, int(cfg.resources.demand()["CPU"] + 0.999))
+            ray.init(address=address, num_cpus=cpus, include_dashboard=False)
+        self.placement = place(cfg.resources)
+        engine = EngineConfig(
+            model=self.model_path,
+            seed=t.seed,
+            max_model_len=cfg.rollout.max_model_len,
+            max_num_seqs=cfg.rollout.max_num_seqs,
+        )
+        self.pool = RolloutPool(
+            engine, cfg.resources.rollout_actors, self.placement.rollout, cfg.rollout.chunk_size
+        )
+        self.learners = LearnerGroup(
+            self.model_path, cfg.learner, cfg.resources.learner_ranks, self.placement.learner
+        )
+        self.reward = RewardActor.options(**self.placement.reward).remote(cfg.rewards)
+
+    def _difficulties(self) -> list[float]:
+        values = [p.difficulty for p in self.problems]
+        if self.cfg.curriculum.schedule != "none" and any(v is None for v in values):
+            missing = next(p for p in self.problems if p.difficulty is None)
+            raise DataError(
+                f"{self.cfg.data.path}, row {missing.row}: curriculum schedule "
+                f"{self.cfg.curriculum.schedule!r} needs a difficulty on every row (kvrl difficulty)"
+            )
+        return [0.5 if v is None else v for v in values]
+
+    # -- the iteration ---------------------------------------------------------------------------
+
+    def fit(self) -> None:
+        try:
+            for it in tqdm(range(self.start, self.cfg.trainer.iterations), desc="RL iterations", unit="it"):
+                problems = self.sample(it)
+                results, t_rollout = _timed(self.rollout, problems, it)
+                (correct, rewards, verdicts), t_reward = _timed(self.score, problems, results, it)
+                self.update_sampler(problems, results, correct)
+                batch = self.experiences(problems, results, rewards)
+                learn, t_learn = _timed(self.learn, batch)
+                _, t_sync = _timed(self.sync)
+                self.log(
+                    it,
+                    problems,
+                    results,
+                    verdicts,
+                    rewards,
+                    learn,
+                    dict(time_rollout=t_rollout, time_reward=t_reward, time_learn=t_learn, time_sync=t_sync),
+                )
+                self.checkpoint(it)
+        finally:
+            self.close()
+
+    def sample(self, it: int) -> list[Problem]:
+        n = min(self.cfg.trainer.prompts_per_iteration, len(self.problems))
+        return [self.problems[i] for i in self.sampler.sample(n, it)]
+
+    def rollout(self, problems: list[Problem], it: int):
+        from rollout.prompts import chat_prompt
+
+        seed = self.cfg.trainer.seed
+        requests = [
+            RolloutRequest(
+                p.id,
+                chat_prompt(self.processor, p.question, len(p.images)),
+                p.images,
+                seed=zlib.crc32(f"{seed}:{it}:{p.id}".encode()),
+            )
+            for p in problems
+        ]
+        return self.pool.generate(requests, self.cfg.rollout.sampling)
+
+    def score(self, problems, results, it: int):
+        import ray
+
+        default = self.cfg.rewards.verifier
+        tasks = [
+            Task(s.text, p.answer, p.verifier or default)
+            for p, r in zip(problems, results, strict=True)
+            for s in r.samples
+        ]
+        verdicts = ray.get(self.reward.verify.remote(tasks))
+        correct = [float(v.correct) for v in verdicts]
+        lengths = [len(s.response_token_ids) for r in results for s in r.samples]
+        groups = [g for g, r in enumerate(results) for _ in r.samples]
+        rewards = total_rewards([bool(c) for c in correct], lengths, groups, it, self.cfg.rewards.length)
+        return correct, rewards, verdicts
+
+    def update_sampler(self, problems, results, correct) -> None:
+        self.sampler.update(
+            [self._index[p.id] for p, r in zip(problems, results, strict=True) for _ in r.samples], correct
+        )
+
+    def experiences(self, problems, results, rewards) -> list[Experience]:
+        out, k = [], 0
+        for g, (p, r) in enumerate(zip(problems, results, strict=True)):
+            images = self._pixel_inputs(p)
+            for s in r.samples:
+                out.append(
+                    Experience(s.prompt_token_ids, s.response_token_ids, rewards[k], g, s.logprobs, **images)
+                )
+                k += 1
+        return out
+
+    def learn(self, batch: list[Experience]) -> dict[str, float]:
+        """Old log-probs (learner or rollout), then optimizer steps over the batch's groups."""
+        cfg, metrics = self.cfg, {}
+        groups = {}
+        for e in batch:
+            groups.setdefault(e.group_id, []).append(e)
+        flat = [e.reward for e in batch]
+        zero_signal = [g for g, es in groups.items() if len({e.reward for e in es}) == 1]
+        metrics["zero_signal_groups"] = len(zero_signal)
+        if cfg.trainer.drop_zero_signal_groups:
+            batch = [e for e in batch if e.group_id not in zero_signal]
+        if not batch:
+            return {**metrics, "skipped": 1.0, "reward_spread": 0.0}
+        if cfg.trainer.old_logprobs == "learner":
+            learner_lps = self.learners.logprobs(batch)
+            gaps = [
+                abs(a - b)
+                for e, lp in zip(batch, learner_lps, strict=True)
+                for a, b in zip(e.old_logprobs, lp, strict=True)
+            ]
+            metrics["rollout_learner_logprob_gap_max"] = max(gaps, default=0.0)
+            metrics["rollout_learner_logprob_gap_mean"] = sum(gaps) / max(len(gaps), 1)
+            for e, lp in zip(batch, learner_lps, strict=True):
+                e.old_logprobs = lp
+        if cfg.trainer.reset_optimizer:
+            self.learners.reset_optimizer()
+        steps = _split_groups(batch, cfg.trainer.optimizer_steps_per_iteration)
+        results = [
+            self.learners.train_step(
+                part, cfg.loss.name, cfg.loss.kwargs(), cfg.loss.tau if cfg.loss.exact_baseline else None
+            )
+            for part in steps
+        ]
+        skipped = sum(r.get("skipped", 0.0) for r in results)
+        self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
+        if self.nonfinite_in_a_row >= cfg.trainer.max_nonfinite_in_a_row:
+            raise TrainingStopped(
+                f"{self.nonfinite_in_a_row} optimizer steps in a row had a NaN/inf loss; "
+                "lower the learning rate or check the rewards"
+            )
+        done = [r for r in results if not r.get("skipped")]
+        for key in done[0] if done else []:
+            metrics[key] = sum(r[key] for r in done) / len(done)
+        metrics["nonfinite_steps"] = skipped
+        metrics["reward_spread"] = max(flat) - min(flat)
+        return metrics
+
+    def sync(self) -> None:
+        self.pool.update_weights(self.learners.state_ref())
+
+    def log(self, it, problems, results, verdicts, rewards, learn, times) -> None:
+        samples = [s for r in results for s in r.samples]
+        lengths = [len(s.response_token_ids) for s in samples]
+        gen_tokens = sum(lengths)
+        row = {
+            "iteration": it,
+            "reward_mean": sum(rewards) / len(rewards),
+            "accuracy": sum(v.correct for v in verdicts) / len(verdicts),
+            "response_len_mean": gen_tokens / len(samples),
+            "response_len_max": max(lengths),
+            "truncation_rate": sum(s.finish_reason == "length" for s in samples) / len(samples),
+            "kl": learn.get("kl", float("nan")),
+            "entropy": learn.get("entropy", float("nan")),
+            **times,
+            "rollout_tokens_per_s": gen_tokens / max(times["time_rollout"], 1e-9),
+            "sync_time": times["time_sync"],
+            **{k: v for k, v in learn.items() if k not in ("kl", "entropy")},
+            **self.sampler.metrics([self._index[p.id] for p in problems], it),
+        }
+        self.tracker.log(row)
+        owners = [p for p, r in zip(problems, results, strict=True) for _ in r.samples]
+        table = [
+            {
+                "problem": p.id,
+                "response": s.text[:2000],
+                "answer": p.answer,
+                "correct": v.correct,
+                "reward": rw,
+            }
+            for p, s, v, rw in zip(owners, samples, verdicts, rewards, strict=True)
+        ]
+        self.tracker.log_samples(it, table)
+        log.info(
+            "iteration %d: reward %.3f accuracy %.3f len %.1f kl %.4g",
+            it,
+            row["reward_mean"],
+            row["accuracy"],
+            row["response_len_mean"],
+            row["kl"],
+        )
+
+    def checkpoint(self, it: int) -> None:
+        """HF checkpoint + trainer_state.json, appearing whole or not at all, then ``latest`` updated."""
+        last = it == self.cfg.trainer.iterations - 1
+        if (it + 1) % self.cfg.trainer.save_every and not last:
+            return
+        root = self.run_dir / "checkpoints"
+        name = f"iter_{it:05d}"
+        partial = root / f"{name}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        self.learners.export_hf(str(partial))
+        state = {
+            "iteration": it,
+            "sampler": self.sampler.state_dict(),
+            "seed": self.cfg.trainer.seed,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+        }
+        (partial / "trainer_state.json").write_text(json.dumps(state))
+        final = root / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(partial, final)
+        tmp = root / "latest.tmp"
+        tmp.write_text(name)
+        os.replace(tmp, root / "latest")
+        old = sorted(p for p in root.glob("iter_*") if p.is_dir() and not p.name.endswith(".partial"))
+        for stale in old[: -self.cfg.trainer.keep_checkpoints]:
+            shutil.rmtree(stale, ignore_errors=True)
+
+    def close(self) -> None:
+        self.tracker.finish()
+        for closer in (self.pool.shutdown, self.learners.shutdown, self.placement.remove):
+            try:
+                closer()
+            except Exception as e:  # keep closing the rest
+                log.warning("shutdown: %s", e)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _pixel_inputs(self, p: Problem) -> dict:
+        if not p.images:
+            return {}
+        if p.id not in self._images:
+            enc = self.processor.image_processor(p.images)
+            self._images[p.id] = {
+                "pixel_values": enc["pixel_values"],
+                "image_grid_hws": enc["image_grid_hws"],
+            }
+        return self._images[p.id]
+
+
+def _timed(fn, *args):
+    start = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - start
+
+
+def _split_groups(batch: list[Experience], parts: int) -> list[list[Experience]]:
+    """Split into ``parts`` optimizer steps along group boundaries (a group never spans two steps)."""
+    group_ids = list(dict.fromkeys(e.group_id for e in batch))
+    parts = min(parts, len(group_ids))
+    chunks = [set(group_ids[i::parts]) for i in range(parts)]
+    return [[e for e in batch if e.group_id in c] for c in chunks]
