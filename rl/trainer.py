@@ -149,6 +149,7 @@ class Trainer:
             self.sampler.load_state_dict(state["sampler"])
             self.start = state["iteration"] + 1
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0) if state else 0
+        self.step = state.get("step", 0) if state else 0  # optimizer steps taken so far
         self._index = {p.id: i for i, p in enumerate(self.problems)}
         self._images: dict[str, dict] = {}
         write_run_info(self.run_dir, to_dict(cfg))
@@ -293,6 +294,7 @@ class Trainer:
             for part in steps
         ]
         skipped = sum(r.get("skipped", 0.0) for r in results)
+        self.step += len(results) - int(skipped)
         self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
         if self.nonfinite_in_a_row >= cfg.trainer.max_nonfinite_in_a_row:
             raise TrainingStopped(
@@ -315,6 +317,7 @@ class Trainer:
         gen_tokens = sum(lengths)
         row = {
             "iteration": it,
+            "step": self.step,
             "reward_mean": sum(rewards) / len(rewards),
             "accuracy": sum(v.correct for v in verdicts) / len(verdicts),
             "response_len_mean": gen_tokens / len(samples),
