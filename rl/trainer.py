@@ -137,6 +137,11 @@ class Trainer:
             self.model_path = str(ckpt)
         else:
             self.model_path = cfg.model
+            if (self.run_dir / "metrics.jsonl").exists():
+                raise FileExistsError(
+                    f"trainer.output_dir: {self.run_dir} already holds a run; continue it with "
+                    f"trainer.resume={self.run_dir}, or choose another trainer.output_dir"
+                )
         if not Path(self.model_path).is_dir():
             raise FileNotFoundError(
                 f"model: {self.model_path} is not a directory (make one with `kvrl tiny --out DIR`)"
