@@ -370,6 +370,7 @@ class Trainer:
         self.learners.export_hf(str(partial))
         state = {
             "iteration": it,
+            "step": self.step,
             "sampler": self.sampler.state_dict(),
             "seed": self.cfg.trainer.seed,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,

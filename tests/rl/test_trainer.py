@@ -20,27 +20,47 @@ FAST = [
 ]
 
 
-def kvrl_rl(tiny_dir, out, *overrides):
+@pytest.fixture(scope="module")
+def signal_data(tmp_path_factory):
+    """The tiny RL data with a verifier that accepts about half of any model's answers, so a random
+    model's rollouts still carry a learning signal (and the resume comparison is not between zeros)."""
+    folder = tmp_path_factory.mktemp("signal")
+    (folder / "kvrl_resume_plugin.py").write_text(
+        "def even(prediction, gold):\n    return len(prediction) % 2 == 0\n"
+    )
+    rows = [json.loads(line) for line in (ROOT / "configs/tiny/data/rl_train.jsonl").read_text().splitlines()]
+    with open(folder / "train.jsonl", "w") as f:
+        for r in rows:
+            r["verifier"] = "kvrl_resume_plugin:even"
+            r["images"] = [str(ROOT / "configs/tiny/data" / im) for im in r.get("images", [])]
+            f.write(json.dumps(r) + "\n")
+    return folder
+
+
+def kvrl_rl(tiny_dir, out, *overrides, data=None):
+    data_path = data / "train.jsonl" if data else ROOT / "configs/tiny/data/rl_train.jsonl"
+    config = str(ROOT / "configs/tiny/rl.yaml")
     cmd = [
         sys.executable,
         "-m",
         "rl.cli",
         "rl",
         "--config",
-        str(ROOT / "configs/tiny/rl.yaml"),
+        config,
         f"model={tiny_dir}",
         f"trainer.output_dir={out}",
-        f"data.path={ROOT / 'configs/tiny/data/rl_train.jsonl'}",
+        f"data.path={data_path}",
         *FAST,
         *overrides,
     ]
+    pythonpath = os.pathsep.join([str(ROOT)] + ([str(data)] if data else []))
     proc = subprocess.run(
         cmd,
         capture_output=True,
         text=True,
         timeout=900,
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={**os.environ, "PYTHONPATH": pythonpath},
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
@@ -68,8 +88,8 @@ REQUIRED = [
 
 
 @pytest.mark.slow
-def test_rl_runs_and_resume_is_exact(tiny_dir, tmp_path):
-    straight = kvrl_rl(tiny_dir, tmp_path / "a", "trainer.iterations=3")
+def test_rl_runs_and_resume_is_exact(tiny_dir, tmp_path, signal_data):
+    straight = kvrl_rl(tiny_dir, tmp_path / "a", "trainer.iterations=3", data=signal_data)
     assert [m["iteration"] for m in straight] == [0, 1, 2]
     for key in REQUIRED:
         assert all(key in m for m in straight), key
@@ -83,13 +103,15 @@ def test_rl_runs_and_resume_is_exact(tiny_dir, tmp_path):
         and (ckpt / "trainer_state.json").exists()
     )
 
-    first = kvrl_rl(tiny_dir, tmp_path / "b", "trainer.iterations=2")
-    resumed = kvrl_rl(tiny_dir, tmp_path / "b", "trainer.iterations=3", f"trainer.resume={tmp_path / 'b'}")
+    first = kvrl_rl(tiny_dir, tmp_path / "b", "trainer.iterations=2", data=signal_data)
+    resumed = kvrl_rl(
+        tiny_dir, tmp_path / "b", "trainer.iterations=3", f"trainer.resume={tmp_path / 'b'}", data=signal_data
+    )
     assert [m["iteration"] for m in first] == [0, 1]
     assert [m["iteration"] for m in resumed] == [0, 1, 2]  # the resumed run appended iteration 2 only
     assert problems_at(tmp_path / "a", 2) == problems_at(tmp_path / "b", 2)  # same sampler draws
     assert straight[2]["step"] == resumed[2]["step"] == 6  # 2 optimizer steps per iteration
-    assert any(m["loss"] != 0 for m in straight[1:])  # the comparison below is not between zeros
+    assert all(m["loss"] != 0 and m["kl"] > 0 for m in straight)  # the comparison below is not between zeros
     for key in ("loss", "reward_mean", "kl", "response_len_mean", "entropy"):
         assert abs(straight[2][key] - resumed[2][key]) <= 1e-5, (key, straight[2][key], resumed[2][key])
 
