@@ -194,23 +194,20 @@ class Trainer:
     def fit(self) -> None:
         try:
             for it in tqdm(range(self.start, self.cfg.trainer.iterations), desc="RL iterations", unit="it"):
+                phase = _Phases(it)
                 problems = self.sample(it)
-                results, t_rollout = _timed(self.rollout, problems, it)
-                (correct, rewards, verdicts), t_reward = _timed(self.score, problems, results, it)
+                results, t_rollout = phase("rollout", self.rollout, problems, it)
+                (correct, rewards, verdicts), t_reward = phase("reward", self.score, problems, results, it)
                 self.update_sampler(problems, results, correct)
                 batch = self.experiences(problems, results, rewards)
-                learn, t_learn = _timed(self.learn, batch)
-                _, t_sync = _timed(self.sync)
-                self.log(
-                    it,
-                    problems,
-                    results,
-                    verdicts,
-                    rewards,
-                    learn,
-                    dict(time_rollout=t_rollout, time_reward=t_reward, time_learn=t_learn, time_sync=t_sync),
+                learn, t_learn = phase("learn", self.learn, batch)
+                _, t_sync = phase("sync", self.sync)
+                times = dict(
+                    time_rollout=t_rollout, time_reward=t_reward, time_learn=t_learn, time_sync=t_sync
                 )
-                self.checkpoint(it)
+                self.log(it, problems, results, verdicts, rewards, learn, times)
+                phase("checkpoint", self.checkpoint, it)
+                phase.close()
         finally:
             self.close()
 
@@ -408,10 +405,23 @@ class Trainer:
         return self._images[p.id]
 
 
-def _timed(fn, *args):
-    start = time.perf_counter()
-    out = fn(*args)
-    return out, time.perf_counter() - start
+class _Phases:
+    """A progress bar over one iteration's phases; calling it runs a phase and returns (result, seconds)."""
+
+    NAMES = ("rollout", "reward", "learn", "sync", "checkpoint")
+
+    def __init__(self, iteration: int):
+        self.bar = tqdm(total=len(self.NAMES), desc=f"iteration {iteration}", leave=False, unit="phase")
+
+    def __call__(self, name: str, fn, *args):
+        self.bar.set_postfix_str(name)
+        start = time.perf_counter()
+        out = fn(*args)
+        self.bar.update()
+        return out, time.perf_counter() - start
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _split_groups(batch: list[Experience], parts: int) -> list[list[Experience]]:
