@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,6 +23,7 @@ class Experience:
     old_logprobs: list[float] | None = None  # from the rollout engine, per response token
     pixel_values: torch.Tensor | None = None
     image_grid_hws: torch.Tensor | None = None
+    forced: list[int] = field(default_factory=list)  # response positions not sampled (thinking budget)
 
 
 @dataclass
@@ -63,6 +64,8 @@ def collate(samples: Sequence[Experience], pad_id: int) -> Collated:
         # shifted row t predicts token t + 1, so response token j sits at row p - 1 + j
         index[b, :n] = torch.arange(p - 1, p - 1 + n)
         mask[b, :n] = 1
+        for f in s.forced:  # tokens the budget inserted are not the policy's choice: no loss on them
+            mask[b, f] = 0
         if s.old_logprobs is not None:
             if len(s.old_logprobs) != n:
                 raise ValueError(f"sample {b}: {len(s.old_logprobs)} old log-probs for {n} response tokens")

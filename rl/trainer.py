@@ -257,7 +257,15 @@ class Trainer:
             images = self._pixel_inputs(p)
             for s in r.samples:
                 out.append(
-                    Experience(s.prompt_token_ids, s.response_token_ids, rewards[k], g, s.logprobs, **images)
+                    Experience(
+                        s.prompt_token_ids,
+                        s.response_token_ids,
+                        rewards[k],
+                        g,
+                        s.logprobs,
+                        forced=list(s.forced),
+                        **images,
+                    )
                 )
                 k += 1
         return out

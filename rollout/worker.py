@@ -127,21 +127,31 @@ class RolloutWorker:
         return results
 
     def _finish_answers(self, req, vreq, samples: list[RolloutSample], sampling: SamplingConfig):
-        """Continue each sample past the thinking budget: close thinking (forced if needed), then answer."""
+        """Continue each sample past the thinking-budget window.
+
+        Closed its thinking itself: sample the answer. Still thinking when the budget ran out: force
+        ``◁/think▷`` (marked in ``forced``), then sample the answer. Not thinking and cut by the window:
+        keep generating up to ``max_tokens``. Finished (end of turn): leave it.
+        """
         from .engine import to_samples
         from .inputs import collapse_placeholders
 
-        follow, idx = [], []
+        follow, idx, room = [], [], []
         for j, s in enumerate(samples):
             ids = s.response_token_ids
-            prefilled = bool(s.prompt_token_ids) and s.prompt_token_ids[-1] == self.think_open
-            if ids and ids[-1] == self.think_close:  # closed thinking on its own: sample the answer
-                pass
-            elif prefilled or self.think_open in ids:  # still thinking at the budget: force the close
+            opened = (
+                bool(s.prompt_token_ids) and s.prompt_token_ids[-1] == self.think_open
+            ) or self.think_open in ids
+            if ids and ids[-1] == self.think_close:
+                tokens = sampling.answer_tokens
+            elif opened and s.finish_reason == "length":
                 s.response_token_ids = [*ids, self.think_close]
                 s.logprobs = [*s.logprobs, 0.0]
                 s.forced.append(len(ids))
-            else:  # answered without thinking and stopped for another reason
+                tokens = sampling.answer_tokens
+            elif not opened and s.finish_reason == "length" and len(ids) < sampling.max_tokens:
+                tokens = sampling.max_tokens - len(ids)
+            else:
                 continue
             prompt_ids = collapse_placeholders(s.prompt_token_ids, self.image_token_id) + s.response_token_ids
             request = {"prompt_token_ids": prompt_ids}
@@ -149,9 +159,10 @@ class RolloutWorker:
                 request["multi_modal_data"] = vreq["multi_modal_data"]
             follow.append(request)
             idx.append(j)
+            room.append(tokens)
         if not follow:
             return samples
-        params = [self._params(sampling, req.seed + 1 + j, 1, sampling.answer_tokens, []) for j in idx]
+        params = [self._params(sampling, req.seed + 1 + j, 1, n, []) for j, n in zip(idx, room, strict=True)]
         outs = to_samples(self.llm.generate(follow, params, use_tqdm=False))
         tok = self.processor.tokenizer
         for j, (cont,) in zip(idx, outs, strict=True):

@@ -1,0 +1,55 @@
+"""Thinking budget in the rollout worker: forced ◁/think▷, the answer after it, and log-probs that still
+match the learner on every sampled token (the continuation re-sends the prompt with its images)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from kimivl import KimiVLForConditionalGeneration
+from rl.logprobs import response_logprobs
+from rollout.engine import EngineConfig
+from rollout.prompts import chat_prompt
+from rollout.worker import RolloutRequest, RolloutWorker, SamplingConfig
+from tests.conftest import gradient_image
+
+
+@pytest.fixture(scope="module")
+def worker(tiny_dir):
+    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    w = RolloutWorker(EngineConfig(model=str(tiny_dir), max_model_len=512, max_num_seqs=8))
+    yield w
+    if saved is None:
+        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    else:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
+
+
+@pytest.mark.slow
+def test_budget_forces_close_then_answers(worker, tiny_dir):
+    image = gradient_image(50, 40, 3)
+    thinking = chat_prompt(worker.processor, "What is 3 + 4?", 1) + "◁think▷"  # the model is mid-thought
+    plain = chat_prompt(worker.processor, "Say something.", 0)
+    sampling = SamplingConfig(n=2, max_tokens=24, thinking_budget=6, answer_tokens=5, temperature=1.0)
+    think_res, plain_res = worker.generate(
+        [RolloutRequest("t", thinking, [image], seed=1), RolloutRequest("p", plain, [], seed=2)], sampling
+    )
+    close = worker.think_close
+    for s in think_res.samples:
+        assert s.forced == [6] and s.response_token_ids[6] == close  # budget of 6, then the forced close
+        assert 7 < len(s.response_token_ids) <= 6 + 1 + 5 and len(s.logprobs) == len(s.response_token_ids)
+    assert max(len(s.response_token_ids) for s in plain_res.samples) > 6  # not thinking: the window is no cut
+    assert all(not s.forced for s in plain_res.samples)
+
+    learner = KimiVLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    enc = worker.processor.image_processor([image])
+    for s in think_res.samples:
+        with torch.no_grad():
+            ours = response_logprobs(
+                learner, s.prompt_token_ids, s.response_token_ids, enc["pixel_values"], enc["image_grid_hws"]
+            )
+        sampled = [i for i in range(len(s.response_token_ids)) if i not in s.forced]
+        gap = (ours[sampled] - torch.tensor(s.logprobs)[sampled]).abs().max().item()
+        assert gap <= 1e-3, gap
