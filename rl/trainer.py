@@ -120,12 +120,6 @@ def resolve_resume(path: str) -> Path:
 
 class Trainer:
     def __init__(self, cfg: RLConfig):
-        import ray
-
-        from actors.learner import LearnerGroup
-        from actors.placement import place
-        from actors.reward import RewardActor
-        from actors.rollout import RolloutPool
         from kimivl import KimiVLProcessor
 
         self.cfg, t = cfg, cfg.trainer
@@ -159,6 +153,18 @@ class Trainer:
         self._images: dict[str, dict] = {}
         write_run_info(self.run_dir, to_dict(cfg))
         self.tracker = Tracker(self.run_dir, cfg.tracking, to_dict(cfg), resume=state is not None)
+        self._start_actors()
+
+    def _start_actors(self) -> None:
+        """Ray (a local cluster unless RAY_ADDRESS names one), placement, rollout pool, learners, rewards."""
+        import ray
+
+        from actors.learner import LearnerGroup
+        from actors.placement import place
+        from actors.reward import RewardActor
+        from actors.rollout import RolloutPool
+
+        cfg = self.cfg
         if not ray.is_initialized():
             # A local cluster: CPU counts are reservations, so give it at least what the config asks.
             address = os.environ.get("RAY_ADDRESS")
@@ -167,7 +173,7 @@ class Trainer:
         self.placement = place(cfg.resources)
         engine = EngineConfig(
             model=self.model_path,
-            seed=t.seed,
+            seed=cfg.trainer.seed,
             max_model_len=cfg.rollout.max_model_len,
             max_num_seqs=cfg.rollout.max_num_seqs,
         )
