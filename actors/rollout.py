@@ -52,10 +52,11 @@ class RolloutPool:
         num_actors: int,
         actor_options: Sequence[dict[str, Any]] | None = None,
         chunk_size: int = 4,
+        max_attempts: int = 3,
     ):
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
-        self.cfg, self.chunk_size = cfg, chunk_size
+        self.cfg, self.chunk_size, self.max_attempts = cfg, chunk_size, max_attempts
         self._options = list(actor_options or [{}] * num_actors)
         self.actors = [self._start(i) for i in range(num_actors)]
         ray.get([a.weights_version.remote() for a in self.actors])  # wait until every engine is up
@@ -77,28 +78,36 @@ class RolloutPool:
         self.replaced += 1
 
     def generate(self, requests: Sequence[RolloutRequest], sampling: SamplingConfig) -> list[RolloutResult]:
-        """Results in request order; each request is generated exactly once across the pool."""
-        queue = deque(
-            list(requests[i : i + self.chunk_size]) for i in range(0, len(requests), self.chunk_size)
-        )
+        """Results in request order; each request is generated exactly once across the pool.
+
+        A chunk whose actor dies is retried on a fresh actor, at most ``max_attempts`` times in all, so
+        a request that kills every engine it meets stops the batch with its ids instead of looping.
+        """
+        chunks = [list(requests[i : i + self.chunk_size]) for i in range(0, len(requests), self.chunk_size)]
+        queue = deque((chunk, 1) for chunk in chunks)
         results: dict[str, RolloutResult] = {}
-        running: dict[ray.ObjectRef, tuple[int, list[RolloutRequest]]] = {}
+        running: dict[ray.ObjectRef, tuple[int, list[RolloutRequest], int]] = {}
         while queue or running:
-            busy = {i for i, _ in running.values()}
+            busy = {i for i, _, _ in running.values()}
             for i in range(len(self.actors)):
                 if i not in busy and queue:
-                    chunk = queue.popleft()
-                    running[self.actors[i].generate.remote(chunk, sampling)] = (i, chunk)
+                    chunk, attempt = queue.popleft()
+                    running[self.actors[i].generate.remote(chunk, sampling)] = (i, chunk, attempt)
             self.inflight = len(running)
             done, _ = ray.wait(list(running), num_returns=1)
             for ref in done:
-                i, chunk = running.pop(ref)
+                i, chunk, attempt = running.pop(ref)
                 try:
                     for r in ray.get(ref):
                         results[r.request_id] = r
-                except ACTOR_FAILURES:
-                    queue.appendleft(chunk)
+                except ACTOR_FAILURES as e:
                     self._replace(i)
+                    if attempt >= self.max_attempts:
+                        ids = [r.request_id for r in chunk]
+                        raise RuntimeError(
+                            f"rollout requests {ids} killed {attempt} engines; giving up"
+                        ) from e
+                    queue.appendleft((chunk, attempt + 1))
         self.inflight = 0
         return [results[r.request_id] for r in requests]
 
