@@ -38,9 +38,10 @@ class Sample:
 
     prompt_token_ids: list[int]
     response_token_ids: list[int]
-    response_logprobs: list[float]
+    logprobs: list[float]  # per response token; 0.0 at forced positions
     text: str
     finish_reason: str | None
+    forced: list[int] = field(default_factory=list)  # indices of tokens a thinking budget forced in
 
 
 def on_cpu() -> bool:

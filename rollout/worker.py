@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .engine import EngineConfig
+from .engine import EngineConfig, Sample
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +56,9 @@ class RolloutRequest:
 
 
 @dataclass
-class RolloutSample:
-    prompt_token_ids: list[int]
-    response_token_ids: list[int]
-    logprobs: list[float]  # per response token; 0.0 at forced positions
-    text: str
-    finish_reason: str | None
-    forced: list[int] = field(default_factory=list)  # indices of tokens the budget forced in
-
-
-@dataclass
 class RolloutResult:
     request_id: str
-    samples: list[RolloutSample]
+    samples: list[Sample]
 
 
 class RolloutWorker:
@@ -115,18 +105,12 @@ class RolloutWorker:
         outputs = to_samples(self.llm.generate(vllm_requests, params, use_tqdm=False))
         results = []
         for req, vreq, samples in zip(requests, vllm_requests, outputs, strict=True):
-            converted = [
-                RolloutSample(
-                    s.prompt_token_ids, s.response_token_ids, s.response_logprobs, s.text, s.finish_reason
-                )
-                for s in samples
-            ]
             if budget:
-                converted = self._finish_answers(req, vreq, converted, sampling)
-            results.append(RolloutResult(req.request_id, converted))
+                samples = self._finish_answers(req, vreq, samples, sampling)
+            results.append(RolloutResult(req.request_id, samples))
         return results
 
-    def _finish_answers(self, req, vreq, samples: list[RolloutSample], sampling: SamplingConfig):
+    def _finish_answers(self, req, vreq, samples: list[Sample], sampling: SamplingConfig):
         """Continue each sample past the thinking-budget window.
 
         Closed its thinking itself: sample the answer. Still thinking when the budget ran out: force
@@ -168,7 +152,7 @@ class RolloutWorker:
         for j, (cont,) in zip(idx, outs, strict=True):
             s = samples[j]
             s.response_token_ids = s.response_token_ids + cont.response_token_ids
-            s.logprobs = s.logprobs + cont.response_logprobs
+            s.logprobs = s.logprobs + cont.logprobs
             s.text = tok.decode(s.response_token_ids, skip_special_tokens=True)
             s.finish_reason = cont.finish_reason
         return samples

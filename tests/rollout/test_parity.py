@@ -58,7 +58,7 @@ def test_vllm_logprobs_match_learner(tiny_dir, llm, learner, record_property):
                 enc.get("pixel_values"),
                 enc.get("image_grid_hws"),
             )
-        diff = (ours - torch.tensor(sample.response_logprobs)).abs().max().item()
+        diff = (ours - torch.tensor(sample.logprobs)).abs().max().item()
         worst = max(worst, diff)
     log.info("parity: max |logp_vllm - logp_learner| = %.3g over %d prompts", worst, len(prompts))
     record_property("parity_max_abs_diff", worst)
@@ -84,4 +84,4 @@ def test_parity_detects_a_different_model(tiny_dir, llm, learner):
             enc["pixel_values"],
             enc["image_grid_hws"],
         )
-    assert (ours - torch.tensor(sample.response_logprobs)).abs().max().item() > 10 * TOLERANCE
+    assert (ours - torch.tensor(sample.logprobs)).abs().max().item() > 10 * TOLERANCE
