@@ -12,6 +12,7 @@ import ray
 
 from rl.batch import Experience
 from rl.learner import LearnerConfig, inactive, shard_for_ranks, with_baselines
+from sft.format import SFTExample
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ class LearnerActor:
 
     def reset_optimizer(self) -> None:
         self.learner.reset_optimizer()
+
+    def sft_step(self, rows, total_targets: int, lr: float) -> dict[str, float]:
+        return self.learner.sft_step(rows, total_targets, lr)
+
+    def sft_eval(self, rows) -> dict[str, float]:
+        return self.learner.sft_eval(rows)
 
     def full_state(self):
         return self.learner.full_state()
@@ -111,6 +118,23 @@ class LearnerGroup:
 
     def reset_optimizer(self) -> None:
         ray.get([a.reset_optimizer.remote() for a in self.actors])
+
+    def sft_step(self, rows: Sequence[Sequence[SFTExample]], lr: float) -> dict[str, float]:
+        """One SFT optimizer step over packed ``rows`` split across ranks; NLL and tokens summed."""
+        total = sum(ex.num_targets for row in rows for ex in row)
+        shards = shard_for_ranks(rows, self.world_size, [])
+        per_rank = ray.get(
+            [a.sft_step.remote(s, total, lr) for a, s in zip(self.actors, shards, strict=True)]
+        )
+        out = {k: sum(m[k] for m in per_rank) for k in ("nll_sum", "tokens")}
+        out["skipped"] = per_rank[0]["skipped"]
+        out["grad_norm"] = per_rank[0].get("grad_norm", float("nan"))
+        return out
+
+    def sft_eval(self, rows: Sequence[Sequence[SFTExample]]) -> dict[str, float]:
+        shards = shard_for_ranks(rows, self.world_size, [])
+        per_rank = ray.get([a.sft_eval.remote(s) for a, s in zip(self.actors, shards, strict=True)])
+        return {k: sum(m[k] for m in per_rank) for k in ("nll_sum", "tokens")}
 
     def state_ref(self) -> ray.ObjectRef:
         """ObjectRef of rank 0's full weights (official names); all ranks take part in gathering them."""

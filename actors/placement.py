@@ -6,6 +6,8 @@ puts rollout engine i in learner rank i's bundle (they share its GPU, e.g. 0.5 e
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +33,8 @@ class ResourceConfig:
     placement_timeout_s: float = 60.0
 
     def __post_init__(self):
-        if self.rollout_actors < 1 or self.learner_ranks < 1:
-            raise ValueError("rollout_actors and learner_ranks must be >= 1")
+        if self.rollout_actors < 0 or self.learner_ranks < 1:
+            raise ValueError("learner_ranks must be >= 1 and rollout_actors >= 0 (0: SFT, no engines)")
         if self.colocate and self.rollout_actors != self.learner_ranks:
             raise ValueError(
                 "colocate needs rollout_actors == learner_ranks (engine i shares rank i's bundle)"
@@ -46,6 +48,16 @@ class ResourceConfig:
         )
         gpus = self.rollout_actors * self.rollout_gpus + self.learner_ranks * self.learner_gpus
         return {"CPU": cpus, "GPU": gpus}
+
+
+def start_ray(cfg: ResourceConfig) -> None:
+    """Join the cluster RAY_ADDRESS names, or start a local one big enough for ``cfg``."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS")
+    # A local cluster: CPU counts are reservations, so give it at least what the config asks.
+    cpus = None if address else max(os.cpu_count() or 1, math.ceil(cfg.demand()["CPU"]))
+    ray.init(address=address, num_cpus=cpus, include_dashboard=False)
 
 
 def check_fits(cfg: ResourceConfig, available: dict[str, float] | None = None) -> None:
@@ -105,12 +117,15 @@ def place(cfg: ResourceConfig) -> Placement:
         lpg = placement_group(
             [_bundle(cfg.learner_cpus, cfg.learner_gpus)] * cfg.learner_ranks, strategy="PACK"
         )
-        rpg = placement_group(
-            [_bundle(cfg.rollout_cpus, cfg.rollout_gpus)] * cfg.rollout_actors, strategy="SPREAD"
-        )
-        groups += [lpg, rpg]
+        groups.append(lpg)
         learner = [_at(lpg, i, cfg.learner_cpus, cfg.learner_gpus) for i in range(cfg.learner_ranks)]
-        rollout = [_at(rpg, i, cfg.rollout_cpus, cfg.rollout_gpus) for i in range(cfg.rollout_actors)]
+        rollout = []
+        if cfg.rollout_actors:
+            rpg = placement_group(
+                [_bundle(cfg.rollout_cpus, cfg.rollout_gpus)] * cfg.rollout_actors, strategy="SPREAD"
+            )
+            groups.append(rpg)
+            rollout = [_at(rpg, i, cfg.rollout_cpus, cfg.rollout_gpus) for i in range(cfg.rollout_actors)]
     ready = ray.get([pg.ready() for pg in groups], timeout=cfg.placement_timeout_s)
     del ready
     return Placement(learner, rollout, {"num_cpus": cfg.reward_cpus}, groups)

@@ -70,6 +70,18 @@ class KimiVLForConditionalGeneration(KimiVLPreTrainedModel, GenerationMixin):
         merged = self.vision_tower(pixel_values.to(dtype), image_grid_hws)
         return self.multi_modal_projector(merged)
 
+    def _idle_vision_term(self) -> torch.Tensor:
+        """0 x (the vision tower and projector on one blank 28x28 image).
+
+        Data-parallel training needs every rank to use every parameter in every backward: ZeRO-2
+        reduces gradients in buckets as they arrive and ZeRO-3 gathers parameters per module, so a
+        rank whose micro-batch has no image must still run the vision path, at zero weight.
+        """
+        weight = self.vision_tower.patch_embed.proj.weight
+        pixels = torch.zeros(4, 3, 14, 14, dtype=weight.dtype, device=weight.device)
+        grid = torch.tensor([[2, 2]], device=weight.device)
+        return self.image_features(pixels, grid).sum() * 0.0
+
     def embed(
         self,
         input_ids: torch.Tensor,
@@ -91,6 +103,8 @@ class KimiVLForConditionalGeneration(KimiVLPreTrainedModel, GenerationMixin):
         if pixel_values is None:
             if num_slots:
                 raise ValueError(f"input_ids hold {num_slots} image placeholder tokens but no pixel_values")
+            if self.training and torch.is_grad_enabled():
+                embeds = embeds + self._idle_vision_term()
             return embeds
         feats = self.image_features(pixel_values, image_grid_hws)
         if feats.shape[0] != num_slots:

@@ -59,7 +59,7 @@ class ProblemSet:
         return len(self.problems)
 
 
-def _rows(path: Path) -> Iterator[tuple[int, Any]]:
+def read_rows(path: Path) -> Iterator[tuple[int, Any]]:
     if path.suffix == ".jsonl":
         with open(path, encoding="utf-8") as f:
             for n, line in enumerate(f, start=1):
@@ -85,7 +85,7 @@ def _rows(path: Path) -> Iterator[tuple[int, Any]]:
         yield n, row
 
 
-def _image_entry(entry: Any, base: Path, where: str, index: int, check: bool) -> Any:
+def image_entry(entry: Any, base: Path, where: str, index: int, check: bool) -> Any:
     if isinstance(entry, dict):
         entry = entry.get("bytes") or entry.get("path")
     if isinstance(entry, str):
@@ -118,7 +118,7 @@ def parse_row(raw: Any, source: Path, row: int, check_images: bool = True) -> Pr
     images = raw.get("images") or []
     if not isinstance(images, list):
         images = [images]
-    images = [_image_entry(im, source.parent, where, i, check_images) for i, im in enumerate(images)]
+    images = [image_entry(im, source.parent, where, i, check_images) for i, im in enumerate(images)]
     difficulty = raw.get("difficulty")
     if difficulty is not None:
         try:
@@ -141,7 +141,7 @@ def load_problems(path: str | Path, skip_bad_rows: bool = False, check_images: b
     if not path.exists():
         raise DataError(f"dataset {str(path)!r} does not exist")
     problems, skipped, seen = [], Counter(), {}
-    for row, raw in _rows(path):
+    for row, raw in read_rows(path):
         try:
             problem = parse_row(raw, path, row, check_images)
             if problem.id in seen:

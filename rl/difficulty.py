@@ -52,7 +52,8 @@ class DifficultyJob:
         return data.with_name(f"{data.stem}.difficulty{suffix}")
 
 
-def _requests(problems: list[Problem], processor, thinking: bool, source: str) -> list[dict]:
+def make_requests(problems: list[Problem], processor, thinking: bool, source: str) -> list[dict]:
+    """vLLM prompts for problems; a bad image fails naming the dataset row."""
     requests = []
     for p in problems:
         prompt = chat_prompt(processor, p.question, len(p.images), thinking=thinking)
@@ -63,18 +64,25 @@ def _requests(problems: list[Problem], processor, thinking: bool, source: str) -
     return requests
 
 
-def _pass_outcomes(llm, pool, problems, requests, params, default_verifier) -> list[list[float]]:
-    """Per problem, the 0/1 outcome of each of its sampled responses."""
+def sample_and_verify(llm, pool, problems, requests, params, default_verifier) -> list[list[tuple]]:
+    """Per problem, (vLLM completion, Verdict) for each of its sampled responses, in one engine batch."""
     outputs = llm.generate(requests, params)
     tasks, owner = [], []
     for i, (p, out) in enumerate(zip(problems, outputs, strict=True)):
         for completion in out.outputs:
-            tasks.append(Task(completion.text, p.answer, p.verifier or default_verifier))
+            tasks.append((completion, Task(completion.text, p.answer, p.verifier or default_verifier)))
             owner.append(i)
-    outcomes: list[list[float]] = [[] for _ in problems]
-    for i, verdict in zip(owner, pool.verify(tasks), strict=True):
-        outcomes[i].append(float(verdict.correct))
-    return outcomes
+    results: list[list[tuple]] = [[] for _ in problems]
+    verdicts = pool.verify([task for _, task in tasks])
+    for i, (completion, _), verdict in zip(owner, tasks, verdicts, strict=True):
+        results[i].append((completion, verdict))
+    return results
+
+
+def _pass_outcomes(llm, pool, problems, requests, params, default_verifier) -> list[list[float]]:
+    """Per problem, the 0/1 outcome of each of its sampled responses."""
+    results = sample_and_verify(llm, pool, problems, requests, params, default_verifier)
+    return [[float(v.correct) for _, v in r] for r in results]
 
 
 def write_rows(rows: list[dict], out: Path) -> None:
@@ -102,7 +110,7 @@ def estimate_difficulty(job: DifficultyJob) -> dict:
         params = SamplingParams(
             n=job.k, temperature=job.temperature, max_tokens=job.max_tokens, seed=job.seed
         )
-        reqs = _requests(problems, processor, True, job.data)
+        reqs = make_requests(problems, processor, True, job.data)
         outcomes = _pass_outcomes(llm, pool, problems, reqs, params, job.verifier)
         hackable = [False] * len(problems)
         if job.no_think_tries:
@@ -112,7 +120,7 @@ def estimate_difficulty(job: DifficultyJob) -> dict:
                 max_tokens=job.max_tokens,
                 seed=job.seed + 1,
             )
-            reqs = _requests(problems, processor, False, job.data)
+            reqs = make_requests(problems, processor, False, job.data)
             no_think = _pass_outcomes(llm, pool, problems, reqs, params, job.verifier)
             hackable = [easy_to_hack(o) for o in no_think]
     rows = []

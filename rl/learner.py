@@ -17,6 +17,10 @@ from typing import Any, Literal
 
 import torch
 
+from sft.format import SFTExample
+from sft.loss import sft_loss
+from sft.packing import collate_packed, packed_logits
+
 from .batch import Collated, Experience, collate, micro_batches
 from .logprobs import gather_logprobs
 from .losses import get_loss, group_baseline
@@ -190,31 +194,83 @@ class Learner:
                 normalizer=normalizer,
                 **loss_kwargs,
             )
-            if not torch.isfinite(loss):
-                # Keep the backward (its collectives must stay in step across ranks) with a zero loss.
-                log.warning("non-finite loss %s in micro-batch %d on rank %d", loss.item(), k, self.rank)
-                bad += 1
-                loss = (logprobs * 0.0).sum()
-            self.engine.backward(loss, scale_wrt_gas=False)
+            loss = self._backward(loss, logprobs, k, bad)
             active = batch.response_mask.sum(-1) > 0
             totals["loss"] += float(loss.detach())
             totals["entropy"] += float((entropy * active).sum())
             tokens += float(active.sum())
             for name, value in metrics.items():
                 totals[name] = totals.get(name, 0.0) + value * float(active.sum())
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(bad)  # every rank skips, or none does
-        if bad.item() > 0:
-            self.engine.zero_grad()
-            self.engine.optimizer.zero_grad()
+        if not self._step(bad):
             return {"skipped": 1.0}
-        self.engine.step()
-        self.steps += 1
         out = {"loss": totals.pop("loss"), "skipped": 0.0}
         for name, value in totals.items():
             out[name] = value / max(tokens, 1.0)
         out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
         return out
+
+    def _backward(self, loss: torch.Tensor, graph: torch.Tensor, k: int, bad: torch.Tensor) -> torch.Tensor:
+        """Backward of ``loss``; a NaN/inf loss is counted in ``bad`` and replaced by a zero one.
+
+        The backward still runs on a bad micro-batch: its collectives must stay in step across ranks.
+        """
+        if not torch.isfinite(loss):
+            log.warning("non-finite loss %s in micro-batch %d on rank %d", loss.item(), k, self.rank)
+            bad += 1
+            loss = (graph * 0.0).sum()
+        self.engine.backward(loss, scale_wrt_gas=False)
+        return loss
+
+    def _step(self, bad: torch.Tensor) -> bool:
+        """The optimizer step, unless any rank saw a non-finite loss (then all drop their gradients)."""
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(bad)  # every rank skips, or none does
+        if bad.item() > 0:
+            self.engine.zero_grad()
+            self.engine.optimizer.zero_grad()
+            return False
+        self.engine.step()
+        self.steps += 1
+        return True
+
+    # -- SFT -------------------------------------------------------------------------------------
+
+    def set_lr(self, lr: float) -> None:
+        for group in getattr(self.optimizer, "optimizer", self.optimizer).param_groups:
+            group["lr"] = lr
+
+    def sft_step(
+        self, rows: Sequence[Sequence[SFTExample]], total_targets: int, lr: float
+    ) -> dict[str, float]:
+        """One optimizer step on packed rows; the loss is the token mean over ``total_targets``
+        (the step's target tokens over all ranks), so ranks' gradients average to the global one."""
+        self.set_lr(lr)
+        self.engine.train()
+        groups = micro_batches(list(rows), self.cfg.micro_batch_size)
+        totals, bad = {"nll_sum": 0.0, "tokens": 0.0}, torch.zeros(1)
+        for k, mb in enumerate(groups):
+            batch = collate_packed(mb, self.pad_id).to(self.device)
+            self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
+            logits = packed_logits(self.engine, batch)
+            loss, metrics = sft_loss(logits, batch.targets, batch.loss_mask, max(total_targets, 1))
+            self._backward(loss, logits, k, bad)
+            for name in totals:
+                totals[name] += metrics[name]
+        if not self._step(bad):
+            return {**totals, "skipped": 1.0}
+        return {**totals, "skipped": 0.0, "grad_norm": float(self.engine.get_global_grad_norm() or 0.0)}
+
+    @torch.no_grad()
+    def sft_eval(self, rows: Sequence[Sequence[SFTExample]]) -> dict[str, float]:
+        """Summed NLL and target count over ``rows`` (collective under ZeRO-3)."""
+        self.engine.eval()
+        totals = {"nll_sum": 0.0, "tokens": 0.0}
+        for mb in micro_batches(list(rows), self.cfg.micro_batch_size):
+            batch = collate_packed(mb, self.pad_id).to(self.device)
+            _, metrics = sft_loss(packed_logits(self.engine, batch), batch.targets, batch.loss_mask, 1.0)
+            for name in totals:
+                totals[name] += metrics[name]
+        return totals
 
     def reset_optimizer(self) -> None:
         """Drop Adam moments (Kimi k1.5 resets the optimizer at each mirror-descent iteration)."""

@@ -101,6 +101,8 @@ class RLConfig:
         from .losses import get_loss
 
         get_loss(self.loss.name)  # unknown names fail here, listing the valid ones
+        if self.resources.rollout_actors < 1:
+            raise ValueError("resources.rollout_actors must be >= 1 for RL")
 
 
 class TrainingStopped(RuntimeError):
@@ -157,19 +159,13 @@ class Trainer:
 
     def _start_actors(self) -> None:
         """Ray (a local cluster unless RAY_ADDRESS names one), placement, rollout pool, learners, rewards."""
-        import ray
-
         from actors.learner import LearnerGroup
-        from actors.placement import place
+        from actors.placement import place, start_ray
         from actors.reward import RewardActor
         from actors.rollout import RolloutPool
 
         cfg = self.cfg
-        if not ray.is_initialized():
-            # A local cluster: CPU counts are reservations, so give it at least what the config asks.
-            address = os.environ.get("RAY_ADDRESS")
-            cpus = None if address else max(os.cpu_count() or 1, int(cfg.resources.demand()["CPU"] + 0.999))
-            ray.init(address=address, num_cpus=cpus, include_dashboard=False)
+        start_ray(cfg.resources)
         self.placement = place(cfg.resources)
         engine = EngineConfig(
             model=self.model_path,

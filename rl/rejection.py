@@ -1,0 +1,104 @@
+"""``kvrl sft build``: rejection-sampled long-CoT SFT data from a checkpoint and a prompt dataset.
+
+For each problem, sample k responses with the rollout engine (vLLM, one batch), verify them in the
+sandboxed verifier pool, and write the correct, finished ones as SFT conversations (``sft/data.py``
+format); ``shortest`` keeps only the shortest correct one per problem. Images are referenced by path
+relative to the output file (bytes images are written beside it), so the dataset can be moved whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kimivl import KimiVLProcessor
+from rewards import VerifierPool
+from rollout.engine import EngineConfig, make_llm
+from sft.build import Candidate, keep, sft_row
+
+from .data import Problem, load_problems
+from .difficulty import make_requests, sample_and_verify, write_rows
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildJob:
+    checkpoint: str
+    data: str
+    out: str
+    k: int = 8
+    shortest: bool = False
+    temperature: float = 1.0
+    max_tokens: int = 1024
+    verifier: str = "math"  # for rows without a verifier column
+    max_model_len: int = 4096
+    seed: int = 0
+    workers: int = 2
+
+    def __post_init__(self):
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if Path(self.out).suffix not in (".jsonl", ".parquet"):
+            raise ValueError(f"--out {self.out}: write .jsonl or .parquet")
+
+
+def _image_refs(p: Problem, out: Path) -> list[str]:
+    """Each image of ``p`` as a path relative to the output file's folder."""
+    refs = []
+    for i, image in enumerate(p.images):
+        if isinstance(image, bytes | bytearray):
+            path = out.with_name(f"{out.stem}_images") / f"{p.id}_{i}.img"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(bytes(image))
+        else:
+            path = Path(image)
+        refs.append(os.path.relpath(path.resolve(), out.parent.resolve()))
+    return refs
+
+
+def build_sft_data(job: BuildJob) -> dict:
+    """Run the job and write the dataset; returns a summary."""
+    from vllm import SamplingParams
+
+    out = Path(job.out)
+    problems = load_problems(job.data).problems
+    processor = KimiVLProcessor.from_pretrained(job.checkpoint)
+    llm = make_llm(EngineConfig(model=job.checkpoint, seed=job.seed, max_model_len=job.max_model_len))
+    params = SamplingParams(n=job.k, temperature=job.temperature, max_tokens=job.max_tokens, seed=job.seed)
+    with VerifierPool(workers=job.workers) as pool:
+        requests = make_requests(problems, processor, True, job.data)
+        results = sample_and_verify(llm, pool, problems, requests, params, job.verifier)
+    rows, correct = [], 0
+    for p, samples in zip(problems, results, strict=True):
+        candidates = [
+            Candidate(c.text, len(c.token_ids), v.correct, c.finish_reason == "stop") for c, v in samples
+        ]
+        correct += sum(c.correct for c in candidates)
+        chosen = keep(candidates, job.shortest)
+        refs = _image_refs(p, out) if chosen else []
+        for j in chosen:
+            rows.append(
+                sft_row(
+                    f"{p.id}-{j}",
+                    p.question,
+                    refs,
+                    candidates[j].text,
+                    source_id=p.id,
+                    answer=p.answer,
+                    response_tokens=candidates[j].num_tokens,
+                )
+            )
+    write_rows(rows, out)
+    summary = {
+        "problems": len(problems),
+        "samples": len(problems) * job.k,
+        "correct": correct,
+        "written": len(rows),
+        "problems_kept": len({r["source_id"] for r in rows}),
+        "out": str(out),
+    }
+    log.info("sft build: %s", summary)
+    return summary
