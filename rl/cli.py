@@ -124,6 +124,15 @@ def _cmd_sft_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    import json
+
+    from rl.synth import synthesize
+
+    print(json.dumps(synthesize(args.out, args.n, args.seed, args.heldout)))
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
@@ -135,6 +144,62 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
     print(text)
+    return 0
+
+
+def _cmd_eval_tts(args: argparse.Namespace) -> int:
+    from rl.tts import format_budget, parse_budgets
+    from rl.tts_eval import CurveConfig, TTSJob, run_tts_job
+
+    try:
+        budgets = parse_budgets(args.budgets)
+    except ValueError as e:
+        raise ValueError(f"--budgets: {e}") from e
+    try:
+        curve = CurveConfig(
+            budgets=budgets,
+            mode=args.mode,
+            answer_tokens=args.answer_tokens,
+            samples=args.k if args.samples is None else args.samples,
+            k=args.k,
+            temperature=args.temperature,
+            seed=args.seed,
+        )
+    except ValueError as e:
+        raise ValueError(f"--answer-tokens/--k/--samples: {e}") from e
+    job = TTSJob(
+        checkpoints=[str(c) for c in args.checkpoint],
+        data=str(args.data),
+        curve=curve,
+        out=str(args.out),
+        max_samples=args.max_samples,
+        verifier=args.verifier,
+        max_model_len=args.max_model_len,
+        compare_naive=args.compare_naive,
+        wandb=args.wandb,
+    )
+    result = run_tts_job(job)
+    print(
+        f"{'checkpoint':<28} {'budget':>6} {'accuracy':>8}  {'95% CI':<15} {'thinking':>8} {'truncated':>9}"
+    )
+    for p in result["points"]:
+        name = p.checkpoint if len(p.checkpoint) <= 28 else "…" + p.checkpoint[-27:]
+        ci = f"[{p.ci_low:.3f}, {p.ci_high:.3f}]"
+        print(
+            f"{name:<28} {format_budget(p.budget):>6} {p.accuracy:>8.3f}  {ci:<15} "
+            f"{p.mean_thinking_tokens:>8.1f} {p.truncation_rate:>9.3f}"
+        )
+    for t in result["timing"]:
+        line = f"{t['checkpoint']}: generation {t['generation_s']:.2f} s"
+        if "naive_generation_s" in t:
+            line += (
+                f"; warm: one generation {t['one_generation_warm_s']:.2f} s, per-budget "
+                f"{t['naive_generation_s']:.2f} s ({t['naive_over_one_generation']:.2f}x), "
+                f"curves {'identical' if t['naive_matches'] else 'DIFFER'}"
+            )
+        print(line)
+    paths = result["paths"]
+    print(f"kvrl eval tts: wrote {paths['csv']}, {paths['json']}, {paths['png']}")
     return 0
 
 
@@ -234,6 +299,18 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=_cmd_sft_build)
 
+    data = sub.add_parser("data", help="datasets (`kvrl data synth`: a local visual reasoning dataset)")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="DATA")
+    synth = data_sub.add_parser(
+        "synth",
+        help="render grid images with multi-step counting questions, train/held-out splits and SFT traces",
+    )
+    synth.add_argument("--out", required=True, type=Path, help="output directory")
+    synth.add_argument("--n", type=int, default=2000, help="training problems (default 2000)")
+    synth.add_argument("--heldout", type=int, default=256, help="held-out problems (default 256)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(func=_cmd_data_synth)
+
     bench = sub.add_parser(
         "bench", help="side-by-side benchmarks; writes JSON (benchmark, kvrl, baseline, ratio)"
     )
@@ -241,6 +318,43 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", type=Path, help="Kimi-VL directory (default: a fresh tiny model)")
     bench.add_argument("--out", type=Path, help="write the JSON result here too")
     bench.set_defaults(func=_cmd_bench)
+    evaluate = sub.add_parser("eval", help="evaluations of checkpoints (`kvrl eval tts`: test-time scaling)")
+    evals = evaluate.add_subparsers(dest="eval_command", required=True, metavar="EVAL")
+    tts = evals.add_parser(
+        "tts",
+        help="test-time scaling curves: accuracy vs. thinking budget; writes tts.csv/json/png",
+        description="Per budget the thinking section is capped: truncate = still thinking at the cap "
+        "scores 0 (one generation serves all budgets); force = ◁/think▷ is appended at the cap and the "
+        "model answers in <= --answer-tokens more.",
+    )
+    tts.add_argument(
+        "--checkpoint", required=True, type=Path, action="append", help="Kimi-VL checkpoint (repeatable)"
+    )
+    tts.add_argument("--data", required=True, type=Path, help="prompt dataset (id, question, answer, ...)")
+    tts.add_argument(
+        "--budgets",
+        default="16,32,64,128",
+        help="thinking budgets, k = 1024: e.g. 1k,2k,4k (default 16,32,64,128)",
+    )
+    tts.add_argument("--mode", choices=["truncate", "force"], default="truncate", help="default truncate")
+    tts.add_argument(
+        "--answer-tokens", type=int, default=32, help="tokens allowed after ◁/think▷ (default 32)"
+    )
+    tts.add_argument("--k", type=int, default=1, help="pass@k (default 1)")
+    tts.add_argument("--samples", type=int, help="responses per problem (default: k)")
+    tts.add_argument("--out", type=Path, default=Path("runs/tts"), help="output directory (default runs/tts)")
+    tts.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    tts.add_argument("--seed", type=int, default=0)
+    tts.add_argument("--max-samples", type=int, help="evaluate the first N problems only")
+    tts.add_argument("--verifier", default="math", help="verifier for rows without a verifier column")
+    tts.add_argument("--max-model-len", type=int, help="engine context (default: what the run needs)")
+    tts.add_argument(
+        "--compare-naive",
+        action="store_true",
+        help="truncate mode: also generate once per budget, check the curves match and time both",
+    )
+    tts.add_argument("--wandb", choices=["offline", "online", "disabled"], default="offline")
+    tts.set_defaults(func=_cmd_eval_tts)
     return parser
 
 

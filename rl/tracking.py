@@ -79,6 +79,40 @@ class Tracker:
             table = wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])
             self._wandb.log({"samples": table}, step=iteration)
 
+    def log_line_plot(
+        self,
+        key: str,
+        series: dict[str, tuple[list[float], list[float]]],
+        *,
+        title: str,
+        xname: str,
+        step: int | None = None,
+    ) -> None:
+        """A wandb line plot with one line per entry of ``series`` (name -> (xs, ys)); no-op without wandb."""
+        if self._wandb is None or not series:
+            return
+        import wandb
+
+        names = list(series)
+        chart = wandb.plot.line_series(
+            xs=[list(series[n][0]) for n in names],
+            ys=[list(series[n][1]) for n in names],
+            keys=names,
+            title=title,
+            xname=xname,
+        )
+        self._wandb.log({key: chart}, step=step)
+
+    def log_table(self, key: str, rows: list[dict[str, Any]], step: int | None = None) -> None:
+        """A wandb table of ``rows`` (the columns of the first); no-op without wandb."""
+        if self._wandb is None or not rows:
+            return
+        import wandb
+
+        columns = list(rows[0])
+        table = wandb.Table(columns=columns, data=[[_clean(r[c]) for c in columns] for r in rows])
+        self._wandb.log({key: table}, step=step)
+
     def finish(self) -> None:
         if self._wandb is not None:
             self._wandb.finish()

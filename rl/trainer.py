@@ -32,6 +32,7 @@ from .data import DataConfig, DataError, Problem, load_problems
 from .learner import LearnerConfig
 from .provenance import write_run_info
 from .tracking import Tracker, TrackingConfig
+from .tts_eval import EvalConfig, TrainingCurves, wandb_series
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,7 @@ class RLConfig:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     resources: ResourceConfig = field(default_factory=ResourceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)  # test-time scaling curves during training
 
     def __post_init__(self):
         from .losses import get_loss
@@ -155,6 +157,7 @@ class Trainer:
         self._images: dict[str, dict] = {}
         write_run_info(self.run_dir, to_dict(cfg))
         self.tracker = Tracker(self.run_dir, cfg.tracking, to_dict(cfg), resume=state is not None)
+        self.curves, self._eval_row = self._make_curves(), {}
         self._start_actors()
 
     def _start_actors(self) -> None:
@@ -181,6 +184,16 @@ class Trainer:
         )
         self.reward = RewardActor.options(**self.placement.reward).remote(cfg.rewards)
 
+    def _make_curves(self) -> TrainingCurves | None:
+        cfg = self.cfg
+        if not cfg.eval.tts_every:
+            return None
+        curves = TrainingCurves(
+            cfg.eval, cfg.data.path, self.processor, self.run_dir, cfg.trainer.seed, cfg.rewards.verifier
+        )
+        curves.check_fits(cfg.rollout.max_model_len)
+        return curves
+
     def _difficulties(self) -> list[float]:
         values = [p.difficulty for p in self.problems]
         if self.cfg.curriculum.schedule != "none" and any(v is None for v in values):
@@ -204,6 +217,7 @@ class Trainer:
                 batch = self.experiences(problems, results, rewards)
                 learn, t_learn = phase("learn", self.learn, batch)
                 _, t_sync = phase("sync", self.sync)
+                phase("eval", self.evaluate, it)
                 times = dict(
                     time_rollout=t_rollout, time_reward=t_reward, time_learn=t_learn, time_sync=t_sync
                 )
@@ -323,6 +337,21 @@ class Trainer:
     def sync(self) -> None:
         self.pool.update_weights(self.learners.state_ref())
 
+    def evaluate(self, it: int) -> None:
+        """Every ``eval.tts_every`` iterations, a test-time scaling curve of the weights just synced, on
+        the rollout pool; its ``tts/budget_<b>`` accuracies go into this iteration's metrics row."""
+        import ray
+
+        self._eval_row = {}
+        if self.curves is None or not self.curves.due(it, self.cfg.trainer.iterations):
+            return
+        start = time.perf_counter()
+        row = self.curves.run(it, self.pool.generate, lambda tasks: ray.get(self.reward.verify.remote(tasks)))
+        self._eval_row = {**row, "time_eval": time.perf_counter() - start}
+        series = wandb_series(self.curves.history)  # every curve so far: the evolution in one plot
+        title = f"test-time scaling ({self.cfg.eval.mode}) over training"
+        self.tracker.log_line_plot("tts/curves", series, title=title, xname="log2 thinking budget", step=it)
+
     def log(self, it, problems, results, verdicts, rewards, learn, times) -> None:
         samples = [s for r in results for s in r.samples]
         lengths = [len(s.response_token_ids) for s in samples]
@@ -342,6 +371,7 @@ class Trainer:
             "sync_time": times["time_sync"],
             **{k: v for k, v in learn.items() if k not in ("kl", "entropy")},
             **self.sampler.metrics([self._index[p.id] for p in problems], it),
+            **self._eval_row,
         }
         self.tracker.log(row)
         owners = [p for p, r in zip(problems, results, strict=True) for _ in r.samples]
@@ -418,7 +448,7 @@ class Trainer:
 class _Phases:
     """A progress bar over one iteration's phases; calling it runs a phase and returns (result, seconds)."""
 
-    NAMES = ("rollout", "reward", "learn", "sync", "checkpoint")
+    NAMES = ("rollout", "reward", "learn", "sync", "eval", "checkpoint")
 
     def __init__(self, iteration: int):
         self.bar = tqdm(total=len(self.NAMES), desc=f"iteration {iteration}", leave=False, unit="phase")

@@ -7,7 +7,9 @@ no generation ever sees half-updated weights.
 Thinking budget: with ``thinking_budget`` set, a response that has not closed its thinking after
 that many tokens gets ``◁/think▷`` appended and is continued for up to ``answer_tokens`` more
 (the Kimi-VL test-time-scaling protocol). The forced token is marked in ``forced`` so training
-can leave it out of the loss.
+can leave it out of the loss. With ``always_answer`` (budget-forcing evaluations, ``kvrl eval tts
+--mode force``) a thinking section the model ends with its end-of-turn token before the budget is
+closed the same way, that end-of-turn token dropped, so every response gets an answer section.
 """
 
 from __future__ import annotations
@@ -25,6 +27,17 @@ log = logging.getLogger(__name__)
 WORKER_EXTENSION = "rollout.weight_sync.WeightReceiver"
 
 
+class _NoThreadBindingNoise(logging.Filter):
+    """In-process, vLLM's CPU worker replaces ``torch.set_num_threads`` with a warning, and vLLM's own
+    multimodal preprocessing calls it once per image request: that warning says nothing here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "torch.set_num_threads" not in record.getMessage()
+
+
+_QUIET = _NoThreadBindingNoise()
+
+
 @dataclass
 class SamplingConfig:
     n: int = 4
@@ -33,6 +46,7 @@ class SamplingConfig:
     max_tokens: int = 512
     thinking_budget: int | None = None  # max thinking tokens before ◁/think▷ is forced
     answer_tokens: int = 64  # tokens allowed after a forced ◁/think▷
+    always_answer: bool = False  # with a budget: also force ◁/think▷ where the turn ended inside thinking
 
     def __post_init__(self):
         if self.n < 1 or self.max_tokens < 1:
@@ -73,6 +87,7 @@ class RolloutWorker:
         extra.setdefault("worker_extension_cls", WORKER_EXTENSION)
         self.cfg = EngineConfig(**{**cfg.__dict__, "extra": extra})
         self.llm = make_llm(self.cfg)
+        logging.getLogger("vllm.v1.worker.cpu_worker").addFilter(_QUIET)
         self.processor = KimiVLProcessor.from_pretrained(cfg.model)
         tok = self.processor.tokenizer
         self.think_close = tok.convert_tokens_to_ids("◁/think▷")
@@ -115,7 +130,8 @@ class RolloutWorker:
 
         Closed its thinking itself: sample the answer. Still thinking when the budget ran out: force
         ``◁/think▷`` (marked in ``forced``), then sample the answer. Not thinking and cut by the window:
-        keep generating up to ``max_tokens``. Finished (end of turn): leave it.
+        keep generating up to ``max_tokens``. Finished (end of turn): leave it, unless it ended inside
+        its thinking and ``always_answer`` is set: then drop the end-of-turn token and force as above.
         """
         from .engine import to_samples
         from .inputs import collapse_placeholders
@@ -128,7 +144,9 @@ class RolloutWorker:
             ) or self.think_open in ids
             if ids and ids[-1] == self.think_close:
                 tokens = sampling.answer_tokens
-            elif opened and s.finish_reason == "length":
+            elif opened and (s.finish_reason == "length" or (sampling.always_answer and ids)):
+                if s.finish_reason != "length":  # ended its turn while thinking: drop end-of-turn
+                    ids, s.logprobs = ids[:-1], s.logprobs[:-1]
                 s.response_token_ids = [*ids, self.think_close]
                 s.logprobs = [*s.logprobs, 0.0]
                 s.forced.append(len(ids))
@@ -156,6 +174,10 @@ class RolloutWorker:
             s.text = tok.decode(s.response_token_ids, skip_special_tokens=True)
             s.finish_reason = cont.finish_reason
         return samples
+
+    def shutdown(self) -> None:
+        """Stop the engine and free its memory (the worker is unusable after)."""
+        self.llm.llm_engine.engine_core.shutdown()
 
     def update_weights(self, state: dict, version: int) -> float:
         """Load full weights (official names) into the live engine; returns seconds taken."""
