@@ -1,0 +1,135 @@
+"""``kvrl data synth``: a local visual reasoning dataset whose answers need the image and several steps.
+
+Each image is a 3x3 grid of 28-px cells (84x84 px: one merged vision token per cell); a cell is empty
+or holds a coloured square or disk. The question asks for a number computed from the shape count:
+
+| level | question | steps |
+|---|---|---|
+| 1 | how many cells hold a shape | count row by row, sum |
+| 2 | the count plus k | + one addition |
+| 3 | the count times k, plus m | + a product and a sum |
+
+More steps = harder (``level``, and ``difficulty`` = a prior of (level - 1) / 3 for the curriculum
+until ``kvrl difficulty`` measures one). Long-CoT traces for SFT walk the steps inside
+``◁think▷…◁/think▷``, so cutting the thinking short loses the answer: the thinking budget matters.
+Answers are integers, checked by the ``math`` verifier.
+
+Writes, under ``--out``: ``images/``, ``train.jsonl`` and ``heldout.jsonl`` (prompt datasets:
+``id, question, answer, images, level, difficulty``) and ``sft_train.jsonl`` (conversations with
+traces for the train problems). All jsonl: ``datasets.load_dataset("json", data_files=…)`` reads them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+CELL, GRID = 28, 3
+COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (235, 215, 40)}
+
+
+@dataclass
+class SynthProblem:
+    id: str
+    level: int
+    cells: list[list[str | None]]  # GRID x GRID colour names (None: empty)
+    k: int
+    m: int
+
+    @property
+    def count(self) -> int:
+        return sum(c is not None for row in self.cells for c in row)
+
+    @property
+    def answer(self) -> int:
+        return {1: self.count, 2: self.count + self.k, 3: self.count * self.k + self.m}[self.level]
+
+    def question(self) -> str:
+        return {
+            1: "How many cells of the grid hold a shape?",
+            2: f"Count the shapes in the grid, then add {self.k}.",
+            3: f"Count the shapes in the grid, multiply by {self.k}, then add {self.m}.",
+        }[self.level]
+
+    def thinking(self) -> str:
+        """The worked steps: each row's cells, the row counts, the sum, then the arithmetic."""
+        lines, counts = [], []
+        for r, row in enumerate(self.cells, start=1):
+            n = sum(c is not None for c in row)
+            counts.append(n)
+            seen = ", ".join(c or "empty" for c in row)
+            lines.append(f"Row {r}: {seen}. That is {n}.")
+        total = self.count
+        lines.append(f"Total: {' + '.join(map(str, counts))} = {total}.")
+        if self.level == 2:
+            lines.append(f"Add {self.k}: {total} + {self.k} = {self.answer}.")
+        if self.level == 3:
+            product = total * self.k
+            lines.append(f"Multiply by {self.k}: {total} x {self.k} = {product}.")
+            lines.append(f"Add {self.m}: {product} + {self.m} = {self.answer}.")
+        return " ".join(lines)
+
+    def response(self) -> str:
+        return f"◁think▷{self.thinking()}◁/think▷The answer is {self.answer}."
+
+    def render(self) -> Image.Image:
+        image = Image.new("RGB", (CELL * GRID, CELL * GRID), (255, 255, 255))
+        draw = ImageDraw.Draw(image)
+        for r, row in enumerate(self.cells):
+            for c, colour in enumerate(row):
+                if colour is None:
+                    continue
+                box = (c * CELL + 4, r * CELL + 4, c * CELL + CELL - 5, r * CELL + CELL - 5)
+                shape = draw.ellipse if (r + c + len(colour)) % 2 else draw.rectangle
+                shape(box, fill=COLOURS[colour])
+        return image
+
+
+def make_problem(rng: random.Random, index: int, level: int) -> SynthProblem:
+    fill = rng.random()
+    cells = [
+        [rng.choice(list(COLOURS)) if rng.random() < fill else None for _ in range(GRID)] for _ in range(GRID)
+    ]
+    return SynthProblem(f"synth{index:05d}", level, cells, k=rng.randint(2, 4), m=rng.randint(1, 5))
+
+
+def synthesize(out: str | Path, n: int, seed: int = 0, heldout: int = 256, levels=(1, 2, 3)) -> dict:
+    """Write ``n`` train + ``heldout`` held-out problems (levels in equal shares) under ``out``."""
+    if n < 1 or heldout < 0:
+        raise ValueError(f"--n must be >= 1 and --heldout >= 0 (got {n}, {heldout})")
+    out = Path(out)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    problems = [make_problem(rng, i, levels[i % len(levels)]) for i in range(n + heldout)]
+    splits = {"train": problems[:n], "heldout": problems[n:]}
+    for name, items in splits.items():
+        with open(out / f"{name}.jsonl", "w", encoding="utf-8") as f:
+            for p in items:
+                image = f"images/{p.id}.png"
+                p.render().save(out / image)
+                row = {
+                    "id": p.id,
+                    "question": p.question(),
+                    "answer": str(p.answer),
+                    "images": [image],
+                    "level": p.level,
+                    "difficulty": round((p.level - 1) / 3, 4),
+                }
+                f.write(json.dumps(row) + "\n")
+    with open(out / "sft_train.jsonl", "w", encoding="utf-8") as f:
+        for p in splits["train"]:
+            user = [{"type": "image"}, {"type": "text", "text": p.question()}]
+            row = {
+                "id": p.id,
+                "messages": [
+                    {"role": "user", "content": user},
+                    {"role": "assistant", "content": p.response()},
+                ],
+                "images": [f"images/{p.id}.png"],
+            }
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return {"out": str(out), "train": n, "heldout": heldout, "seed": seed}

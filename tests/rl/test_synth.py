@@ -1,0 +1,54 @@
+"""`kvrl data synth`: images that must be read, multi-step exact answers, traces that walk the steps."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+from PIL import Image
+
+from rewards import verify_response
+from rl.data import load_problems
+from rl.synth import CELL, COLOURS, SynthProblem, synthesize
+from sft.data import load_conversations
+
+
+def test_answers_follow_the_grid_by_hand():
+    cells = [["red", None, "blue"], [None, None, None], ["green", "green", None]]
+    # 4 shapes; level 2 with k=3: 4 + 3 = 7; level 3 with k=3, m=2: 4 * 3 + 2 = 14
+    assert SynthProblem("a", 1, cells, 3, 2).answer == 4
+    assert SynthProblem("a", 2, cells, 3, 2).answer == 7
+    p = SynthProblem("a", 3, cells, 3, 2)
+    assert p.answer == 14
+    thinking = p.thinking()
+    assert "Row 1: red, empty, blue. That is 2." in thinking and "Total: 2 + 0 + 2 = 4." in thinking
+    assert thinking.endswith("Add 2: 12 + 2 = 14.")
+    assert verify_response(p.response(), "14", "math").correct
+    # The image shows exactly those cells: a cell's centre pixel is its colour, or white when empty.
+    image = p.render()
+    for r, row in enumerate(cells):
+        for c, colour in enumerate(row):
+            centre = image.getpixel((c * CELL + CELL // 2, r * CELL + CELL // 2))
+            assert centre == (COLOURS[colour] if colour else (255, 255, 255))
+
+
+def test_synth_writes_splits_datasets_reads(tmp_path):
+    summary = synthesize(tmp_path, n=30, seed=3, heldout=9)
+    assert summary["train"] == 30
+    train = load_problems(tmp_path / "train.jsonl").problems
+    held = load_problems(tmp_path / "heldout.jsonl").problems
+    assert len(train) == 30 and len(held) == 9 and not {p.id for p in train} & {p.id for p in held}
+    assert {p.columns["level"] for p in train} == {1, 2, 3}
+    assert all(Image.open(p.images[0]).size == (84, 84) for p in held)
+    sft = load_conversations(tmp_path / "sft_train.jsonl").conversations
+    assert [c.id for c in sft] == [p.id for p in train]
+    for c, p in zip(sft, train, strict=True):
+        assert verify_response(c.messages[1]["content"][0]["text"], p.answer, "math").correct
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "heldout.jsonl"))["train"]
+    assert ds.num_rows == 9 and set(ds.column_names) >= {"id", "question", "answer", "images", "level"}
+    # Deterministic in the seed.
+    again = synthesize(tmp_path / "again", n=30, seed=3, heldout=9)
+    assert (tmp_path / "again" / "train.jsonl").read_text() == (tmp_path / "train.jsonl").read_text()
+    assert again["seed"] == 3
+    first = json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])
+    assert first["difficulty"] == round((first["level"] - 1) / 3, 4)
