@@ -425,11 +425,22 @@ class Trainer:
 
     def close(self) -> None:
         self.tracker.finish()
+        self.plot()
         for closer in (self.pool.shutdown, self.learners.shutdown, self.placement.remove):
             try:
                 closer()
             except Exception as e:  # keep closing the rest
                 log.warning("shutdown: %s", e)
+
+    def plot(self) -> None:
+        """``training.png``: reward, accuracy and length over the iterations so far."""
+        from .plots import plot_training, read_metrics
+
+        try:
+            if self.tracker.metrics_path.exists():
+                plot_training(read_metrics(self.tracker.metrics_path), self.run_dir / "training.png")
+        except Exception as e:  # a plot is never worth a failed run
+            log.warning("training.png: %s", e)
 
     # -- helpers ---------------------------------------------------------------------------------
 

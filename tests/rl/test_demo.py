@@ -1,0 +1,96 @@
+"""`kvrl demo`: the quick profile end to end (every stage for real), and the stage plumbing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from rl.cli import format_demo_summary
+from rl.demo import PROFILES, STAGES, DemoError, DemoState, run_stage
+
+
+@pytest.mark.slow
+def test_quick_demo_runs_every_stage_and_writes_a_well_formed_summary(tmp_path):
+    out = tmp_path / "demo"
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "rl.cli", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - start
+    print(proc.stdout)
+    print(f"QUICK DEMO WALL {wall:.0f} s")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads((out / "summary.json").read_text())
+    budgets = [str(b) for b in PROFILES["quick"].budgets]
+    assert set(summary["tts"]) == {"sft", "rl"}
+    for curve in summary["tts"].values():
+        assert list(curve) == budgets and all(0.0 <= a <= 1.0 for a in curve.values())
+    assert summary["sft_accuracy"] == summary["tts"]["sft"][budgets[-1]]
+    assert summary["rl_accuracy"] == summary["tts"]["rl"][budgets[-1]]
+    assert summary["rl_accuracy"] >= summary["sft_accuracy"]
+    assert set(summary["wall_s"]) == {*STAGES, "total"} and all(v > 0 for v in summary["wall_s"].values())
+    assert summary["rl_iterations"] == PROFILES["quick"].rl_iterations
+    for name in ("rl_training.png", "tts.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # Every stage on the real path left its own record: a wandb offline run, a checkpoint, a log.
+    assert list((out / "rl" / "wandb").glob("offline-run-*"))
+    assert (out / "checkpoints" / "rl" / "config.json").exists()
+    rows = [json.loads(line) for line in (out / "data" / "rl_train.jsonl").read_text().splitlines()]
+    assert len(rows) == PROFILES["quick"].rl_pool and all(0.0 <= r["difficulty"] <= 1.0 for r in rows)
+    assert all((out / "logs" / f"{s}.log").exists() for s in STAGES)
+    assert "held-out accuracy" in proc.stdout and "sft_accuracy" in proc.stdout
+    # Re-running the same command finds every stage done and only rewrites the summary.
+    again = subprocess.run(
+        [sys.executable, "-m", "rl.cli", "demo", "--quick", "--out", str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((out / "summary.json").read_text())["wall_s"] == summary["wall_s"]
+
+
+def test_a_failing_stage_names_itself_its_command_and_its_log(tmp_path):
+    log_path = tmp_path / "logs" / "rl.log"
+    with pytest.raises(DemoError) as err:
+        run_stage("rl", ["rl", "--config", str(tmp_path / "missing.yaml")], log_path)
+    message = str(err.value)
+    assert "stage rl failed (exit 2)" in message and "missing.yaml" in message
+    assert "does not exist" in message  # the tail of the stage's own log
+    assert log_path.read_text().startswith("$ kvrl rl --config")
+
+
+def test_state_refuses_foreign_dirs_and_other_profiles(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not a kvrl demo run"):
+        DemoState(foreign, PROFILES["quick"])
+    state = DemoState(tmp_path / "run", PROFILES["quick"])
+    state.finish("model", 1.5)
+    assert DemoState(tmp_path / "run", PROFILES["quick"]).done == {"model": 1.5}
+    with pytest.raises(FileExistsError, match="other settings"):
+        DemoState(tmp_path / "run", PROFILES["full"])
+
+
+def test_summary_table_shows_every_number():
+    summary = {
+        "profile": "full",
+        "heldout_problems": 256,
+        "samples_per_problem": 4,
+        "temperature": 1.0,
+        "accuracy_budget": 192,
+        "sft_accuracy": 0.3,
+        "rl_accuracy": 0.41,
+        "tts": {"sft": {"32": 0.0, "192": 0.3}, "rl": {"32": 0.01, "192": 0.41}},
+        "wall_s": {"sft": 330.0, "total": 1190.5},
+        "checks": {"rl_gain_at_least": {"bar": 0.08, "value": 0.11, "passed": True}},
+    }
+    text = format_demo_summary(summary)
+    for needle in ("5 min 30.0 s", "19 min 50.5 s", "0.410", "0.010", "pass  rl gain at least 0.08: +0.110"):
+        assert needle in text, (needle, text)
