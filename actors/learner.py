@@ -50,8 +50,10 @@ class LearnerActor:
     def logprobs(self, samples: list[Experience]) -> list[list[float]]:
         return self.learner.logprobs(samples)
 
-    def train_step(self, samples, baselines, loss_name, loss_kwargs, global_batch) -> dict[str, float]:
-        return self.learner.train_step(samples, baselines, loss_name, loss_kwargs, global_batch)
+    def train_step(
+        self, samples, baselines, loss_name, loss_kwargs, global_batch, lr=None
+    ) -> dict[str, float]:
+        return self.learner.train_step(samples, baselines, loss_name, loss_kwargs, global_batch, lr)
 
     def reset_optimizer(self) -> None:
         self.learner.reset_optimizer()
@@ -102,6 +104,7 @@ class LearnerGroup:
         loss_name: str,
         loss_kwargs: dict[str, Any],
         exact_tau: float | None = None,
+        lr: float | None = None,
     ) -> dict[str, float]:
         """One optimizer step on every rank over the whole batch; metrics averaged over ranks."""
         baselines = with_baselines(samples, exact_tau)
@@ -109,7 +112,7 @@ class LearnerGroup:
         shards = shard_for_ranks(tagged, self.world_size, (inactive(samples[0]), 0.0))
         futures = [
             a.train_step.remote(
-                [s for s, _ in shard], [b for _, b in shard], loss_name, loss_kwargs, len(samples)
+                [s for s, _ in shard], [b for _, b in shard], loss_name, loss_kwargs, len(samples), lr
             )
             for a, shard in zip(self.actors, shards, strict=True)
         ]

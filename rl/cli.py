@@ -129,7 +129,7 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 
     from rl.synth import synthesize
 
-    print(json.dumps(synthesize(args.out, args.n, args.seed, args.heldout)))
+    print(json.dumps(synthesize(args.out, args.n, args.seed, args.heldout, args.hasty)))
     return 0
 
 
@@ -345,6 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--out", required=True, type=Path, help="output directory")
     synth.add_argument("--n", type=int, default=2000, help="training problems (default 2000)")
     synth.add_argument("--heldout", type=int, default=256, help="held-out problems (default 256)")
+    synth.add_argument(
+        "--hasty",
+        type=float,
+        default=0.0,
+        help="fraction of SFT traces that answer at a glance, with no steps (default 0; the demo: 0.4)",
+    )
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_cmd_data_synth)
 

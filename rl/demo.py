@@ -53,6 +53,7 @@ class Profile:
     name: str
     train: int  # synthetic training problems (SFT traces; the RL pool is drawn from them)
     heldout: int  # held-out problems for every accuracy in the summary
+    hasty: float  # fraction of SFT traces that answer with no steps (rl/synth.py)
     sft_schedule: list[dict]
     sft_batch_size: int
     rl_pool: int  # problems whose difficulty is measured and that RL samples from
@@ -70,8 +71,9 @@ class Profile:
 PROFILES = {
     "full": Profile(
         name="full",
-        train=3000,
+        train=6000,
         heldout=256,
+        hasty=0.4,
         sft_schedule=[
             {"epochs": 4, "warmup": 0.05, "peak_lr": 3.0e-3, "final_lr": 3.0e-4},
             {"epochs": 2, "warmup": 0.1, "peak_lr": 1.0e-3, "final_lr": 1.0e-4},
@@ -90,6 +92,7 @@ PROFILES = {
         name="quick",
         train=240,
         heldout=64,
+        hasty=0.4,
         sft_schedule=[{"epochs": 3, "warmup": 0.1, "peak_lr": 3.0e-3, "final_lr": 3.0e-4}],
         sft_batch_size=4,
         rl_pool=64,
@@ -132,11 +135,16 @@ def sft_config(p: Profile, paths: DemoPaths) -> dict[str, Any]:
         "model": str(paths.model),
         "data": {
             "path": str(paths.data / "sft_train.jsonl"),
-            "eval_fraction": 0.05,
+            "eval_fraction": 0.03,
             "max_length": 256,
             "pack_length": 1024,
         },
-        "trainer": {"output_dir": str(paths.sft), "seed": p.seed, "batch_size": p.sft_batch_size},
+        "trainer": {
+            "output_dir": str(paths.sft),
+            "seed": p.seed,
+            "batch_size": p.sft_batch_size,
+            "eval_every": 50,
+        },
         "schedule": p.sft_schedule,
         "learner": {"zero_stage": 2, "micro_batch_size": 4},
         "resources": {"learner_ranks": 2},
@@ -159,7 +167,7 @@ def rl_config(p: Profile, paths: DemoPaths) -> dict[str, Any]:
             "save_every": p.rl_iterations,
         },
         "loss": {"name": "opmd", "tau": 1.0},
-        "learner": {"zero_stage": 2, "lr": p.rl_lr, "micro_batch_size": 16},
+        "learner": {"zero_stage": 2, "lr": p.rl_lr, "warmup_steps": 10, "micro_batch_size": 16},
         "rollout": {
             "max_model_len": 1024,
             "max_num_seqs": 64,
@@ -204,7 +212,7 @@ def _argv(command: str, **flags: Any) -> list[str]:
 def stage_commands(p: Profile, paths: DemoPaths) -> dict[str, list[str]]:
     return {
         "model": _argv("tiny", out=paths.model, seed=p.seed),
-        "data": _argv("data synth", out=paths.data, n=p.train, heldout=p.heldout, seed=p.seed),
+        "data": _argv("data synth", out=paths.data, n=p.train, heldout=p.heldout, hasty=p.hasty, seed=p.seed),
         "sft": _argv("sft", config=paths.configs / "sft.yaml"),
         "difficulty": _argv(
             "difficulty",

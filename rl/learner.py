@@ -45,6 +45,9 @@ class LearnerConfig:
 
     zero_stage: Literal[0, 1, 2, 3] = 2
     lr: float = 1e-5
+    # RL: linear warm-up over the first optimizer steps. Adam's first steps move every weight by about
+    # lr whatever its gradient's size, which a small model does not survive at lrs that learn later.
+    warmup_steps: int = 0
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0
@@ -164,13 +167,17 @@ class Learner:
         loss_name: str,
         loss_kwargs: dict[str, Any],
         global_batch: int,
+        lr: float | None = None,
     ) -> dict[str, float]:
         """One optimizer step over this rank's samples, accumulated over micro-batches.
 
         ``global_batch`` is the number of real samples over all ranks: each rank's loss is divided by
         global_batch / world_size so the data-parallel gradient average is that of the full batch.
+        ``lr``: this step's learning rate (default: leave the optimizer's as it is).
         """
         loss_fn = get_loss(loss_name)
+        if lr is not None:
+            self.set_lr(lr)
         self.engine.train()
         normalizer = global_batch / self.world_size
         groups = micro_batches(list(zip(samples, baselines, strict=True)), self.cfg.micro_batch_size)

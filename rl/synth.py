@@ -7,11 +7,15 @@ or holds a coloured square or disk. The question asks for a number computed from
 |---|---|---|
 | 1 | how many cells hold a shape | count row by row, sum |
 | 2 | the count plus k | + one addition |
-| 3 | the count times k, plus m | + a product and a sum |
+| 3 | the count plus k, plus m | + two additions |
 
 More steps = harder (``level``, and ``difficulty`` = a prior of (level - 1) / 3 for the curriculum
 until ``kvrl difficulty`` measures one). Long-CoT traces for SFT walk the steps inside
 ``◁think▷…◁/think▷``, so cutting the thinking short loses the answer: the thinking budget matters.
+A ``hasty`` fraction of the traces answers "at a glance" instead, with no steps: their answers are
+right too, but a small model cannot compute them in one token, so after SFT the model holds two
+strategies, one that works and one that mostly does not. Choosing between them is what RL learns
+first (and what makes thinking longer pay, as in the Kimi k1.5 and Kimi-VL reports).
 Answers are integers, checked by the ``math`` verifier.
 
 Writes, under ``--out``: ``images/``, ``train.jsonl`` and ``heldout.jsonl`` (prompt datasets:
@@ -29,6 +33,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 CELL, GRID = 28, 3
+HASTY_THINKING = "At a glance, no need to count."
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (235, 215, 40)}
 
 
@@ -46,13 +51,13 @@ class SynthProblem:
 
     @property
     def answer(self) -> int:
-        return {1: self.count, 2: self.count + self.k, 3: self.count * self.k + self.m}[self.level]
+        return {1: self.count, 2: self.count + self.k, 3: self.count + self.k + self.m}[self.level]
 
     def question(self) -> str:
         return {
             1: "How many cells of the grid hold a shape?",
             2: f"Count the shapes in the grid, then add {self.k}.",
-            3: f"Count the shapes in the grid, multiply by {self.k}, then add {self.m}.",
+            3: f"Count the shapes in the grid, add {self.k}, then add {self.m}.",
         }[self.level]
 
     def thinking(self) -> str:
@@ -68,13 +73,14 @@ class SynthProblem:
         if self.level == 2:
             lines.append(f"Add {self.k}: {total} + {self.k} = {self.answer}.")
         if self.level == 3:
-            product = total * self.k
-            lines.append(f"Multiply by {self.k}: {total} x {self.k} = {product}.")
-            lines.append(f"Add {self.m}: {product} + {self.m} = {self.answer}.")
+            partial = total + self.k
+            lines.append(f"Add {self.k}: {total} + {self.k} = {partial}.")
+            lines.append(f"Add {self.m}: {partial} + {self.m} = {self.answer}.")
         return " ".join(lines)
 
-    def response(self) -> str:
-        return f"◁think▷{self.thinking()}◁/think▷The answer is {self.answer}."
+    def response(self, hasty: bool = False) -> str:
+        thinking = HASTY_THINKING if hasty else self.thinking()
+        return f"◁think▷{thinking}◁/think▷The answer is {self.answer}."
 
     def render(self) -> Image.Image:
         image = Image.new("RGB", (CELL * GRID, CELL * GRID), (255, 255, 255))
@@ -97,10 +103,15 @@ def make_problem(rng: random.Random, index: int, level: int) -> SynthProblem:
     return SynthProblem(f"synth{index:05d}", level, cells, k=rng.randint(2, 4), m=rng.randint(1, 5))
 
 
-def synthesize(out: str | Path, n: int, seed: int = 0, heldout: int = 256, levels=(1, 2, 3)) -> dict:
-    """Write ``n`` train + ``heldout`` held-out problems (levels in equal shares) under ``out``."""
+def synthesize(
+    out: str | Path, n: int, seed: int = 0, heldout: int = 256, hasty: float = 0.0, levels=(1, 2, 3)
+) -> dict:
+    """Write ``n`` train + ``heldout`` held-out problems (levels in equal shares) under ``out``; a
+    ``hasty`` fraction of the SFT traces answers with no steps (see the module docstring)."""
     if n < 1 or heldout < 0:
         raise ValueError(f"--n must be >= 1 and --heldout >= 0 (got {n}, {heldout})")
+    if not 0.0 <= hasty < 1.0:
+        raise ValueError(f"--hasty must be in [0, 1) (got {hasty})")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -120,6 +131,7 @@ def synthesize(out: str | Path, n: int, seed: int = 0, heldout: int = 256, level
                     "difficulty": round((p.level - 1) / 3, 4),
                 }
                 f.write(json.dumps(row) + "\n")
+    hasty_ids = {p.id for p in splits["train"] if rng.random() < hasty}
     with open(out / "sft_train.jsonl", "w", encoding="utf-8") as f:
         for p in splits["train"]:
             user = [{"type": "image"}, {"type": "text", "text": p.question()}]
@@ -127,9 +139,9 @@ def synthesize(out: str | Path, n: int, seed: int = 0, heldout: int = 256, level
                 "id": p.id,
                 "messages": [
                     {"role": "user", "content": user},
-                    {"role": "assistant", "content": p.response()},
+                    {"role": "assistant", "content": p.response(hasty=p.id in hasty_ids)},
                 ],
                 "images": [f"images/{p.id}.png"],
             }
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return {"out": str(out), "train": n, "heldout": heldout, "seed": seed}
+    return {"out": str(out), "train": n, "heldout": heldout, "hasty_traces": len(hasty_ids), "seed": seed}

@@ -313,12 +313,12 @@ class Trainer:
         if cfg.trainer.reset_optimizer:
             self.learners.reset_optimizer()
         steps = _split_groups(batch, cfg.trainer.optimizer_steps_per_iteration)
+        exact_tau = cfg.loss.tau if cfg.loss.exact_baseline else None
         results = [
-            self.learners.train_step(
-                part, cfg.loss.name, cfg.loss.kwargs(), cfg.loss.tau if cfg.loss.exact_baseline else None
-            )
-            for part in steps
+            self.learners.train_step(part, cfg.loss.name, cfg.loss.kwargs(), exact_tau, self.lr(k))
+            for k, part in enumerate(steps)
         ]
+        metrics["lr"] = self.lr(len(steps) - 1)
         skipped = sum(r.get("skipped", 0.0) for r in results)
         self.step += len(results) - int(skipped)
         self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
@@ -333,6 +333,11 @@ class Trainer:
         metrics["nonfinite_steps"] = skipped
         metrics["reward_spread"] = max(flat) - min(flat)
         return metrics
+
+    def lr(self, k: int) -> float:
+        """The learning rate of this iteration's k-th optimizer step: linear warm-up, then constant."""
+        lr, warmup = self.cfg.learner.lr, self.cfg.learner.warmup_steps
+        return lr * min(1.0, (self.step + k + 1) / warmup) if warmup else lr
 
     def sync(self) -> None:
         self.pool.update_weights(self.learners.state_ref())

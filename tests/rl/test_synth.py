@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import datasets
+import pytest
 from PIL import Image
 
 from rewards import verify_response
@@ -15,15 +16,17 @@ from sft.data import load_conversations
 
 def test_answers_follow_the_grid_by_hand():
     cells = [["red", None, "blue"], [None, None, None], ["green", "green", None]]
-    # 4 shapes; level 2 with k=3: 4 + 3 = 7; level 3 with k=3, m=2: 4 * 3 + 2 = 14
+    # 4 shapes; level 2 with k=3: 4 + 3 = 7; level 3 with k=3, m=2: 4 + 3 + 2 = 9
     assert SynthProblem("a", 1, cells, 3, 2).answer == 4
     assert SynthProblem("a", 2, cells, 3, 2).answer == 7
     p = SynthProblem("a", 3, cells, 3, 2)
-    assert p.answer == 14
+    assert p.answer == 9
     thinking = p.thinking()
     assert "Row 1: red, empty, blue. That is 2." in thinking and "Total: 2 + 0 + 2 = 4." in thinking
-    assert thinking.endswith("Add 2: 12 + 2 = 14.")
-    assert verify_response(p.response(), "14", "math").correct
+    assert thinking.endswith("Add 3: 4 + 3 = 7. Add 2: 7 + 2 = 9.")
+    assert verify_response(p.response(), "9", "math").correct
+    # The hasty trace skips every step but still ends in the right answer.
+    assert p.response(hasty=True) == "◁think▷At a glance, no need to count.◁/think▷The answer is 9."
     # The image shows exactly those cells: a cell's centre pixel is its colour, or white when empty.
     image = p.render()
     for r, row in enumerate(cells):
@@ -49,6 +52,20 @@ def test_synth_writes_splits_datasets_reads(tmp_path):
     # Deterministic in the seed.
     again = synthesize(tmp_path / "again", n=30, seed=3, heldout=9)
     assert (tmp_path / "again" / "train.jsonl").read_text() == (tmp_path / "train.jsonl").read_text()
-    assert again["seed"] == 3
+    assert again["seed"] == 3 and again["hasty_traces"] == 0
+
+
+def test_hasty_fraction_of_traces_answers_without_steps(tmp_path):
+    summary = synthesize(tmp_path, n=400, seed=1, heldout=4, hasty=0.4)
+    sft = load_conversations(tmp_path / "sft_train.jsonl").conversations
+    texts = [c.messages[1]["content"][0]["text"] for c in sft]
+    hasty = [t for t in texts if "At a glance" in t]
+    assert len(hasty) == summary["hasty_traces"] and 0.3 < len(hasty) / 400 < 0.5
+    assert all("Row 1:" in t for t in texts if t not in hasty)
+    # The problems (and so train.jsonl) do not depend on the hasty fraction.
+    synthesize(tmp_path / "plain", n=400, seed=1, heldout=4)
+    assert (tmp_path / "plain" / "train.jsonl").read_text() == (tmp_path / "train.jsonl").read_text()
+    with pytest.raises(ValueError, match="--hasty"):
+        synthesize(tmp_path / "bad", n=4, hasty=1.0)
     first = json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])
     assert first["difficulty"] == round((first["level"] - 1) / 3, 4)

@@ -150,3 +150,21 @@ def test_unknown_keys_and_bad_values_name_the_key(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(RLConfig, path, override)
+
+
+def test_lr_warms_up_linearly_over_optimizer_steps():
+    from types import SimpleNamespace
+
+    from rl.trainer import RLConfig, Trainer
+
+    cfg = RLConfig(model="unused")
+    cfg.learner.lr, cfg.learner.warmup_steps = 3e-4, 10
+    # step s (0-based, counted over iterations) gets lr * (s + 1) / 10, then lr: 3e-5, 6e-5, ... 3e-4
+    at = SimpleNamespace(cfg=cfg, step=0)
+    assert Trainer.lr(at, 0) == pytest.approx(3e-5) and Trainer.lr(at, 1) == pytest.approx(6e-5)
+    at.step = 8
+    assert Trainer.lr(at, 0) == pytest.approx(2.7e-4) and Trainer.lr(at, 1) == pytest.approx(3e-4)
+    at.step = 50
+    assert Trainer.lr(at, 0) == pytest.approx(3e-4)
+    cfg.learner.warmup_steps = 0
+    assert Trainer.lr(SimpleNamespace(cfg=cfg, step=0), 0) == 3e-4
