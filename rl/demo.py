@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -71,21 +72,21 @@ class Profile:
 PROFILES = {
     "full": Profile(
         name="full",
-        train=6000,
+        train=8000,
         heldout=256,
-        hasty=0.4,
+        hasty=0.3,
         sft_schedule=[
-            {"epochs": 4, "warmup": 0.05, "peak_lr": 3.0e-3, "final_lr": 3.0e-4},
-            {"epochs": 2, "warmup": 0.1, "peak_lr": 1.0e-3, "final_lr": 1.0e-4},
+            {"epochs": 3, "warmup": 0.05, "peak_lr": 3.0e-3, "final_lr": 3.0e-4},
+            {"epochs": 1, "warmup": 0.1, "peak_lr": 1.0e-3, "final_lr": 1.0e-4},
         ],
         sft_batch_size=8,
-        rl_pool=1024,
+        rl_pool=768,
         difficulty_k=4,
         rl_iterations=40,
         rl_prompts=64,
         rl_samples=8,
-        rl_lr=1.0e-4,
-        rl_eval_every=10,
+        rl_lr=2.0e-4,
+        rl_eval_every=5,
         tts_samples=4,
     ),
     "quick": Profile(
@@ -162,6 +163,8 @@ def rl_config(p: Profile, paths: DemoPaths) -> dict[str, Any]:
             "seed": p.seed,
             "prompts_per_iteration": p.rl_prompts,
             "optimizer_steps_per_iteration": 2,
+            # k1.5 resets Adam every iteration; with 2 steps per iteration that makes every step one of
+            # Adam's first, which move each weight by ~lr: the 2-layer model then drifts, not learns.
             "reset_optimizer": False,
             "drop_zero_signal_groups": True,
             "save_every": p.rl_iterations,
@@ -179,12 +182,13 @@ def rl_config(p: Profile, paths: DemoPaths) -> dict[str, Any]:
             "workers": 1,
             "length": {"weight": 0.1, "warmup_iterations": max(1, p.rl_iterations // 4)},
         },
-        # k1.5 sec. 2.3.4: easy problems first (difficulty measured by the SFT model), all of them
-        # from half-way on; within the admitted pool, prioritized by 1 - success rate.
+        # k1.5 sec. 2.3.4: easy problems first (difficulty measured by the SFT model: those it never
+        # solved in k tries wait), all of them after a third of the run; within the admitted pool,
+        # prioritized by 1 - success rate.
         "curriculum": {
             "schedule": "smooth",
-            "start_difficulty": 0.6,
-            "ramp_iterations": max(1, p.rl_iterations // 2),
+            "start_difficulty": 0.8,
+            "ramp_iterations": max(1, p.rl_iterations // 3),
             "prioritized": True,
             "floor": 0.05,
         },
@@ -269,8 +273,24 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-def run_stage(name: str, argv: list[str], log_path: Path) -> float:
-    """Run ``kvrl <argv>`` in a fresh process, output to ``log_path``; seconds, or DemoError."""
+_BAR = re.compile(r"([^\r\n|]{1,40}?):\s*(\d+%)\|[^|]*\|\s*(\d+/\d+)")
+
+
+def last_progress(log_path: Path) -> str | None:
+    """The newest tqdm bar in a stage's log, shortened: ``"SFT steps 77% 266/344"``."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, log_path.stat().st_size - 4096))
+            tail = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    bars = _BAR.findall(tail)
+    return " ".join(part.strip() for part in bars[-1]) if bars else None
+
+
+def run_stage(name: str, argv: list[str], log_path: Path, progress=None) -> float:
+    """Run ``kvrl <argv>`` in a fresh process, output to ``log_path``; seconds, or DemoError.
+    ``progress(text)`` is called every few seconds with the stage's own progress bar."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = "kvrl " + " ".join(argv)
     log.info("stage %s: %s (log: %s)", name, command, log_path)
@@ -279,9 +299,18 @@ def run_stage(name: str, argv: list[str], log_path: Path) -> float:
     with open(log_path, "w", encoding="utf-8") as f:
         f.write(f"$ {command}\n")
         f.flush()
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "rl.cli", *argv], stdout=f, stderr=subprocess.STDOUT, env=env
         )
+        try:
+            while proc.poll() is None:
+                time.sleep(2.0)
+                if progress is not None and (text := last_progress(log_path)):
+                    progress(text)
+        except BaseException:  # Ctrl-C: the stage stops too (the next run redoes it)
+            proc.terminate()
+            proc.wait()
+            raise
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise DemoError(
@@ -298,7 +327,11 @@ class DemoState:
         self.path = out / STATE_FILE
         self.profile = profile
         if self.path.exists():
-            state = json.loads(self.path.read_text())
+            try:
+                state = json.loads(self.path.read_text())
+                state["done"]
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise FileExistsError(f"{self.path}: unreadable ({e}); choose another --out") from e
             if state.get("profile") != asdict(profile):
                 raise FileExistsError(
                     f"--out {out}: holds a demo run with other settings (profile "
@@ -340,7 +373,13 @@ def run_demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
         if stage in ("sft", "rl"):  # a stage killed part-way left a run the trainers won't overwrite
             shutil.rmtree(getattr(paths, stage), ignore_errors=True)
         _before(stage, profile, paths)
-        state.finish(stage, run_stage(stage, commands[stage], paths.logs / f"{stage}.log"))
+        seconds = run_stage(
+            stage,
+            commands[stage],
+            paths.logs / f"{stage}.log",
+            progress=lambda text, stage=stage: bar.set_postfix_str(f"{stage}: {text}"),
+        )
+        state.finish(stage, seconds)
     bar.close()
     summary = summarize(profile, paths, state.done, commands)
     (paths.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
