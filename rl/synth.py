@@ -13,9 +13,10 @@ More steps = harder (``level``, and ``difficulty`` = a prior of (level - 1) / 3 
 until ``kvrl difficulty`` measures one). Long-CoT traces for SFT walk the steps inside
 ``◁think▷…◁/think▷``, so cutting the thinking short loses the answer: the thinking budget matters.
 A ``hasty`` fraction of the traces answers "at a glance" instead, with no steps: their answers are
-right too, but a small model cannot compute them in one token, so after SFT the model holds two
-strategies, one that works and one that mostly does not. Choosing between them is what RL learns
-first (and what makes thinking longer pay, as in the Kimi k1.5 and Kimi-VL reports).
+right too, but a small model computes them in one token far less reliably, so after SFT it holds two
+strategies, one much better than the other (in ``kvrl demo``'s SFT model, at a glance: 26% right;
+row by row: 48%). Choosing between them is what RL learns first, and what makes thinking longer
+pay, as in the Kimi k1.5 and Kimi-VL reports.
 Answers are integers, checked by the ``math`` verifier.
 
 Writes, under ``--out``: ``images/``, ``train.jsonl`` and ``heldout.jsonl`` (prompt datasets:
