@@ -277,15 +277,19 @@ _BAR = re.compile(r"([^\r\n|]{1,40}?):\s*(\d+%)\|[^|]*\|\s*(\d+/\d+)")
 
 
 def last_progress(log_path: Path) -> str | None:
-    """The newest tqdm bar in a stage's log, shortened: ``"SFT steps 77% 266/344"``."""
+    """The outermost tqdm bar in the end of a stage's log (the one with the most steps: RL iterations,
+    not one iteration's phases), shortened: ``"SFT steps 77% 266/344"``."""
     try:
         with open(log_path, "rb") as f:
-            f.seek(max(0, log_path.stat().st_size - 4096))
+            f.seek(max(0, log_path.stat().st_size - 16384))
             tail = f.read().decode("utf-8", errors="replace")
     except OSError:
         return None
-    bars = _BAR.findall(tail)
-    return " ".join(part.strip() for part in bars[-1]) if bars else None
+    latest = {desc.strip(): (pct, count) for desc, pct, count in _BAR.findall(tail)}  # last one wins
+    if not latest:
+        return None
+    desc, (pct, count) = max(latest.items(), key=lambda kv: int(kv[1][1].split("/")[1]))
+    return f"{desc} {pct} {count}"
 
 
 def run_stage(name: str, argv: list[str], log_path: Path, progress=None) -> float:

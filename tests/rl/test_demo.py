@@ -10,7 +10,7 @@ import time
 import pytest
 
 from rl.cli import format_demo_summary
-from rl.demo import PROFILES, STAGES, DemoError, DemoState, run_stage
+from rl.demo import PROFILES, STAGES, DemoError, DemoState, last_progress, run_stage
 
 
 @pytest.mark.slow
@@ -94,3 +94,14 @@ def test_summary_table_shows_every_number():
     text = format_demo_summary(summary)
     for needle in ("5 min 30.0 s", "19 min 50.5 s", "0.410", "0.010", "pass  rl gain at least 0.08: +0.110"):
         assert needle in text, (needle, text)
+
+
+def test_stage_progress_reads_the_outermost_bar(tmp_path):
+    log_path = tmp_path / "rl.log"
+    log_path.write_text(
+        "$ kvrl rl --config c.yaml\nRL iterations:  10%|█         | 4/40 [00:52<07:50, 13.1s/it]\n"
+        "iteration 4:  67%|██████▋   | 4/6 [00:07<00:03,  1.9s/phase, eval]\r"
+        "iteration 4:  83%|████████▎ | 5/6 [00:08<00:01,  1.9s/phase, checkpoint]\r"
+    )
+    assert last_progress(log_path) == "RL iterations 10% 4/40"
+    assert last_progress(tmp_path / "missing.log") is None
