@@ -277,8 +277,8 @@ _BAR = re.compile(r"([^\r\n|]{1,40}?):\s*(\d+%)\|[^|]*\|\s*(\d+/\d+)")
 
 
 def last_progress(log_path: Path) -> str | None:
-    """The outermost tqdm bar in the end of a stage's log (the one with the most steps: RL iterations,
-    not one iteration's phases), shortened: ``"SFT steps 77% 266/344"``."""
+    """The outermost running tqdm bar in the end of a stage's log (of the unfinished ones, the one with
+    the most steps: RL iterations, not one iteration's phases), shortened: ``"SFT steps 77% 266/344"``."""
     try:
         with open(log_path, "rb") as f:
             f.seek(max(0, log_path.stat().st_size - 16384))
@@ -286,9 +286,10 @@ def last_progress(log_path: Path) -> str | None:
     except OSError:
         return None
     latest = {desc.strip(): (pct, count) for desc, pct, count in _BAR.findall(tail)}  # last one wins
-    if not latest:
+    running = {d: v for d, v in latest.items() if v[0] != "100%"} or latest
+    if not running:
         return None
-    desc, (pct, count) = max(latest.items(), key=lambda kv: int(kv[1][1].split("/")[1]))
+    desc, (pct, count) = max(running.items(), key=lambda kv: int(kv[1][1].split("/")[1]))
     return f"{desc} {pct} {count}"
 
 

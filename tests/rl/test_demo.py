@@ -99,7 +99,8 @@ def test_summary_table_shows_every_number():
 def test_stage_progress_reads_the_outermost_bar(tmp_path):
     log_path = tmp_path / "rl.log"
     log_path.write_text(
-        "$ kvrl rl --config c.yaml\nRL iterations:  10%|█         | 4/40 [00:52<07:50, 13.1s/it]\n"
+        "$ kvrl rl --config c.yaml\nLoading weights: 100%|██████████| 62/62 [00:00<00:00]\n"
+        "RL iterations:  10%|█         | 4/40 [00:52<07:50, 13.1s/it]\n"
         "iteration 4:  67%|██████▋   | 4/6 [00:07<00:03,  1.9s/phase, eval]\r"
         "iteration 4:  83%|████████▎ | 5/6 [00:08<00:01,  1.9s/phase, checkpoint]\r"
     )
