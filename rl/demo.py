@@ -39,7 +39,7 @@ import yaml
 from tqdm import tqdm
 
 from .plots import plot_training, read_metrics
-from .provenance import write_run_info
+from .provenance import atomic_write, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -355,9 +355,7 @@ class DemoState:
         self._save()
 
     def _save(self) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"profile": asdict(self.profile), "done": self.done}, indent=2))
-        tmp.replace(self.path)
+        atomic_write(self.path, json.dumps({"profile": asdict(self.profile), "done": self.done}, indent=2))
 
 
 def run_demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
@@ -387,7 +385,7 @@ def run_demo(out: str | Path, quick: bool = False) -> dict[str, Any]:
         state.finish(stage, seconds)
     bar.close()
     summary = summarize(profile, paths, state.done, commands)
-    (paths.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    atomic_write(paths.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 

@@ -39,6 +39,7 @@ from rewards import THINK_CLOSE, THINK_OPEN, Task, Verdict
 from rollout.worker import RolloutRequest, RolloutResult, SamplingConfig
 
 from .data import Problem
+from .provenance import atomic_write
 from .tts import CSV_COLUMNS, BudgetCut, CurvePoint, Outcome, curve_point, cut_at_budget, format_budget
 
 log = logging.getLogger(__name__)
@@ -367,12 +368,6 @@ def plot_curves(points: Sequence[CurvePoint], path: Path, title: str) -> Path:
     return path
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_outputs(
     out: Path, points: Sequence[CurvePoint], meta: dict[str, Any], title: str
 ) -> dict[str, Path]:
@@ -385,7 +380,7 @@ def write_outputs(
         writer.writeheader()
         writer.writerows(rows)
     tmp.replace(out / "tts.csv")
-    _atomic_write(out / "tts.json", json.dumps({**meta, "points": rows}, indent=2) + "\n")
+    atomic_write(out / "tts.json", json.dumps({**meta, "points": rows}, indent=2) + "\n")
     plot_curves(points, out / "tts.png", title)
     return {"csv": out / "tts.csv", "json": out / "tts.json", "png": out / "tts.png"}
 
