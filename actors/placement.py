@@ -6,14 +6,17 @@ puts rollout engine i in learner rank i's bundle (they share its GPU, e.g. 0.5 e
 
 from __future__ import annotations
 
+import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+log = logging.getLogger(__name__)
 
 
 class ClusterTooSmall(ValueError):
@@ -31,6 +34,13 @@ class ResourceConfig:
     reward_cpus: float = 1.0
     colocate: bool = False
     placement_timeout_s: float = 60.0
+    # Custom Ray resources each bundle also asks for, e.g. {"rollout_node": 0.01}: pin rollout engines and
+    # learner ranks to the nodes that advertise them (`ray start --resources='{"rollout_node": 8}'`).
+    rollout_resources: dict[str, float] = field(default_factory=dict)
+    learner_resources: dict[str, float] = field(default_factory=dict)
+    # None: the cluster in RAY_ADDRESS (set under `ray job submit`), else a new local one; "auto": the
+    # cluster `ray start` runs on this machine; or an address such as "10.0.0.1:6379".
+    ray_address: str | None = None
 
     def __post_init__(self):
         if self.rollout_actors < 0 or self.learner_ranks < 1:
@@ -47,17 +57,36 @@ class ResourceConfig:
             + self.reward_cpus
         )
         gpus = self.rollout_actors * self.rollout_gpus + self.learner_ranks * self.learner_gpus
-        return {"CPU": cpus, "GPU": gpus}
+        out = {"CPU": cpus, "GPU": gpus}
+        for extra, count in (
+            (self.rollout_resources, self.rollout_actors),
+            (self.learner_resources, self.learner_ranks),
+        ):
+            for name, amount in extra.items():
+                out[name] = out.get(name, 0.0) + amount * count
+        return out
 
 
-def start_ray(cfg: ResourceConfig) -> None:
-    """Join the cluster RAY_ADDRESS names, or start a local one big enough for ``cfg``."""
-    if ray.is_initialized():
-        return
-    address = os.environ.get("RAY_ADDRESS")
-    # A local cluster: CPU counts are reservations, so give it at least what the config asks.
-    cpus = None if address else max(os.cpu_count() or 1, math.ceil(cfg.demand()["CPU"]))
-    ray.init(address=address, num_cpus=cpus, include_dashboard=False)
+def start_ray(cfg: ResourceConfig) -> str:
+    """Join a running cluster (``cfg.ray_address``, else RAY_ADDRESS) or start a local one big enough for
+    ``cfg``; returns a line saying which cluster, for the job log."""
+    if not ray.is_initialized():
+        address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
+        if address:
+            ray.init(address=address)
+        else:
+            try:  # a cluster that `ray start` runs on this machine
+                ray.init(address="auto")
+            except ConnectionError:
+                # None: a local one. CPU counts are reservations, so give it at least what the config asks.
+                cpus = max(os.cpu_count() or 1, math.ceil(cfg.demand()["CPU"]))
+                ray.init(address="local", num_cpus=cpus, include_dashboard=False)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    res = ray.cluster_resources()
+    where = ray.get_runtime_context().gcs_address
+    line = f"Ray cluster {where}: {len(nodes)} node(s), {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
+    log.info(line)
+    return line
 
 
 def check_fits(cfg: ResourceConfig, available: dict[str, float] | None = None) -> None:
@@ -89,8 +118,8 @@ class Placement:
             ray.util.remove_placement_group(pg)
 
 
-def _bundle(cpus: float, gpus: float) -> dict[str, float]:
-    return {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+def _bundle(cpus: float, gpus: float, extra: dict[str, float]) -> dict[str, float]:
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **extra}
 
 
 def _at(pg, index: int, cpus: float, gpus: float) -> dict[str, Any]:
@@ -106,23 +135,28 @@ def place(cfg: ResourceConfig) -> Placement:
     check_fits(cfg)
     groups = []
     if cfg.colocate:
-        shared = [
-            _bundle(cfg.learner_cpus + cfg.rollout_cpus, cfg.learner_gpus + cfg.rollout_gpus)
-        ] * cfg.learner_ranks
+        extra = {
+            k: cfg.learner_resources.get(k, 0) + cfg.rollout_resources.get(k, 0)
+            for k in {**cfg.learner_resources, **cfg.rollout_resources}
+        }
+        cpus, gpus = cfg.learner_cpus + cfg.rollout_cpus, cfg.learner_gpus + cfg.rollout_gpus
+        shared = [_bundle(cpus, gpus, extra)] * cfg.learner_ranks
         pg = placement_group(shared, strategy="PACK")
         groups.append(pg)
         learner = [_at(pg, i, cfg.learner_cpus, cfg.learner_gpus) for i in range(cfg.learner_ranks)]
         rollout = [_at(pg, i, cfg.rollout_cpus, cfg.rollout_gpus) for i in range(cfg.rollout_actors)]
     else:
         lpg = placement_group(
-            [_bundle(cfg.learner_cpus, cfg.learner_gpus)] * cfg.learner_ranks, strategy="PACK"
+            [_bundle(cfg.learner_cpus, cfg.learner_gpus, cfg.learner_resources)] * cfg.learner_ranks,
+            strategy="PACK",
         )
         groups.append(lpg)
         learner = [_at(lpg, i, cfg.learner_cpus, cfg.learner_gpus) for i in range(cfg.learner_ranks)]
         rollout = []
         if cfg.rollout_actors:
             rpg = placement_group(
-                [_bundle(cfg.rollout_cpus, cfg.rollout_gpus)] * cfg.rollout_actors, strategy="SPREAD"
+                [_bundle(cfg.rollout_cpus, cfg.rollout_gpus, cfg.rollout_resources)] * cfg.rollout_actors,
+                strategy="SPREAD",
             )
             groups.append(rpg)
             rollout = [_at(rpg, i, cfg.rollout_cpus, cfg.rollout_gpus) for i in range(cfg.rollout_actors)]

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 from transformers import DeepseekV3ForCausalLM, GenerationMixin, PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 
 from .configuration import KimiVLConfig
 from .moonvit import MoonViT
@@ -127,8 +127,11 @@ class KimiVLForConditionalGeneration(KimiVLPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         image_token_mask: torch.Tensor | None = None,
+        hidden_states_only: bool = False,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> CausalLMOutputWithPast | BaseModelOutputWithPast:
+        """``hidden_states_only``: return the final (normed) hidden states and skip the LM head, for
+        callers that compute logits a chunk of positions at a time (the learner, on long responses)."""
         if inputs_embeds is None:
             # Image features enter on the first (prefill) step only; cached decoding sees text ids.
             first_step = past_key_values is None or past_key_values.get_seq_length() == 0
@@ -137,6 +140,15 @@ class KimiVLForConditionalGeneration(KimiVLPreTrainedModel, GenerationMixin):
                 pixel_values if first_step else None,
                 image_grid_hws if first_step else None,
                 image_token_mask,
+            )
+        if hidden_states_only:
+            return self.language_model.model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                use_cache=use_cache,
+                **kwargs,
             )
         return self.language_model(
             inputs_embeds=inputs_embeds,

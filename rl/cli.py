@@ -81,12 +81,25 @@ def _cmd_rl(args: argparse.Namespace) -> int:
 
     cfg = load_config(RLConfig, args.config, args.overrides)
     trainer = Trainer(cfg)
+    # First thing in the job log of `ray job submit`: where the run writes, and on which cluster.
+    print(f"kvrl rl: run dir {trainer.run_dir.resolve()}; {trainer.cluster}", flush=True)
     trainer.fit()
     print(
         f"kvrl rl: done; metrics in {trainer.run_dir / 'metrics.jsonl'}, "
         f"checkpoints in {trainer.run_dir / 'checkpoints'}"
     )
     return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from rl.config import load_config
+    from rl.plan import format_plan, make_plan
+    from rl.trainer import RLConfig
+
+    cfg = load_config(RLConfig, args.config, args.overrides)
+    plan = make_plan(cfg, args.config)
+    print(format_plan(plan, cfg, str(args.config)))
+    return 0 if plan.fits else 1
 
 
 def _cmd_sft(args: argparse.Namespace) -> int:
@@ -307,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
         "overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. trainer.iterations=5"
     )
     rl.set_defaults(func=_cmd_rl)
+
+    plan = sub.add_parser(
+        "plan", help="an RL config's placement and per-GPU memory on the cluster its `plan:` section names"
+    )
+    plan.add_argument("--config", required=True, type=Path, help="e.g. configs/kimi-vl-a3b/rl-1x8.yaml")
+    plan.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. plan.nodes=2")
+    plan.set_defaults(func=_cmd_plan)
 
     sft = sub.add_parser(
         "sft",

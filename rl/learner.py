@@ -22,7 +22,7 @@ from sft.loss import sft_loss
 from sft.packing import collate_packed, packed_logits
 
 from .batch import Collated, Experience, collate, micro_batches
-from .logprobs import gather_logprobs
+from .logprobs import head_logprobs
 from .losses import get_loss, group_baseline
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ class LearnerConfig:
     micro_batch_size: int = 4
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: float32 on CPU, bfloat16 on GPU
     gradient_checkpointing: bool = False
+    # Log-probs from logits of this many response positions at a time (0: all at once); the rest are
+    # recomputed in backward. Bounds the (positions x vocabulary) logits on long responses.
+    logits_chunk: int = 2048
 
 
 def _device_kind() -> str:
@@ -128,22 +131,21 @@ class Learner:
 
     def _response_logprobs(self, batch: Collated) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T) log-probs of the response tokens, and (B,) mean token entropy of each response."""
-        out = self.engine(
+        hidden = self.engine(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
             pixel_values=batch.pixel_values,
             image_grid_hws=batch.image_grid_hws,
             image_token_mask=batch.prompt_mask,
             use_cache=False,
-        )
-        logits = out.logits[:, :-1].float()
-        rows = logits.gather(1, batch.response_index[..., None].expand(-1, -1, logits.shape[-1]))
+            hidden_states_only=True,
+        ).last_hidden_state[:, :-1]
+        rows = hidden.gather(1, batch.response_index[..., None].expand(-1, -1, hidden.shape[-1]))
         targets = batch.input_ids[:, 1:].gather(1, batch.response_index)
-        logprobs = gather_logprobs(rows, targets)
-        with torch.no_grad():
-            probs = rows.softmax(-1)
-            entropy = -(probs * rows.log_softmax(-1)).sum(-1)
-            entropy = (entropy * batch.response_mask).sum(-1) / batch.response_mask.sum(-1).clamp(min=1)
+        head = self.engine.module.language_model.lm_head
+        logprobs, token_entropy = head_logprobs(rows, targets, head, self.cfg.logits_chunk)
+        mask = batch.response_mask
+        entropy = (token_entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1)
         return logprobs * batch.response_mask, entropy
 
     @torch.no_grad()

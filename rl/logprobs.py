@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 
 def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -12,6 +13,45 @@ def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     """
     logits = logits.float()
     return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def head_logprobs(
+    hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(targets) and the token entropies, computing logits ``chunk`` positions at a time.
+
+    hidden: (B, T, H) states that predict targets: (B, T) -> two (B, T) tensors, fp32; the entropies carry
+    no gradient. With gradients on, each chunk's logits are recomputed in backward (non-reentrant
+    activation checkpointing, so the head's weight still gets one gradient), so at most one chunk's
+    (chunk, V) logits are alive: on a 32K-token response that is the difference between the vocabulary
+    times 32K floats and times ``chunk``. ``chunk <= 0``: all positions at once.
+    """
+    B, T, H = hidden.shape
+    flat, flat_targets = hidden.reshape(B * T, H), targets.reshape(B * T)
+    size = chunk if chunk > 0 else max(B * T, 1)
+    parts = []
+    for s in range(0, B * T, size):
+        args = (flat[s : s + size], flat_targets[s : s + size], head)
+        parts.append(
+            checkpoint(_head_chunk, *args, use_reentrant=False)
+            if hidden.requires_grad
+            else _head_chunk(*args)
+        )
+    if not parts:
+        empty = hidden.new_zeros((B, T), dtype=torch.float32)
+        return empty, empty
+    logprobs = torch.cat([lp for lp, _ in parts]).reshape(B, T)
+    entropy = torch.cat([e for _, e in parts]).reshape(B, T)
+    return logprobs, entropy
+
+
+def _head_chunk(hidden, targets, head):
+    logits = head(hidden).float()
+    lse = torch.logsumexp(logits, dim=-1)
+    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    with torch.no_grad():
+        entropy = lse - (logits.softmax(-1) * logits).sum(-1)
+    return logprobs, entropy
 
 
 def response_logprobs(

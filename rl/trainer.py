@@ -30,6 +30,7 @@ from .batch import Experience
 from .config import to_dict
 from .data import DataConfig, DataError, Problem, load_problems
 from .learner import LearnerConfig
+from .plan import PlanConfig
 from .provenance import write_run_info
 from .tracking import Tracker, TrackingConfig
 from .tts_eval import EvalConfig, TrainingCurves, wandb_series
@@ -82,6 +83,8 @@ class RolloutConfig:
     max_model_len: int = 2048
     max_num_seqs: int = 64
     chunk_size: int = 4
+    tensor_parallel_size: int = 1  # GPUs per vLLM engine (resources.rollout_gpus must match)
+    gpu_memory_utilization: float = 0.85  # of each engine GPU, for weights + KV cache (GPU only)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
 
 
@@ -98,6 +101,7 @@ class RLConfig:
     resources: ResourceConfig = field(default_factory=ResourceConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)  # test-time scaling curves during training
+    plan: PlanConfig = field(default_factory=PlanConfig)  # the cluster `kvrl plan` sizes this config for
 
     def __post_init__(self):
         from .losses import get_loss
@@ -105,6 +109,12 @@ class RLConfig:
         get_loss(self.loss.name)  # unknown names fail here, listing the valid ones
         if self.resources.rollout_actors < 1:
             raise ValueError("resources.rollout_actors must be >= 1 for RL")
+        tp, gpus = self.rollout.tensor_parallel_size, self.resources.rollout_gpus
+        if tp < 1 or (gpus >= 1 and gpus != tp):
+            raise ValueError(
+                f"rollout.tensor_parallel_size={tp} must be >= 1 and equal resources.rollout_gpus={gpus:g} "
+                "(each engine's GPUs)"
+            )
 
 
 class TrainingStopped(RuntimeError):
@@ -168,13 +178,15 @@ class Trainer:
         from actors.rollout import RolloutPool
 
         cfg = self.cfg
-        start_ray(cfg.resources)
+        self.cluster = start_ray(cfg.resources)
         self.placement = place(cfg.resources)
         engine = EngineConfig(
             model=self.model_path,
             seed=cfg.trainer.seed,
             max_model_len=cfg.rollout.max_model_len,
             max_num_seqs=cfg.rollout.max_num_seqs,
+            tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+            gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
         )
         self.pool = RolloutPool(
             engine, cfg.resources.rollout_actors, self.placement.rollout, cfg.rollout.chunk_size

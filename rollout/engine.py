@@ -25,6 +25,7 @@ class EngineConfig:
     max_model_len: int = 2048
     max_num_seqs: int = 64
     max_images_per_prompt: int = 4
+    tensor_parallel_size: int = 1
     enforce_eager: bool = True
     # KV-cache size on CPU (bytes); on GPU vLLM sizes it from gpu_memory_utilization.
     cpu_kv_cache_bytes: int = 1 << 30
@@ -70,6 +71,9 @@ def make_llm(cfg: EngineConfig):
         os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     else:
         kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        if cfg.tensor_parallel_size > 1:
+            # Inside a Ray actor that holds the engine's GPUs: worker processes, not more Ray actors.
+            kwargs.update(tensor_parallel_size=cfg.tensor_parallel_size, distributed_executor_backend="mp")
     kwargs.update(cfg.extra)
     log.info("starting vLLM engine for %s (dtype=%s, cpu=%s)", cfg.model, dtype, cpu)
     return LLM(**kwargs)

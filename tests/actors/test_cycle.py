@@ -98,9 +98,9 @@ def max_gap(learner_lps, samples) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("zero_stage", [2, 3])
 def test_sample_score_learn_sync(tiny_dir, placement, pool, reward_actor, zero_stage):
-    group = LearnerGroup(
-        str(tiny_dir), LearnerConfig(zero_stage=zero_stage, micro_batch_size=3, lr=3e-3), 2, placement.learner
-    )
+    # logits_chunk=5: the learner's log-probs (and their gradients) come from many chunks of the LM head.
+    cfg = LearnerConfig(zero_stage=zero_stage, micro_batch_size=3, lr=3e-3, logits_chunk=5)
+    group = LearnerGroup(str(tiny_dir), cfg, 2, placement.learner)
     try:
         sync_s = pool.update_weights(group.state_ref())  # start both sides from the same weights
         sampling = SamplingConfig(n=2, max_tokens=12, temperature=1.0)
