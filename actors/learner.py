@@ -30,6 +30,9 @@ class LearnerActor:
             port = s.getsockname()[1]
         return ray.util.get_node_ip_address(), port
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
     def setup(self, model_path: str, cfg: LearnerConfig, master_addr: str, master_port: int) -> None:
         import torch
 

@@ -17,13 +17,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from rollout.engine import EngineConfig
 from rollout.worker import RolloutRequest, RolloutResult, SamplingConfig
 
 log = logging.getLogger(__name__)
 ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
+
+
+class RolloutUnavailable(RuntimeError):
+    """A dead rollout actor could not be replaced (e.g. its node is gone and no other has its resources)."""
 
 
 @ray.remote
@@ -44,6 +48,9 @@ class RolloutActor:
     def weights_version(self) -> int:
         return self.worker.weights_version
 
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
 
 class RolloutPool:
     def __init__(
@@ -53,10 +60,12 @@ class RolloutPool:
         actor_options: Sequence[dict[str, Any]] | None = None,
         chunk_size: int = 4,
         max_attempts: int = 3,
+        start_timeout_s: float = 600.0,
     ):
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
         self.cfg, self.chunk_size, self.max_attempts = cfg, chunk_size, max_attempts
+        self.start_timeout_s = start_timeout_s
         self._options = list(actor_options or [{}] * num_actors)
         self.actors = [self._start(i) for i in range(num_actors)]
         ray.get([a.weights_version.remote() for a in self.actors])  # wait until every engine is up
@@ -73,8 +82,19 @@ class RolloutPool:
         with contextlib.suppress(Exception):  # it may be gone already
             ray.kill(self.actors[i])
         self.actors[i] = self._start(i)
-        if self._state_ref is not None:
-            ray.get(self.actors[i].update_weights.remote(self._state_ref, self.version))
+        # A replacement whose bundle has no node left would wait forever: give it a deadline.
+        ready = (
+            self.actors[i].update_weights.remote(self._state_ref, self.version)
+            if self._state_ref is not None
+            else self.actors[i].weights_version.remote()
+        )
+        try:
+            ray.get(ready, timeout=self.start_timeout_s)
+        except (GetTimeoutError, *ACTOR_FAILURES) as e:
+            raise RolloutUnavailable(
+                f"rollout actor {i} died and its replacement did not start within {self.start_timeout_s:g} s "
+                "(is its node lost, with no other node holding its resources?)"
+            ) from e
         self.replaced += 1
 
     def generate(self, requests: Sequence[RolloutRequest], sampling: SamplingConfig) -> list[RolloutResult]:

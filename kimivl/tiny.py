@@ -8,8 +8,10 @@ special token, so nothing is downloaded.
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import shutil
 from pathlib import Path
 
 import torch
@@ -165,4 +167,107 @@ def make_tiny(out: str | Path, seed: int = 0, in_token_limit: int = 256) -> Path
     ).save_pretrained(out)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("wrote tiny Kimi-VL (%d parameters, vocab %d) to %s", n_params, len(tokenizer), out)
+    return out
+
+
+# The official Kimi-VL-A3B config.json (moonshotai/Kimi-VL-A3B-Instruct, -Thinking, -Thinking-2506) was
+# written by transformers 4.x for remote code: `rope_theta`/`rope_scaling` rather than 5.x's
+# `rope_parameters`, and `torch_dtype`. Its text_config fields, then those only the remote code reads:
+OFFICIAL_TEXT_FIELDS = (
+    "vocab_size max_position_embeddings hidden_size intermediate_size moe_intermediate_size "
+    "num_hidden_layers num_attention_heads n_shared_experts n_routed_experts routed_scaling_factor "
+    "kv_lora_rank q_lora_rank qk_rope_head_dim v_head_dim qk_nope_head_dim topk_method n_group topk_group "
+    "num_experts_per_tok first_k_dense_replace norm_topk_prob scoring_func num_key_value_heads hidden_act "
+    "initializer_range rms_norm_eps use_cache attention_bias attention_dropout bos_token_id eos_token_id "
+    "pad_token_id tie_word_embeddings"
+).split()
+OFFICIAL_REMOTE_ONLY_TEXT = dict(ep_size=1, moe_layer_freq=1, aux_loss_alpha=0.001, seq_aux=True)
+OFFICIAL_AUTO_MAP = {
+    "AutoConfig": "configuration_kimi_vl.KimiVLConfig",
+    "AutoModel": "modeling_kimi_vl.KimiVLForConditionalGeneration",
+    "AutoModelForCausalLM": "modeling_kimi_vl.KimiVLForConditionalGeneration",
+}
+OFFICIAL_PROCESSOR_AUTO_MAP = {
+    "AutoImageProcessor": "image_processing_kimi_vl.KimiVLImageProcessor",
+    "AutoProcessor": "processing_kimi_vl.KimiVLProcessor",
+}
+# kvrl's own tokenizer and template; the official directory has tiktoken.model and remote tokenizer code.
+KVRL_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "chat_template.jinja",
+    "generation_config.json",
+)
+
+
+def official_config(config: dict) -> dict:
+    """A kvrl ``config.json`` (as a dict) rewritten with the official checkpoint's fields and field names."""
+    text = dict(config["text_config"])
+    rope = dict(text.get("rope_parameters") or {})
+    rope_theta = rope.pop("rope_theta", text.get("rope_theta"))
+    rope_scaling = None if rope.get("rope_type", "default") == "default" else rope
+    return {
+        "architectures": ["KimiVLForConditionalGeneration"],
+        "auto_map": OFFICIAL_AUTO_MAP,
+        "vision_config": {"model_type": "moonvit", **{k: config["vision_config"][k] for k in TINY_VISION}},
+        "text_config": {
+            **{k: text[k] for k in OFFICIAL_TEXT_FIELDS},
+            **OFFICIAL_REMOTE_ONLY_TEXT,
+            "rope_theta": rope_theta,
+            "rope_scaling": rope_scaling,
+            "model_type": "deepseek_v3",
+            "torch_dtype": "bfloat16",
+        },
+        "ignore_index": config["ignore_index"],
+        "media_placeholder_token_id": config["media_placeholder_token_id"],
+        "model_type": "kimi_vl",
+        "pad_token_id": config["pad_token_id"],
+        "torch_dtype": "bfloat16",
+        "transformers_version": "4.50.3",
+    }
+
+
+def write_official_layout(src: str | Path, out: str | Path, shards: int = 2) -> Path:
+    """Re-write the kvrl checkpoint ``src`` in the official Kimi-VL-A3B directory layout, at ``out``.
+
+    That is: the official ``config.json`` (:func:`official_config`), bfloat16 weights in
+    ``model-0000k-of-0000N.safetensors`` shards with a ``model.safetensors.index.json``, and the image
+    processor in the upstream ``preprocessor_config.json`` (with its remote-code ``auto_map``). Tensors go
+    to shards round-robin, so one expert's gate/up/down matrices land in different files: a loader that
+    fuses experts must gather them across shards, as it must for the real ~7-shard checkpoints.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    src, out = Path(src), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = json.loads((src / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(official_config(config), indent=2) + "\n")
+
+    tensors = {}
+    for file in sorted(src.glob("*.safetensors")):
+        with safe_open(file, "pt") as f:
+            tensors.update({name: f.get_tensor(name).to(torch.bfloat16) for name in f.keys()})  # noqa: SIM118
+    weight_map, total = {}, 0
+    for k in range(shards):
+        file = f"model-{k + 1:05d}-of-{shards:05d}.safetensors"
+        part = {name: t.contiguous() for i, (name, t) in enumerate(tensors.items()) if i % shards == k}
+        save_file(part, out / file, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, file))
+        total += sum(t.numel() * t.element_size() for t in part.values())
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    image_processor = json.loads((src / "processor_config.json").read_text())["image_processor"]
+    image_processor.update(auto_map=OFFICIAL_PROCESSOR_AUTO_MAP, processor_class="KimiVLProcessor")
+    (out / "preprocessor_config.json").write_text(json.dumps(image_processor, indent=2) + "\n")
+    for name in KVRL_TOKENIZER_FILES:
+        shutil.copy2(src / name, out / name)
+    log.info(
+        "wrote %s in the official Kimi-VL layout (%d tensors, %d shards) to %s",
+        src,
+        len(tensors),
+        shards,
+        out,
+    )
     return out

@@ -77,13 +77,17 @@ def _cmd_difficulty(args: argparse.Namespace) -> int:
 
 def _cmd_rl(args: argparse.Namespace) -> int:
     from rl.config import load_config
-    from rl.trainer import RLConfig, Trainer
+    from rl.trainer import RLConfig, Trainer, TrainingStopped
 
     cfg = load_config(RLConfig, args.config, args.overrides)
     trainer = Trainer(cfg)
     # First thing in the job log of `ray job submit`: where the run writes, and on which cluster.
     print(f"kvrl rl: run dir {trainer.run_dir.resolve()}; {trainer.cluster}", flush=True)
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingStopped as e:
+        print(f"kvrl rl: stopped: {e}", file=sys.stderr)
+        return 1
     print(
         f"kvrl rl: done; metrics in {trainer.run_dir / 'metrics.jsonl'}, "
         f"checkpoints in {trainer.run_dir / 'checkpoints'}"

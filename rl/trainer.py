@@ -21,6 +21,7 @@ from typing import Any, Literal
 from tqdm import tqdm
 
 from actors.placement import ResourceConfig
+from actors.rollout import ACTOR_FAILURES, RolloutUnavailable
 from curriculum import CurriculumConfig, CurriculumSampler
 from rewards import RewardConfig, Task, total_rewards
 from rollout.engine import EngineConfig
@@ -236,8 +237,24 @@ class Trainer:
                 self.log(it, problems, results, verdicts, rewards, learn, times)
                 phase("checkpoint", self.checkpoint, it)
                 phase.close()
+        except (*ACTOR_FAILURES, RolloutUnavailable) as e:
+            raise TrainingStopped(self._lost(e)) from e
         finally:
             self.close()
+
+    def _lost(self, e: Exception) -> str:
+        """What to say when an actor (or its node) is gone: the run stops, resumable from its checkpoint."""
+        latest = self.run_dir / "checkpoints" / "latest"
+        last = (
+            f"the last checkpoint is {latest.parent / latest.read_text().strip()}"
+            if latest.exists()
+            else "no checkpoint was written yet"
+        )
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return (
+            f"an actor died and the run cannot go on without it ({type(e).__name__}: {first}); its node "
+            f"may be lost. {last}: continue with trainer.resume={self.run_dir}"
+        )
 
     def sample(self, it: int) -> list[Problem]:
         n = min(self.cfg.trainer.prompts_per_iteration, len(self.problems))

@@ -1,10 +1,15 @@
-"""Shared fixtures: one tiny Kimi-VL checkpoint and one vLLM engine per test session."""
+"""Shared fixtures: one tiny Kimi-VL checkpoint, one vLLM engine and RL data with a signal per session."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -37,3 +42,20 @@ def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
     g = torch.Generator().manual_seed(seed)
     arr = (torch.rand(height, width, 3, generator=g) * 255).to(torch.uint8).numpy()
     return Image.fromarray(arr, "RGB")
+
+
+@pytest.fixture(scope="session")
+def signal_data(tmp_path_factory):
+    """The tiny RL data with a verifier that accepts about half of any model's answers, so a random
+    model's rollouts still carry a learning signal (and the resume comparison is not between zeros)."""
+    folder = tmp_path_factory.mktemp("signal")
+    (folder / "kvrl_resume_plugin.py").write_text(
+        "def even(prediction, gold):\n    return len(prediction) % 2 == 0\n"
+    )
+    rows = [json.loads(line) for line in (ROOT / "configs/tiny/data/rl_train.jsonl").read_text().splitlines()]
+    with open(folder / "train.jsonl", "w") as f:
+        for r in rows:
+            r["verifier"] = "kvrl_resume_plugin:even"
+            r["images"] = [str(ROOT / "configs/tiny/data" / im) for im in r.get("images", [])]
+            f.write(json.dumps(r) + "\n")
+    return folder

@@ -20,23 +20,6 @@ FAST = [
 ]
 
 
-@pytest.fixture(scope="module")
-def signal_data(tmp_path_factory):
-    """The tiny RL data with a verifier that accepts about half of any model's answers, so a random
-    model's rollouts still carry a learning signal (and the resume comparison is not between zeros)."""
-    folder = tmp_path_factory.mktemp("signal")
-    (folder / "kvrl_resume_plugin.py").write_text(
-        "def even(prediction, gold):\n    return len(prediction) % 2 == 0\n"
-    )
-    rows = [json.loads(line) for line in (ROOT / "configs/tiny/data/rl_train.jsonl").read_text().splitlines()]
-    with open(folder / "train.jsonl", "w") as f:
-        for r in rows:
-            r["verifier"] = "kvrl_resume_plugin:even"
-            r["images"] = [str(ROOT / "configs/tiny/data" / im) for im in r.get("images", [])]
-            f.write(json.dumps(r) + "\n")
-    return folder
-
-
 def kvrl_rl(tiny_dir, out, *overrides, data=None):
     data_path = data / "train.jsonl" if data else ROOT / "configs/tiny/data/rl_train.jsonl"
     config = str(ROOT / "configs/tiny/rl.yaml")
