@@ -119,12 +119,13 @@ if __name__ == "__main__":
     store = 200 * 1024 * 1024
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 3, "resources": {"learner_node": 2}, "object_store_memory": store},
+        head_node_args={"num_cpus": 3, "resources": {"rollout_node": 2}, "object_store_memory": store},
     )
-    rollout_node = cluster.add_node(num_cpus=3, resources={"rollout_node": 2}, object_store_memory=store)
+    learner_node = cluster.add_node(num_cpus=3, resources={"learner_node": 2}, object_store_memory=store)
     cluster.wait_for_nodes()
+    import ray
     from rl.config import load_config
-    from rl.trainer import RLConfig, Trainer
+    from rl.trainer import RLConfig, Trainer, TrainingStopped
 
     overrides = [
         f"model={tiny}", f"trainer.output_dir={out}", f"resources.ray_address={cluster.address}",
@@ -132,23 +133,34 @@ if __name__ == "__main__":
         *sys.argv[3:],
     ]
     trainer = Trainer(load_config(RLConfig, "configs/tiny/rl.yaml", overrides))
-    import ray
     where = {
         "head": cluster.head_node.node_id,
-        "rollout_node": rollout_node.node_id,
+        "learner_node": learner_node.node_id,
         "rollout": ray.get([a.node_id.remote() for a in trainer.pool.actors]),
         "learner": ray.get([a.node_id.remote() for a in trainer.learners.actors]),
         "cluster": trainer.cluster,
     }
     trainer.fit()
     print("WHERE " + json.dumps(where))
+
+    # The learners' node is lost while a resumed run is up: it must stop with a clear message.
+    resumed = Trainer(load_config(RLConfig, "configs/tiny/rl.yaml", [*overrides, f"trainer.resume={out}",
+                                                                       "trainer.iterations=4"]))
+    cluster.remove_node(learner_node)
+    try:
+        resumed.fit()
+        print("STOPPED null")
+    except TrainingStopped as e:
+        print("STOPPED " + json.dumps(str(e)))
     ray.shutdown()
     cluster.shutdown()
 """
 
 
 @pytest.mark.slow
-def test_two_nodes_rollout_on_one_learners_on_the_other(tiny_dir, signal_data, tmp_path):
+def test_two_nodes_rollout_on_one_learners_on_the_other_then_that_node_is_lost(
+    tiny_dir, signal_data, tmp_path
+):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["PYTHONPATH"] = os.pathsep.join([str(signal_data), str(ROOT)])  # the verifier plugin, everywhere
     data = f"data.path={signal_data / 'train.jsonl'}"
@@ -159,10 +171,19 @@ def test_two_nodes_rollout_on_one_learners_on_the_other(tiny_dir, signal_data, t
     assert proc.returncode == 0, proc.stderr[-4000:]
     where = json.loads(proc.stdout.split("WHERE ", 1)[1].splitlines()[0])
     assert where["cluster"].split(": ")[1].startswith("2 node(s)")
-    assert where["rollout"] == [where["rollout_node"]] * 2  # both engines on the rollout node
-    assert where["learner"] == [where["head"]] * 2  # both ranks on the other one
+    assert where["rollout"] == [where["head"]] * 2  # both engines on the rollout node
+    assert where["learner"] == [where["learner_node"]] * 2  # both ranks on the other one
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     # Iteration 1 samples from weights synced across nodes: the engines' log-probs of their own samples
     # match the learner's (the learner's weights after iteration 0's update), so the sync arrived whole.
     assert rows[1]["time_sync"] > 0 and rows[0]["loss"] != 0 and rows[0]["kl"] > 0
     assert rows[1]["rollout_learner_logprob_gap_max"] < 1e-3
+
+    stopped = json.loads(proc.stdout.split("STOPPED ", 1)[1].splitlines()[0])
+    run = tmp_path / "run"
+    print(f"\nlearner node lost: {stopped}")
+    assert stopped and "an actor died" in stopped and f"continue with trainer.resume={run}" in stopped
+    assert f"the last checkpoint is {run / 'checkpoints' / 'iter_00001'}" in stopped
+    assert (
+        json.loads((run / "checkpoints" / "iter_00001" / "trainer_state.json").read_text())["iteration"] == 1
+    )
