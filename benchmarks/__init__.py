@@ -1,0 +1,22 @@
+"""``kvrl bench NAME``: side-by-side benchmarks on this machine, reported as ratios measured in one run.
+
+Each module has ``run(quick=False, repeats=3, model=None) -> list[dict]`` (records built by
+``benchmarks.common.result``); ``kvrl bench`` writes them as JSON and adds rows to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+BENCHMARKS = {
+    "rollout": "kvrl rollout actors (vLLM on Ray) vs transformers generate, tokens/s",
+    "step": "one RL iteration end to end vs TRL GRPOTrainer, s/iteration, with kvrl's phases",
+    "sync": "in-place weight sync vs save + engine reload at 1x, 4x, 16x parameters",
+    "scale": "iteration time as samples (64-1024) and response length (64-1024) grow",
+}
+
+
+def run(name: str, **kwargs) -> list[dict]:
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; choose from {', '.join(BENCHMARKS)}")
+    return importlib.import_module(f"benchmarks.{name}").run(**kwargs)

@@ -1,0 +1,107 @@
+"""What every benchmark shares: repeats and their summary, the result record, machine facts, the table.
+
+A result is one JSON object: ``benchmark``, ``kvrl``, ``baseline``, ``ratio`` and ``unit`` (medians; the
+ratio is oriented so that > 1 means kvrl is better: baseline/kvrl for times, kvrl/baseline for rates),
+plus ``kvrl_runs`` / ``baseline_runs`` (every repeat), min/max, the settings and the machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rl.provenance import git_sha, library_versions
+
+log = logging.getLogger(__name__)
+TABLE = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+TABLE_HEADER = (
+    "| date | benchmark | size | kvrl | baseline | ratio | unit | machine | git |\n"
+    "|---|---|---|---|---|---|---|---|---|\n"
+)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def summary(runs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(runs), "min": min(runs), "max": max(runs)}
+
+
+def machine() -> dict[str, Any]:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem, 1),
+        "os": platform.platform(),
+        "versions": library_versions(),
+    }
+
+
+def result(
+    benchmark: str,
+    kvrl_runs: list[float],
+    baseline_runs: list[float],
+    unit: str,
+    *,
+    higher_is_better: bool,
+    size: str,
+    **details: Any,
+) -> dict[str, Any]:
+    """The record of one benchmark at one size; ``details`` hold its settings and breakdowns."""
+    k, b = summary(kvrl_runs), summary(baseline_runs)
+    ratio = k["median"] / b["median"] if higher_is_better else b["median"] / k["median"]
+    return {
+        "benchmark": benchmark,
+        "size": size,
+        "kvrl": k["median"],
+        "baseline": b["median"],
+        "ratio": ratio,
+        "unit": unit,
+        "kvrl_min": k["min"],
+        "kvrl_max": k["max"],
+        "baseline_min": b["min"],
+        "baseline_max": b["max"],
+        "kvrl_runs": kvrl_runs,
+        "baseline_runs": baseline_runs,
+        "repeats": len(kvrl_runs),
+        **details,
+        "machine": machine(),
+        "git_sha": git_sha(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def record(results: list[dict[str, Any]], out: str | Path | None, table: Path | None = TABLE) -> None:
+    """Write the results as JSON to ``out`` (one object if one result), and add a row each to ``table``."""
+    if out is not None:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        payload = results[0] if len(results) == 1 else results
+        out.write_text(json.dumps(payload, indent=2) + "\n")
+    if table is None:
+        return
+    table.parent.mkdir(parents=True, exist_ok=True)
+    text = table.read_text() if table.exists() else ""
+    if TABLE_HEADER not in text:
+        text += ("\n" if text else "") + TABLE_HEADER
+    for r in results:
+        m = r["machine"]
+        where = f"{m['cores']} cores, {m['memory_gib']:g} GiB"
+        sha = (r.get("git_sha") or "")[:9]
+        text += (
+            f"| {r['date']} | {r['benchmark']} | {r['size']} | {r['kvrl']:.4g} | {r['baseline']:.4g} | "
+            f"{r['ratio']:.2f}x | {r['unit']} | {where} | {sha} |\n"
+        )
+    table.write_text(text)
+    log.info("added %d row(s) to %s", len(results), table)

@@ -1,0 +1,46 @@
+"""kvrl RL iterations timed in-process on the tiny config: the engine and learner start-up is excluded,
+the first iteration is a warm-up, and each later one reports its wall time and phases (from metrics)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "rl.yaml"
+PHASES = ("time_rollout", "time_reward", "time_learn", "time_sync")
+
+
+def kvrl_iterations(model: str, overrides: list[str], repeats: int) -> list[dict[str, float]]:
+    """``repeats`` timed iterations (after one warm-up) of the tiny RL config with ``overrides``:
+    per iteration ``time_iteration``, the four phase times and the generated tokens."""
+    from rl.config import load_config
+    from rl.trainer import RLConfig, Trainer
+
+    out = Path(tempfile.mkdtemp(prefix="kvrl-bench-iter-")) / "run"
+    cfg = load_config(
+        RLConfig,
+        CONFIG,
+        [
+            f"model={model}",
+            f"trainer.output_dir={out}",
+            f"trainer.iterations={repeats + 1}",
+            f"trainer.save_every={repeats + 10}",  # only the last iteration writes a checkpoint
+            "tracking.wandb=disabled",
+            "tracking.samples_every=0",
+            *overrides,
+        ],
+    )
+    Trainer(cfg).fit()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    return [
+        {
+            "time_iteration": r["time_iteration"],
+            **{k: r[k] for k in PHASES},
+            "tokens": round(r["rollout_tokens_per_s"] * r["time_rollout"]),
+            "response_len_mean": r["response_len_mean"],
+        }
+        for r in rows
+    ]

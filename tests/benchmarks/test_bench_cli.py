@@ -1,0 +1,43 @@
+"""`kvrl bench NAME --quick`: each benchmark runs once at its smallest size and writes a well-formed result
+(JSON with benchmark, kvrl, baseline, ratio, unit, the runs, the machine) and a markdown table row.
+Benchmarks, not timed tests: no assertion is about speed."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["rollout", "sync", "scale"])
+def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
+    out, table = tmp_path / f"{name}.json", tmp_path / "benchmarks.md"
+    table.write_text("# Benchmarks\n\nSome prose above the table.\n")
+    cmd = [sys.executable, "-m", "rl.cli", "bench", name, "--quick", "--repeats", "1"]
+    cmd += ["--model", str(tiny_dir), "--out", str(out), "--table", str(table)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == name and result["unit"]
+    for key in ("kvrl", "baseline", "ratio"):
+        assert isinstance(result[key], float) and math.isfinite(result[key]) and result[key] > 0, key
+    assert len(result["kvrl_runs"]) == result["repeats"] == 1
+    assert result["kvrl_min"] <= result["kvrl"] <= result["kvrl_max"]
+    assert result["machine"]["cores"] >= 1 and "torch" in result["machine"]["versions"]
+    rows = [
+        line for line in table.read_text().splitlines() if line.startswith(f"| {result['date']} | {name} |")
+    ]
+    assert len(rows) == 1 and f"{result['ratio']:.2f}x" in rows[0]
+    assert table.read_text().startswith("# Benchmarks\n\nSome prose above the table.\n")
+    assert f"ratio {result['ratio']:.2f}x" in proc.stdout
+    if name == "scale":
+        assert set(result["phases"]) == {"time_rollout", "time_reward", "time_learn", "time_sync"}
+    if name == "sync":
+        assert result["params"] > 0 and result["bytes"] >= 4 * result["params"]
