@@ -38,8 +38,9 @@ class ResourceConfig:
     # learner ranks to the nodes that advertise them (`ray start --resources='{"rollout_node": 8}'`).
     rollout_resources: dict[str, float] = field(default_factory=dict)
     learner_resources: dict[str, float] = field(default_factory=dict)
-    # None: the cluster in RAY_ADDRESS (set under `ray job submit`), else a new local one; "auto": the
-    # cluster `ray start` runs on this machine; or an address such as "10.0.0.1:6379".
+    reward_resources: dict[str, float] = field(default_factory=dict)
+    # None: the cluster in RAY_ADDRESS (set under `ray job submit`), else one that `ray start` runs on
+    # this machine, else a new local one. Or an address, e.g. "10.0.0.1:6379" ("auto": must be running).
     ray_address: str | None = None
 
     def __post_init__(self):
@@ -61,6 +62,7 @@ class ResourceConfig:
         for extra, count in (
             (self.rollout_resources, self.rollout_actors),
             (self.learner_resources, self.learner_ranks),
+            (self.reward_resources, 1),
         ):
             for name, amount in extra.items():
                 out[name] = out.get(name, 0.0) + amount * count
@@ -162,4 +164,8 @@ def place(cfg: ResourceConfig) -> Placement:
             rollout = [_at(rpg, i, cfg.rollout_cpus, cfg.rollout_gpus) for i in range(cfg.rollout_actors)]
     ready = ray.get([pg.ready() for pg in groups], timeout=cfg.placement_timeout_s)
     del ready
-    return Placement(learner, rollout, {"num_cpus": cfg.reward_cpus}, groups)
+    reward = {
+        "num_cpus": cfg.reward_cpus,
+        **({"resources": cfg.reward_resources} if cfg.reward_resources else {}),
+    }
+    return Placement(learner, rollout, reward, groups)

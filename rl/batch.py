@@ -90,3 +90,15 @@ def micro_batches(samples: Sequence[Experience], size: int) -> list[list[Experie
     if size < 1:
         raise ValueError(f"micro batch size must be >= 1, got {size}")
     return [list(samples[i : i + size]) for i in range(0, len(samples), size)]
+
+
+def by_length(samples: Sequence[Experience]) -> list[int]:
+    """Indices of ``samples`` from shortest to longest sequence (stable).
+
+    Micro-batches pad to their longest sequence; cut from a length-sorted list they hold similar lengths,
+    so padding stays small when responses range from a few tokens to the max (measured with
+    ``kvrl bench scale``: learner time per token tripled at 1024-token max responses without this).
+    """
+    return sorted(
+        range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids)
+    )

@@ -220,7 +220,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(
         f"kvrl bench: {len(results)} result(s)"
         + (f" in {args.out}" if args.out else "")
-        + f"; rows added to {args.table}"
+        + f"; rows added to {table}"
     )
     return 0
 

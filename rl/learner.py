@@ -21,7 +21,7 @@ from sft.format import SFTExample
 from sft.loss import sft_loss
 from sft.packing import collate_packed, packed_logits
 
-from .batch import Collated, Experience, collate, micro_batches
+from .batch import Collated, Experience, by_length, collate, micro_batches
 from .logprobs import head_logprobs
 from .losses import get_loss, group_baseline
 
@@ -152,12 +152,13 @@ class Learner:
     def logprobs(self, samples: Sequence[Experience]) -> list[list[float]]:
         """Teacher-forced log-probs of each sample's response tokens (collective under ZeRO-3)."""
         self.engine.eval()
-        out: list[list[float]] = []
-        for mb in micro_batches(samples, self.cfg.micro_batch_size):
-            batch = collate(mb, self.pad_id).to(self.device)
+        order = by_length(samples)
+        out: list[list[float]] = [[] for _ in samples]
+        for mb in micro_batches(order, self.cfg.micro_batch_size):
+            batch = collate([samples[i] for i in mb], self.pad_id).to(self.device)
             lp, _ = self._response_logprobs(batch)
-            for b, s in enumerate(mb):
-                out.append(lp[b, : len(s.response_ids)].tolist())
+            for b, i in enumerate(mb):
+                out[i] = lp[b, : len(samples[i].response_ids)].tolist()
         return out
 
     # -- training --------------------------------------------------------------------------------
@@ -182,7 +183,8 @@ class Learner:
             self.set_lr(lr)
         self.engine.train()
         normalizer = global_batch / self.world_size
-        groups = micro_batches(list(zip(samples, baselines, strict=True)), self.cfg.micro_batch_size)
+        pairs = list(zip(samples, baselines, strict=True))
+        groups = micro_batches([pairs[i] for i in by_length(samples)], self.cfg.micro_batch_size)
         totals: dict[str, float] = {"loss": 0.0, "entropy": 0.0}
         tokens = 0.0
         bad = torch.zeros(1)

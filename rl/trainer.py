@@ -464,7 +464,15 @@ class Trainer:
     def close(self) -> None:
         self.tracker.finish()
         self.plot()
-        for closer in (self.pool.shutdown, self.learners.shutdown, self.placement.remove):
+        import ray
+
+        closers = (
+            self.pool.shutdown,
+            self.learners.shutdown,
+            lambda: ray.kill(self.reward),
+            self.placement.remove,
+        )
+        for closer in closers:
             try:
                 closer()
             except Exception as e:  # keep closing the rest

@@ -86,12 +86,16 @@ def test_ray_job_submit_runs_tiny_rl(job_server, tiny_dir, tmp_path):
     else:
         pytest.fail("the job server did not answer in 120 s: " + (tmp_path / "head.log").read_text()[-3000:])
     run = tmp_path / "run"
-    submit = ray_cli(
-        env,
-        "job", "submit", "--address", address, "--working-dir", str(ROOT), "--no-wait", "--",
-        "kvrl", "rl", "--config", "configs/tiny/rl.yaml", f"model={tiny_dir}", f"trainer.output_dir={run}",
-        *TINY_RUN,
-    )  # fmt: skip
+    for _ in range(30):  # the job agent may need a few more seconds than the server ("try again later")
+        submit = ray_cli(
+            env,
+            "job", "submit", "--address", address, "--working-dir", str(ROOT), "--no-wait", "--",
+            "kvrl", "rl", "--config", "configs/tiny/rl.yaml", f"model={tiny_dir}",
+            f"trainer.output_dir={run}", *TINY_RUN,
+        )  # fmt: skip
+        if submit.returncode == 0 or "try again" not in submit.stderr:
+            break
+        time.sleep(2)
     assert submit.returncode == 0, submit.stderr
     job_id = re.search(r"raysubmit_\w+", submit.stdout + submit.stderr).group(0)
     deadline, status = time.time() + 800, ""
@@ -119,7 +123,9 @@ if __name__ == "__main__":
     store = 200 * 1024 * 1024
     cluster = Cluster(
         initialize_head=True,
-        head_node_args={"num_cpus": 3, "resources": {"rollout_node": 2}, "object_store_memory": store},
+        head_node_args={
+            "num_cpus": 3, "resources": {"rollout_node": 2, "head_node": 1}, "object_store_memory": store
+        },
     )
     learner_node = cluster.add_node(num_cpus=3, resources={"learner_node": 2}, object_store_memory=store)
     cluster.wait_for_nodes()
@@ -130,6 +136,7 @@ if __name__ == "__main__":
     overrides = [
         f"model={tiny}", f"trainer.output_dir={out}", f"resources.ray_address={cluster.address}",
         "resources.rollout_resources={rollout_node: 1}", "resources.learner_resources={learner_node: 1}",
+        "resources.reward_resources={head_node: 1}",  # the verifiers stay when the learners' node goes
         *sys.argv[3:],
     ]
     trainer = Trainer(load_config(RLConfig, "configs/tiny/rl.yaml", overrides))

@@ -19,3 +19,11 @@ def test_collate_layout():
     # b's token 1 was forced by the thinking budget: no loss on it
     assert c.response_mask.tolist() == [[1, 1, 0], [1, 0, 1]]
     torch.testing.assert_close(c.old_logprobs, torch.tensor([[-0.1, -0.2, 0.0], [-0.3, -0.4, -0.5]]))
+
+
+def test_by_length_orders_shortest_first_and_is_stable():
+    from rl.batch import Experience, by_length
+
+    lengths = [(3, 5), (3, 1), (1, 1), (3, 5), (2, 0)]  # (prompt, response) tokens: totals 8, 4, 2, 8, 2
+    samples = [Experience([0] * p, [1] * r) for p, r in lengths]
+    assert by_length(samples) == [2, 4, 1, 0, 3]  # equal totals keep their order
