@@ -83,11 +83,15 @@ def result(
 
 
 def record(results: list[dict[str, Any]], out: str | Path | None, table: Path | None = TABLE) -> None:
-    """Write the results as JSON to ``out`` (one object if one result), and add a row each to ``table``."""
+    """Write the results as one JSON object to ``out`` and add a row per result to ``table``.
+
+    With several sizes the object is the first (smallest) one's, with every size under ``sizes``, so the
+    top-level ``benchmark, kvrl, baseline, ratio, unit`` are always there.
+    """
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        payload = results[0] if len(results) == 1 else results
+        payload = results[0] if len(results) == 1 else {**results[0], "sizes": results}
         out.write_text(json.dumps(payload, indent=2) + "\n")
     if table is None:
         return

@@ -1,0 +1,37 @@
+"""The benchmark record: ratio orientation, the JSON written with --out, and the table rows."""
+
+from __future__ import annotations
+
+import json
+
+from benchmarks.common import TABLE_HEADER, record, result
+
+
+def test_ratio_is_oriented_so_above_one_means_kvrl_is_better():
+    times = result("sync", [1.0, 2.0, 3.0], [10.0, 20.0], "s", higher_is_better=False, size="1x")
+    assert (times["kvrl"], times["baseline"], times["ratio"]) == (2.0, 15.0, 7.5)  # medians; 15 / 2
+    assert (times["kvrl_min"], times["kvrl_max"], times["repeats"]) == (1.0, 3.0, 3)
+    rates = result("rollout", [300.0], [100.0], "tokens/s", higher_is_better=True, size="s")
+    assert rates["ratio"] == 3.0  # 300 / 100
+
+
+def test_record_writes_one_object_with_every_size_and_appends_rows(tmp_path):
+    small = result("sync", [1.0], [10.0], "s", higher_is_better=False, size="1x")
+    big = result("sync", [4.0], [12.0], "s", higher_is_better=False, size="4x")
+    table = tmp_path / "benchmarks.md"
+    table.write_text("# Benchmarks\n\nprose\n")
+    record([small, big], tmp_path / "sync.json", table)
+    data = json.loads((tmp_path / "sync.json").read_text())
+    assert {k: data[k] for k in ("benchmark", "kvrl", "baseline", "ratio", "unit")} == {
+        "benchmark": "sync",
+        "kvrl": 1.0,
+        "baseline": 10.0,
+        "ratio": 10.0,
+        "unit": "s",
+    }
+    assert [s["size"] for s in data["sizes"]] == ["1x", "4x"] and data["sizes"][1]["ratio"] == 3.0
+    record([big], None, table)  # a second run adds rows under the same header
+    text = table.read_text()
+    assert text.startswith("# Benchmarks\n\nprose\n") and text.count(TABLE_HEADER) == 1
+    rows = [line for line in text.splitlines() if "| sync |" in line]
+    assert [r.split(" | ")[2] for r in rows] == ["1x", "4x", "4x"] and "10.00x" in rows[0]
