@@ -10,6 +10,7 @@ from typing import Any
 
 import ray
 
+from actors.memory import rss_mb
 from rl.batch import Experience
 from rl.learner import LearnerConfig, inactive, shard_for_ranks, with_baselines
 from sft.format import SFTExample
@@ -70,8 +71,21 @@ class LearnerActor:
     def full_state(self):
         return self.learner.full_state()
 
+    def rss_mb(self) -> float:
+        return rss_mb()
+
     def export_hf(self, out_dir: str) -> str | None:
         return self.learner.export_hf(out_dir)
+
+
+def gather(refs: Sequence[ray.ObjectRef]) -> list:
+    """Every rank's result, raising as soon as one rank fails: the others would otherwise wait in a
+    collective for the dead one until the process-group timeout (tens of minutes)."""
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)
+    return ray.get(list(refs))
 
 
 class LearnerGroup:
@@ -88,13 +102,13 @@ class LearnerGroup:
         options = list(actor_options or [{}] * world_size)
         self.actors = [LearnerActor.options(**options[r]).remote(r, world_size) for r in range(world_size)]
         addr, port = ray.get(self.actors[0].address.remote())
-        ray.get([a.setup.remote(model_path, cfg, addr, port) for a in self.actors])
+        gather([a.setup.remote(model_path, cfg, addr, port) for a in self.actors])
         log.info("learner group up: %d ranks, ZeRO-%d", world_size, cfg.zero_stage)
 
     def logprobs(self, samples: Sequence[Experience]) -> list[list[float]]:
         """Teacher-forced log-probs, in sample order."""
         shards = shard_for_ranks(samples, self.world_size, inactive(samples[0]))
-        results = ray.get([a.logprobs.remote(s) for a, s in zip(self.actors, shards, strict=True)])
+        results = gather([a.logprobs.remote(s) for a, s in zip(self.actors, shards, strict=True)])
         out: list[list[float]] = [[] for _ in samples]
         for r, shard_result in enumerate(results):
             for j, lp in enumerate(shard_result[: len(samples[r :: self.world_size])]):
@@ -119,19 +133,17 @@ class LearnerGroup:
             )
             for a, shard in zip(self.actors, shards, strict=True)
         ]
-        per_rank = ray.get(futures)
+        per_rank = gather(futures)
         return {k: sum(m[k] for m in per_rank) / len(per_rank) for k in per_rank[0]}
 
     def reset_optimizer(self) -> None:
-        ray.get([a.reset_optimizer.remote() for a in self.actors])
+        gather([a.reset_optimizer.remote() for a in self.actors])
 
     def sft_step(self, rows: Sequence[Sequence[SFTExample]], lr: float) -> dict[str, float]:
         """One SFT optimizer step over packed ``rows`` split across ranks; NLL and tokens summed."""
         total = sum(ex.num_targets for row in rows for ex in row)
         shards = shard_for_ranks(rows, self.world_size, [])
-        per_rank = ray.get(
-            [a.sft_step.remote(s, total, lr) for a, s in zip(self.actors, shards, strict=True)]
-        )
+        per_rank = gather([a.sft_step.remote(s, total, lr) for a, s in zip(self.actors, shards, strict=True)])
         out = {k: sum(m[k] for m in per_rank) for k in ("nll_sum", "tokens")}
         out["skipped"] = per_rank[0]["skipped"]
         out["grad_norm"] = per_rank[0].get("grad_norm", float("nan"))
@@ -139,17 +151,22 @@ class LearnerGroup:
 
     def sft_eval(self, rows: Sequence[Sequence[SFTExample]]) -> dict[str, float]:
         shards = shard_for_ranks(rows, self.world_size, [])
-        per_rank = ray.get([a.sft_eval.remote(s) for a, s in zip(self.actors, shards, strict=True)])
+        per_rank = gather([a.sft_eval.remote(s) for a, s in zip(self.actors, shards, strict=True)])
         return {k: sum(m[k] for m in per_rank) for k in ("nll_sum", "tokens")}
 
     def state_ref(self) -> ray.ObjectRef:
         """ObjectRef of rank 0's full weights (official names); all ranks take part in gathering them."""
         refs = [a.full_state.remote() for a in self.actors]
-        ray.wait(refs, num_returns=len(refs))
+        gather(refs[1:])  # the other ranks' (empty) results; rank 0's state stays in the object store
+        ray.wait(refs[:1])
         return refs[0]
 
     def export_hf(self, out_dir: str) -> str:
-        return ray.get([a.export_hf.remote(out_dir) for a in self.actors])[0]
+        return gather([a.export_hf.remote(out_dir) for a in self.actors])[0]
+
+    def rss_mb(self) -> list[float]:
+        """Host memory of each rank, MiB."""
+        return gather([a.rss_mb.remote() for a in self.actors])
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -40,7 +40,8 @@ class ResourceConfig:
     learner_resources: dict[str, float] = field(default_factory=dict)
     reward_resources: dict[str, float] = field(default_factory=dict)
     # None: the cluster in RAY_ADDRESS (set under `ray job submit`), else one that `ray start` runs on
-    # this machine, else a new local one. Or an address, e.g. "10.0.0.1:6379" ("auto": must be running).
+    # this machine, else a new local one. Or an address, e.g. "10.0.0.1:6379" ("auto": must be running;
+    # "local": always a new one on this machine, whatever else runs here).
     ray_address: str | None = None
 
     def __post_init__(self):
@@ -74,13 +75,15 @@ def start_ray(cfg: ResourceConfig) -> str:
     ``cfg``; returns a line saying which cluster, for the job log."""
     if not ray.is_initialized():
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
-        if address:
+        if address and address != "local":
             ray.init(address=address)
         else:
-            try:  # a cluster that `ray start` runs on this machine
+            try:  # a cluster that `ray start` runs on this machine, unless a new one is asked for
+                if address == "local":
+                    raise ConnectionError
                 ray.init(address="auto")
             except ConnectionError:
-                # None: a local one. CPU counts are reservations, so give it at least what the config asks.
+                # A local one. CPU counts are reservations, so give it at least what the config asks.
                 cpus = max(os.cpu_count() or 1, math.ceil(cfg.demand()["CPU"]))
                 ray.init(address="local", num_cpus=cpus, include_dashboard=False)
     nodes = [n for n in ray.nodes() if n.get("Alive")]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ray
 
+from actors.memory import rss_mb
 from rewards import RewardConfig, Task, Verdict
 
 
@@ -17,3 +18,7 @@ class RewardActor:
 
     def replaced_workers(self) -> int:
         return self.pool.replaced
+
+    def rss_mb(self) -> float:
+        """This actor and its verifier worker processes, MiB."""
+        return rss_mb()

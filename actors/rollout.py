@@ -19,6 +19,7 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
+from actors.memory import rss_mb
 from rollout.engine import EngineConfig
 from rollout.worker import RolloutRequest, RolloutResult, SamplingConfig
 
@@ -50,6 +51,9 @@ class RolloutActor:
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+    def rss_mb(self) -> float:
+        return rss_mb()
 
 
 class RolloutPool:
@@ -130,6 +134,10 @@ class RolloutPool:
                     queue.appendleft((chunk, attempt + 1))
         self.inflight = 0
         return [results[r.request_id] for r in requests]
+
+    def rss_mb(self) -> list[float]:
+        """Host memory of each engine's actor, MiB."""
+        return ray.get([a.rss_mb.remote() for a in self.actors])
 
     def update_weights(self, state_ref: ray.ObjectRef) -> list[float]:
         """Load new weights into every engine (in place); returns each engine's load seconds."""

@@ -1,17 +1,28 @@
-"""Run verifier calls in worker processes with a wall-time and a memory limit.
+"""Run verifier calls in worker processes with wall-time, CPU-time and memory limits and no network.
 
 Model outputs are hostile: a power tower, a regex bomb or a user verifier with a bug must cost the
 sample its reward, never the run. Each worker is a spawned process with an address-space limit
-(``RLIMIT_AS``). A call that runs past ``timeout_s`` gets its worker killed and replaced; a worker that
-dies (segfault, ``os._exit``, out of memory) is replaced too. Either way the sample scores 0 and the
+(``RLIMIT_AS``) and, per call, a CPU-time budget (``RLIMIT_CPU``, counted over all its threads). A call
+that runs past ``timeout_s`` gets its worker killed and replaced; a worker that dies (segfault,
+``os._exit``, out of memory, over its CPU time) is replaced too. Either way the sample scores 0 and the
 reason is recorded in its :class:`~rewards.verdict.Verdict`.
+
+Workers have no network: where the kernel allows it each one moves into an empty network namespace
+(``unshare``), and always a Python-level guard makes ``socket`` connect/bind/send/resolve calls raise
+:class:`PermissionError`. The guard alone is best effort (C extensions and ``_socket`` bypass it),
+which is why the namespace is tried first.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
+import math
 import multiprocessing as mp
+import os
+import signal
+import socket
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -35,18 +46,85 @@ class Task:
     verifier: str = "math"
 
 
-def _worker_main(conn: Connection, memory_bytes: int, max_chars: int) -> None:
+NETWORK_DISABLED = "network access is disabled in the verifier sandbox"
+_CLONE_NEWUSER = 0x10000000
+_CLONE_NEWNET = 0x40000000
+
+
+def _refuse_network(*args, **kwargs):
+    raise PermissionError(NETWORK_DISABLED)
+
+
+def _cut_network() -> str:
+    """Cut this process off the network; returns which mechanism applied (the pool logs it)."""
+    # Root may create a network namespace directly; others need a user namespace around it. Clusters
+    # often forbid both (seccomp, sysctl), so a refusal is expected, not an error.
+    candidates = [_CLONE_NEWNET] if os.geteuid() == 0 else []
+    candidates.append(_CLONE_NEWUSER | _CLONE_NEWNET)
+    mechanism = "python socket guard only"
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        uid, gid = os.getuid(), os.getgid()
+        for flags in candidates:
+            if libc.unshare(flags) == 0:
+                if flags & _CLONE_NEWUSER:
+                    _map_own_ids(uid, gid)
+                mechanism = "empty network namespace (unshare) + python socket guard"
+                break
+            mechanism += f" (unshare {flags:#x}: {os.strerror(ctypes.get_errno())})"
+    except (OSError, AttributeError) as e:  # no libc or no unshare symbol (not Linux)
+        mechanism += f" (unshare unavailable: {e})"
+    # Always installed: a fallback where unshare is refused, and a clear error message where it is not.
+    for name in ("connect", "connect_ex", "sendto", "bind"):
+        setattr(socket.socket, name, _refuse_network)
+    socket.create_connection = socket.getaddrinfo = _refuse_network
+    return mechanism
+
+
+def _map_own_ids(uid: int, gid: int) -> None:
+    """Inside a fresh user namespace we would be 'nobody'; map our own ids so ownership checks on
+    caches and temp files behave as outside. Best effort: an unmapped worker still works."""
+    with contextlib.suppress(OSError):
+        for name, text in (
+            ("setgroups", "deny"),
+            ("uid_map", f"{uid} {uid} 1"),
+            ("gid_map", f"{gid} {gid} 1"),
+        ):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+
+
+def _set_cpu_budget(cpu_s: int) -> None:
+    """Allow the coming call ``cpu_s`` more CPU seconds. The limit counts the process's whole life, so it
+    moves forward per call: a long-lived worker serving many cheap calls must not run out."""
     import resource
 
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    soft = math.ceil(usage.ru_utime + usage.ru_stime) + cpu_s
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    # Only the soft limit moves (SIGXCPU); an unprivileged process could not raise a lowered hard limit
+    # again. Code that ignores SIGXCPU still meets the wall-time timeout.
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _worker_main(conn: Connection, memory_bytes: int, max_chars: int, cpu_s: int) -> None:
+    import resource
+
+    # Before anything else runs here, so no verifier (or import) ever sees the network.
+    network = _cut_network()
     if memory_bytes > 0:
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    # SIGXCPU's default action dumps core; a core of a multi-GiB worker is not worth the disk.
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     from .registry import resolve_verifier
     from .verdict import verify_response
 
     resolve_verifier("math")
     from math_verify import parse  # noqa: F401  (import sympy & co. before the first timed call)
 
-    conn.send("ready")
+    conn.send(("ready", network))
     while True:
         try:
             msg = conn.recv()
@@ -55,6 +133,7 @@ def _worker_main(conn: Connection, memory_bytes: int, max_chars: int) -> None:
         if msg is None:
             return
         task_id, task = msg
+        _set_cpu_budget(cpu_s)
         try:
             verdict = verify_response(task.response, task.gold, task.verifier, max_chars)
         except BaseException as e:  # MemoryError, RecursionError, UnknownVerifier ...
@@ -66,9 +145,10 @@ def _worker_main(conn: Connection, memory_bytes: int, max_chars: int) -> None:
 
 
 class _Worker:
-    def __init__(self, ctx, memory_bytes: int, max_chars: int):
+    def __init__(self, ctx, memory_bytes: int, max_chars: int, cpu_s: int):
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_worker_main, args=(child, memory_bytes, max_chars), daemon=True)
+        args = (child, memory_bytes, max_chars, cpu_s)
+        self.process = ctx.Process(target=_worker_main, args=args, daemon=True)
         self.process.start()
         child.close()
         self.started = time.monotonic()
@@ -84,7 +164,11 @@ class _Worker:
 
 
 class VerifierPool:
-    """A pool of sandboxed verifier processes. Use as a context manager, or call :meth:`close`."""
+    """A pool of sandboxed verifier processes. Use as a context manager, or call :meth:`close`.
+
+    ``cpu_time_s`` is the CPU time one call may use (default ``max(60, 10 * timeout_s)``): it catches
+    verifiers that burn several cores at once, which the wall-time limit alone lets through.
+    """
 
     def __init__(
         self,
@@ -92,12 +176,16 @@ class VerifierPool:
         timeout_s: float = 10.0,
         memory_mb: int = 2048,
         max_chars: int = DEFAULT_MAX_CHARS,
+        cpu_time_s: int | None = None,
     ):
         if workers < 1:
             raise ValueError(f"workers must be >= 1, got {workers}")
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
+        if cpu_time_s is not None and cpu_time_s < 1:
+            raise ValueError(f"cpu_time_s must be >= 1, got {cpu_time_s}")
         self.timeout_s = timeout_s
+        self.cpu_time_s = int(cpu_time_s) if cpu_time_s is not None else math.ceil(max(60.0, 10 * timeout_s))
         self._memory_bytes = int(memory_mb) * 1024 * 1024
         self._max_chars = max_chars
         self._ctx = mp.get_context("spawn")
@@ -105,7 +193,7 @@ class VerifierPool:
         self.replaced = 0  # workers killed for timeouts or found dead
 
     def _spawn(self) -> _Worker:
-        return _Worker(self._ctx, self._memory_bytes, self._max_chars)
+        return _Worker(self._ctx, self._memory_bytes, self._max_chars, self.cpu_time_s)
 
     def _replace(self, worker: _Worker) -> None:
         worker.task_id = None
@@ -145,15 +233,20 @@ class VerifierPool:
         except (EOFError, OSError):
             w.process.join(timeout=1)
             code = w.process.exitcode
+            reason = f"verifier process died (exit code {code})"
+            cpu_limit = f"CPU-time limit of {self.cpu_time_s} s"
+            if code == -signal.SIGXCPU:
+                reason = f"verifier exceeded its {cpu_limit} (SIGXCPU)"
+            elif code == -signal.SIGKILL:  # the kernel's hard RLIMIT_CPU and the OOM killer both send it
+                reason = f"verifier process killed (SIGKILL: {cpu_limit} or out of memory)"
             if w.task_id is not None:
-                results[w.task_id] = Verdict(
-                    False, None, False, f"verifier process died (exit code {code}); worker replaced"
-                )
-            log.warning("verifier worker died (exit code %s) on task %s; replacing it", code, w.task_id)
+                results[w.task_id] = Verdict(False, None, False, f"{reason}; worker replaced")
+            log.warning("%s on task %s; replacing its worker", reason, w.task_id)
             self._replace(w)
             return
-        if msg == "ready":
+        if isinstance(msg, tuple) and msg[0] == "ready":
             w.ready = True
+            log.debug("verifier worker %d ready; network cut by %s", w.process.pid, msg[1])
             return
         task_id, verdict = msg
         results[task_id] = verdict

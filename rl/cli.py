@@ -88,15 +88,30 @@ def _cmd_difficulty(args: argparse.Namespace) -> int:
 
 
 def _cmd_rl(args: argparse.Namespace) -> int:
+    import signal
+
     from rl.config import load_config
-    from rl.trainer import RLConfig, Trainer, TrainingStopped
+    from rl.trainer import RLConfig, TrainingStopped, train
 
     cfg = load_config(RLConfig, args.config, args.overrides)
-    trainer = Trainer(cfg)
-    # First thing in the job log of `ray job submit`: where the run writes, and on which cluster.
-    print(f"kvrl rl: run dir {trainer.run_dir.resolve()}; {trainer.cluster}", flush=True)
+    current = []
+
+    def started(trainer) -> None:
+        current[:] = [trainer]
+        # After ray.init, whose crash handler would otherwise take SIGTERM and abort the driver.
+        signal.signal(signal.SIGTERM, terminated)
+        # First thing in the job log of `ray job submit`: where the run writes, and on which cluster.
+        print(f"kvrl rl: run dir {trainer.run_dir.resolve()}; {trainer.cluster}", flush=True)
+
+    def terminated(signum, frame) -> None:
+        # Pre-emption or `ray job stop`: stop between two Python steps, so the actors are shut down and a
+        # checkpoint being written is either whole (renamed) or left as .partial beside the previous one.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+        hint = current[0].resume_hint() if current else "No checkpoint was written yet."
+        raise TrainingStopped(f"SIGTERM received. {hint}")
+
     try:
-        trainer.fit()
+        trainer = train(cfg, on_start=started)
     except TrainingStopped as e:
         print(f"kvrl rl: stopped: {e}", file=sys.stderr)
         return 1

@@ -313,16 +313,20 @@ class Learner:
         """
         out = Path(out_dir)
         tmp = out.with_name(out.name + ".tmp")
-        with self._gathered():
-            if self.rank == 0:
-                shutil.rmtree(tmp, ignore_errors=True)
-                self.engine.module.save_pretrained(tmp)
-        if self.rank != 0:
-            return None
-        for name in ASSET_FILES:
-            src = Path(self.model_path) / name
-            if src.exists():
-                shutil.copy2(src, tmp / name)
+        try:
+            with self._gathered():
+                if self.rank == 0:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    self.engine.module.save_pretrained(tmp)
+            if self.rank != 0:
+                return None
+            for name in ASSET_FILES:
+                src = Path(self.model_path) / name
+                if src.exists():
+                    shutil.copy2(src, tmp / name)
+        except BaseException:  # a full disk: leave no half-written directory taking up space
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)

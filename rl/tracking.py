@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from .provenance import atomic_write
+
 log = logging.getLogger(__name__)
 
 
@@ -29,12 +31,38 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _drop_rows_from(path: Path, iteration: int) -> None:
+    """Keep the jsonl rows of iterations before ``iteration`` (and a torn last line goes too)."""
+    if not path.exists():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            keep = json.loads(line)["iteration"] < iteration
+        except (ValueError, KeyError, TypeError):
+            keep = False  # a line cut short by a kill mid-write
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        log.info("%s: dropped %d rows from iteration %d on (the run resumes there)", path, dropped, iteration)
+        atomic_write(path, "".join(line + "\n" for line in kept))
+
+
 class Tracker:
-    def __init__(self, run_dir: Path, cfg: TrackingConfig, config: dict, resume: bool = False):
+    """``resume_at``: continuing a run at this iteration; rows it logged at or after it are dropped first
+    (written after the checkpoint it resumes from, they would otherwise appear twice)."""
+
+    def __init__(self, run_dir: Path, cfg: TrackingConfig, config: dict, resume_at: int | None = None):
         self.run_dir, self.cfg = Path(run_dir), cfg
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.samples_path = self.run_dir / "samples.jsonl"
+        resume = resume_at is not None
+        if resume:
+            for path in (self.metrics_path, self.samples_path):
+                _drop_rows_from(path, resume_at)
         self._wandb = None
         if cfg.wandb != "disabled":
             import wandb

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 import zlib
@@ -20,6 +21,7 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
+from actors.memory import rss_mb
 from actors.placement import ResourceConfig
 from actors.rollout import ACTOR_FAILURES, RolloutUnavailable
 from curriculum import CurriculumConfig, CurriculumSampler
@@ -53,8 +55,11 @@ class TrainerConfig:
     save_every: int = 1
     keep_checkpoints: int = 2
     max_nonfinite_in_a_row: int = 5
+    max_restarts: int = 0  # times a run whose actor died starts again from its last checkpoint by itself
 
     def __post_init__(self):
+        if self.max_restarts < 0:
+            raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
         if self.iterations < 1 or self.prompts_per_iteration < 1 or self.optimizer_steps_per_iteration < 1:
             raise ValueError(
                 "iterations, prompts_per_iteration and optimizer_steps_per_iteration must be >= 1"
@@ -122,6 +127,36 @@ class TrainingStopped(RuntimeError):
     pass
 
 
+class ActorLost(TrainingStopped):
+    """An actor (or its node) died; ``checkpoint`` is the one to continue from, if any was written."""
+
+    def __init__(self, message: str, checkpoint: Path | None):
+        super().__init__(message)
+        self.checkpoint = checkpoint
+
+
+def train(cfg: RLConfig, on_start=None) -> Trainer:
+    """Build a :class:`Trainer` and fit it; when an actor dies, start again from the last checkpoint,
+    up to ``trainer.max_restarts`` times. ``on_start(trainer)`` runs before each fit (the CLI prints)."""
+    from dataclasses import replace
+
+    for attempt in range(cfg.trainer.max_restarts + 1):
+        trainer = Trainer(cfg)
+        if on_start is not None:
+            on_start(trainer)
+        try:
+            trainer.fit()
+            return trainer
+        except ActorLost as e:
+            if attempt == cfg.trainer.max_restarts or e.checkpoint is None:
+                raise
+            log.warning(
+                "restart %d of %d from %s after: %s", attempt + 1, cfg.trainer.max_restarts, e.checkpoint, e
+            )
+            cfg = replace(cfg, trainer=replace(cfg.trainer, resume=str(e.checkpoint)))
+    raise AssertionError("unreachable")
+
+
 def resolve_resume(path: str) -> Path:
     """A checkpoint directory (with trainer_state.json) from a checkpoint or run directory."""
     p = Path(path)
@@ -155,7 +190,8 @@ class Trainer:
             raise FileNotFoundError(
                 f"model: {self.model_path} is not a directory (make one with `kvrl tiny --out DIR`)"
             )
-        self.problems = load_problems(cfg.data.path, cfg.data.skip_bad_rows, cfg.data.check_images).problems
+        data = load_problems(cfg.data.path, cfg.data.skip_bad_rows, cfg.data.check_images)
+        self.problems, self.rows_skipped = data.problems, sum(data.skipped.values())
         self.processor = KimiVLProcessor.from_pretrained(self.model_path)
         self.sampler = CurriculumSampler(self._difficulties(), cfg.curriculum, seed=t.seed)
         self.start = 0
@@ -167,7 +203,9 @@ class Trainer:
         self._index = {p.id: i for i, p in enumerate(self.problems)}
         self._images: dict[str, dict] = {}
         write_run_info(self.run_dir, to_dict(cfg))
-        self.tracker = Tracker(self.run_dir, cfg.tracking, to_dict(cfg), resume=state is not None)
+        self.tracker = Tracker(
+            self.run_dir, cfg.tracking, to_dict(cfg), resume_at=self.start if state is not None else None
+        )
         self.curves, self._eval_row = self._make_curves(), {}
         self._start_actors()
 
@@ -242,23 +280,24 @@ class Trainer:
                 phase("checkpoint", self.checkpoint, it)
                 phase.close()
         except (*ACTOR_FAILURES, RolloutUnavailable) as e:
-            raise TrainingStopped(self._lost(e)) from e
+            raise ActorLost(
+                f"an actor died and the run cannot go on without it ({_reason(e)}); its node may be lost. "
+                + self.resume_hint(),
+                self.last_checkpoint(),
+            ) from e
         finally:
             self.close()
 
-    def _lost(self, e: Exception) -> str:
-        """What to say when an actor (or its node) is gone: the run stops, resumable from its checkpoint."""
+    def last_checkpoint(self) -> Path | None:
         latest = self.run_dir / "checkpoints" / "latest"
-        last = (
-            f"the last checkpoint is {latest.parent / latest.read_text().strip()}"
-            if latest.exists()
-            else "no checkpoint was written yet"
-        )
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return (
-            f"an actor died and the run cannot go on without it ({type(e).__name__}: {first}); its node "
-            f"may be lost. {last}: continue with trainer.resume={self.run_dir}"
-        )
+        return latest.parent / latest.read_text().strip() if latest.exists() else None
+
+    def resume_hint(self) -> str:
+        """Where a stopped run can continue from, for the messages that stop it."""
+        last = self.last_checkpoint()
+        if last is None:
+            return "No checkpoint was written yet."
+        return f"The last checkpoint is {last}: continue with trainer.resume={self.run_dir}"
 
     def sample(self, it: int) -> list[Problem]:
         n = min(self.cfg.trainer.prompts_per_iteration, len(self.problems))
@@ -407,9 +446,12 @@ class Trainer:
             **times,
             "rollout_tokens_per_s": gen_tokens / max(times["time_rollout"], 1e-9),
             "sync_time": times["time_sync"],
+            "scored_zero_with_error": sum(not v.correct and v.error is not None for v in verdicts),
+            "data_rows_skipped": self.rows_skipped,
             **{k: v for k, v in learn.items() if k not in ("kl", "entropy")},
             **self.sampler.metrics([self._index[p.id] for p in problems], it),
             **self._eval_row,
+            **self.memory(),
         }
         self.tracker.log(row)
         owners = [p for p, r in zip(problems, results, strict=True) for _ in r.samples]
@@ -433,6 +475,16 @@ class Trainer:
             row["kl"],
         )
 
+    def memory(self) -> dict[str, float]:
+        """Host RSS in MiB of the driver and of every actor (a leak shows as a line that keeps rising)."""
+        import ray
+
+        row = {"rss_mb/driver": rss_mb(children=False)}  # its children are Ray's own daemons
+        row.update({f"rss_mb/rollout_{i}": v for i, v in enumerate(self.pool.rss_mb())})
+        row.update({f"rss_mb/learner_{i}": v for i, v in enumerate(self.learners.rss_mb())})
+        row["rss_mb/reward"] = ray.get(self.reward.rss_mb.remote())
+        return row
+
     def checkpoint(self, it: int) -> None:
         """HF checkpoint + trainer_state.json, appearing whole or not at all, then ``latest`` updated."""
         last = it == self.cfg.trainer.iterations - 1
@@ -442,21 +494,31 @@ class Trainer:
         name = f"iter_{it:05d}"
         partial = root / f"{name}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        self.learners.export_hf(str(partial))
-        state = {
-            "iteration": it,
-            "step": self.step,
-            "sampler": self.sampler.state_dict(),
-            "seed": self.cfg.trainer.seed,
-            "nonfinite_in_a_row": self.nonfinite_in_a_row,
-        }
-        (partial / "trainer_state.json").write_text(json.dumps(state))
-        final = root / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(partial, final)
-        tmp = root / "latest.tmp"
-        tmp.write_text(name)
-        os.replace(tmp, root / "latest")
+        try:
+            self.learners.export_hf(str(partial))
+            state = {
+                "iteration": it,
+                "step": self.step,
+                "sampler": self.sampler.state_dict(),
+                "seed": self.cfg.trainer.seed,
+                "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            }
+            (partial / "trainer_state.json").write_text(json.dumps(state))
+            final = root / name
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(partial, final)
+            tmp = root / "latest.tmp"
+            tmp.write_text(name)
+            os.replace(tmp, root / "latest")
+        except (
+            Exception
+        ) as e:  # a full disk, a failing mount, SIGTERM: the previous checkpoint stays as it was
+            shutil.rmtree(partial, ignore_errors=True)
+            if isinstance(e, (*ACTOR_FAILURES, TrainingStopped)):
+                raise
+            raise TrainingStopped(
+                f"checkpoint {name} could not be written ({_reason(e)}). {self.resume_hint()}"
+            ) from e
         old = sorted(p for p in root.glob("iter_*") if p.is_dir() and not p.name.endswith(".partial"))
         for stale in old[: -self.cfg.trainer.keep_checkpoints]:
             shutil.rmtree(stale, ignore_errors=True)
@@ -519,6 +581,16 @@ class _Phases:
 
     def close(self) -> None:
         self.bar.close()
+
+
+def _reason(e: BaseException) -> str:
+    """``Type: first line`` of an error; for an error raised inside an actor, of the original one."""
+    cause = getattr(e, "cause", None)  # ray.exceptions.RayTaskError keeps the actor's exception here
+    e = cause if isinstance(cause, BaseException) else e
+    text = str(e).strip()
+    actor = re.search(r"class_name: (\w+)", text)  # Ray's actor errors name the actor's class
+    where = f" in {actor.group(1)}" if actor else ""
+    return f"{type(e).__name__}{where}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _split_groups(batch: list[Experience], parts: int) -> list[list[Experience]]:

@@ -102,7 +102,9 @@ def test_rl_runs_and_resume_is_exact(tiny_dir, tmp_path, signal_data):
     assert [m["iteration"] for m in resumed] == [0, 1, 2]  # the resumed run appended iteration 2 only
     assert problems_at(tmp_path / "a", 2) == problems_at(tmp_path / "b", 2)  # same sampler draws
     assert straight[2]["step"] == resumed[2]["step"] == 6  # 2 optimizer steps per iteration
-    assert all(m["loss"] != 0 and m["kl"] > 0 for m in straight)  # the comparison below is not between zeros
+    shown = ("iteration", "loss", "kl", "reward_mean", "accuracy", "truncation_rate")
+    # the comparison below is not between zeros
+    assert all(m["loss"] != 0 and m["kl"] > 0 for m in straight), [{k: m[k] for k in shown} for m in straight]
     for key in ("loss", "reward_mean", "kl", "response_len_mean", "entropy"):
         assert abs(straight[2][key] - resumed[2][key]) <= 1e-5, (key, straight[2][key], resumed[2][key])
 

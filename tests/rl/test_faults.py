@@ -1,0 +1,173 @@
+"""Faults in a running `kvrl rl` on the tiny model: a learner rank killed (the run stops resumably, or
+restarts by itself), SIGTERM while a checkpoint is written, a full disk. Nothing is lost, nothing is left."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.rl.test_trainer import FAST, ROOT
+
+MARK = "KVRL_TEST_RUN"  # every process a run starts inherits it: how leftovers are found
+
+
+def start_rl(tiny_dir, run: Path, log: Path, *overrides) -> tuple[subprocess.Popen, str]:
+    marker = uuid.uuid4().hex
+    cmd = [
+        sys.executable, "-m", "rl.cli", "rl", "--config", str(ROOT / "configs/tiny/rl.yaml"),
+        f"model={tiny_dir}", f"trainer.output_dir={run}", *FAST, *overrides,
+    ]  # fmt: skip
+    env = {**os.environ, MARK: marker, "PYTHONPATH": str(ROOT)}
+    with open(log, "a") as out:  # a file, not a pipe: a full pipe would block the run
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return proc, marker
+
+
+def marked(marker: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get(MARK) == marker:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def assert_nothing_left(marker: str, grace_s: float = 30.0) -> None:
+    deadline = time.monotonic() + grace_s
+    while marked(marker) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    left = []
+    for p in marked(marker):
+        try:
+            left.append((p.pid, " ".join(p.cmdline())[:120]))
+        except psutil.Error:
+            continue
+    assert not left, f"processes left after the run exited: {left}"
+
+
+def wait_until(condition, proc: subprocess.Popen, log: Path, timeout_s: float = 600, poll_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert proc.poll() is None, f"the run exited ({proc.returncode}) first:\n{log.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, f"timed out:\n{log.read_text()[-3000:]}"
+        time.sleep(poll_s)
+
+
+def latest(run: Path) -> str | None:
+    path = run / "checkpoints" / "latest"
+    return path.read_text().strip() if path.exists() else None
+
+
+def iterations(run: Path) -> list[int]:
+    return [json.loads(line)["iteration"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def kill_learner_rank(marker: str, rank_index: int = 1) -> None:
+    ranks = sorted(
+        (p for p in marked(marker) if "LearnerActor" in " ".join(p.cmdline())), key=lambda p: p.create_time()
+    )
+    assert len(ranks) == 2, [" ".join(p.cmdline()) for p in ranks]
+    ranks[rank_index].kill()
+
+
+def loads_in_learner(ckpt: Path) -> None:
+    from kimivl import KimiVLForConditionalGeneration
+
+    assert (ckpt / "trainer_state.json").exists()
+    KimiVLForConditionalGeneration.from_pretrained(ckpt)
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_killed_learner_rank_stops_resumably_then_restarts_by_itself(tiny_dir, tmp_path):
+    run, log = tmp_path / "run", tmp_path / "rl.log"
+    proc, marker = start_rl(tiny_dir, run, log, "trainer.iterations=3")
+    wait_until(lambda: latest(run) is not None, proc, log)
+    kill_learner_rank(marker)
+    assert proc.wait(timeout=600) == 1
+    text = log.read_text()
+    assert "kvrl rl: stopped: an actor died and the run cannot go on without it" in text, text[-3000:]
+    assert "Error in LearnerActor: " in text
+    assert f"continue with trainer.resume={run}" in text
+    assert_nothing_left(marker)
+    stopped_at = latest(run)
+    loads_in_learner(run / "checkpoints" / stopped_at)
+
+    # Resumed with one restart allowed: a rank killed again is replaced from the last checkpoint.
+    proc, marker = start_rl(
+        tiny_dir, run, log, "trainer.iterations=4", f"trainer.resume={run}", "trainer.max_restarts=1"
+    )
+    wait_until(lambda: latest(run) != stopped_at, proc, log)
+    kill_learner_rank(marker)
+    assert proc.wait(timeout=900) == 0, log.read_text()[-3000:]
+    assert "restart 1 of 1 from" in log.read_text()
+    assert iterations(run) == [0, 1, 2, 3]  # every iteration once: rows after the checkpoint were redone
+    assert latest(run) == "iter_00003"
+    assert_nothing_left(marker)
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_sigterm_while_a_checkpoint_is_written_keeps_a_whole_one(tiny_dir, tmp_path):
+    run, log = tmp_path / "run", tmp_path / "rl.log"
+    proc, marker = start_rl(tiny_dir, run, log, "trainer.iterations=3")
+    ckpts = run / "checkpoints"
+    # the second checkpoint being written (iter_00001.partial, or the learner's .partial.tmp inside it)
+    wait_until(lambda: any(ckpts.glob("iter_00001.partial*")), proc, log, poll_s=0.002)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 1
+    text = log.read_text()
+    assert "kvrl rl: stopped: SIGTERM received. The last checkpoint is" in text, text[-3000:]
+    assert_nothing_left(marker)
+    kept = latest(run)
+    assert kept in ("iter_00000", "iter_00001")  # the one before, or this one if its rename came first
+    loads_in_learner(ckpts / kept)
+
+    proc, marker = start_rl(tiny_dir, run, log, "trainer.iterations=3", f"trainer.resume={run}")
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert iterations(run) == [0, 1, 2]
+    assert not list(ckpts.glob("*.partial*"))
+    assert_nothing_left(marker)
+
+
+@pytest.mark.fault
+def test_full_disk_on_checkpoint_keeps_the_previous_one(tiny_dir, tmp_path):
+    import shutil
+
+    from rl.trainer import RLConfig, Trainer, TrainingStopped, resolve_resume
+
+    run = tmp_path / "run"
+    root = run / "checkpoints"
+    shutil.copytree(tiny_dir, root / "iter_00000")
+    (root / "iter_00000" / "trainer_state.json").write_text(json.dumps({"iteration": 0}))
+    (root / "latest").write_text("iter_00000")
+
+    class FullDisk:  # the learner group's export as a full disk ends it: some bytes, then ENOSPC
+        def export_hf(self, out_dir):
+            Path(out_dir).mkdir(parents=True)
+            (Path(out_dir) / "model.safetensors").write_bytes(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.cfg, trainer.run_dir, trainer.learners = RLConfig(), run, FullDisk()
+    trainer.cfg.trainer.iterations = 5
+    with pytest.raises(TrainingStopped) as stopped:
+        trainer.checkpoint(1)
+    message = str(stopped.value)
+    assert message.startswith("checkpoint iter_00001 could not be written (OSError: [Errno 28] No space left")
+    assert f"The last checkpoint is {root / 'iter_00000'}: continue with trainer.resume={run}" in message
+    assert sorted(p.name for p in root.iterdir()) == ["iter_00000", "latest"]  # nothing half-written left
+    assert resolve_resume(str(run)) == root / "iter_00000"
+    loads_in_learner(root / "iter_00000")
