@@ -115,6 +115,8 @@ def parse_row(raw: Any, source: Path, row: int, check_images: bool = True) -> Pr
         raise DataError(f"{where}: question must be non-empty text")
     if isinstance(answer, bool) or not isinstance(answer, str | int | float):
         raise DataError(f"{where}: answer must be text or a number, got {type(answer).__name__}")
+    if isinstance(answer, str) and not answer.strip():
+        raise DataError(f"{where}: answer is empty (nothing to verify against)")
     images = raw.get("images") or []
     if not isinstance(images, list):
         images = [images]

@@ -15,7 +15,7 @@ import re
 import shutil
 import time
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -138,9 +138,8 @@ class ActorLost(TrainingStopped):
 def train(cfg: RLConfig, on_start=None) -> Trainer:
     """Build a :class:`Trainer` and fit it; when an actor dies, start again from the last checkpoint,
     up to ``trainer.max_restarts`` times. ``on_start(trainer)`` runs before each fit (the CLI prints)."""
-    from dataclasses import replace
-
-    for attempt in range(cfg.trainer.max_restarts + 1):
+    restarts = 0
+    while True:
         trainer = Trainer(cfg)
         if on_start is not None:
             on_start(trainer)
@@ -148,13 +147,13 @@ def train(cfg: RLConfig, on_start=None) -> Trainer:
             trainer.fit()
             return trainer
         except ActorLost as e:
-            if attempt == cfg.trainer.max_restarts or e.checkpoint is None:
+            if restarts == cfg.trainer.max_restarts or e.checkpoint is None:
                 raise
+            restarts += 1
             log.warning(
-                "restart %d of %d from %s after: %s", attempt + 1, cfg.trainer.max_restarts, e.checkpoint, e
+                "restart %d of %d from %s after: %s", restarts, cfg.trainer.max_restarts, e.checkpoint, e
             )
             cfg = replace(cfg, trainer=replace(cfg.trainer, resume=str(e.checkpoint)))
-    raise AssertionError("unreachable")
 
 
 def resolve_resume(path: str) -> Path:
@@ -510,9 +509,8 @@ class Trainer:
             tmp = root / "latest.tmp"
             tmp.write_text(name)
             os.replace(tmp, root / "latest")
-        except (
-            Exception
-        ) as e:  # a full disk, a failing mount, SIGTERM: the previous checkpoint stays as it was
+        except Exception as e:
+            # a full disk, a failing mount, SIGTERM: the previous checkpoint stays as it was
             shutil.rmtree(partial, ignore_errors=True)
             if isinstance(e, (*ACTOR_FAILURES, TrainingStopped)):
                 raise

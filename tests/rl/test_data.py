@@ -30,12 +30,17 @@ def test_loads_rows_with_images_relative_to_the_file(tmp_path):
     assert (b.id, b.verifier, b.row) == ("2", "exact", 2)  # id defaults to the row number
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize(
     ("row", "reason"),
     [
         ('{"question": "q"}', "row 2: missing column 'answer'"),
         ("not json", "row 2: not valid JSON"),
         ('{"question": "", "answer": 1}', "row 2: question must be non-empty"),
+        ('{"question": 7, "answer": 1}', "row 2: question must be non-empty text"),
+        ('{"question": "q", "answer": " "}', "row 2: answer is empty"),
+        ('{"question": "q", "answer": [1, 2]}', "row 2: answer must be text or a number, got list"),
+        ('{"question": "q", "answer": 1, "images": [5]}', "row 2: images\\[0\\] is a int"),
         ('{"question": "q", "answer": 1, "difficulty": 2}', "row 2: difficulty 2.0 is outside"),
         ('{"question": "q", "answer": 1, "difficulty": "NaN"}', "row 2: difficulty must be a number"),
         ('{"question": "q", "answer": 1, "verifier": "nope"}', "row 2: unknown verifier 'nope'"),
@@ -53,6 +58,7 @@ def test_bad_rows_name_file_row_and_reason(tmp_path, row, reason):
         load_problems(f)
 
 
+@pytest.mark.fault
 def test_skip_and_count(tmp_path):
     f = write_jsonl(
         tmp_path / "d.jsonl",

@@ -9,60 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 
-from tests.rl.test_trainer import FAST, ROOT
-
-MARK = "KVRL_TEST_RUN"  # every process a run starts inherits it: how leftovers are found
-
-
-def start_rl(tiny_dir, run: Path, log: Path, *overrides) -> tuple[subprocess.Popen, str]:
-    marker = uuid.uuid4().hex
-    cmd = [
-        sys.executable, "-m", "rl.cli", "rl", "--config", str(ROOT / "configs/tiny/rl.yaml"),
-        f"model={tiny_dir}", f"trainer.output_dir={run}", *FAST, *overrides,
-    ]  # fmt: skip
-    env = {**os.environ, MARK: marker, "PYTHONPATH": str(ROOT)}
-    with open(log, "a") as out:  # a file, not a pipe: a full pipe would block the run
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return proc, marker
-
-
-def marked(marker: str) -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter():
-        try:
-            if p.environ().get(MARK) == marker:
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
-
-
-def assert_nothing_left(marker: str, grace_s: float = 30.0) -> None:
-    deadline = time.monotonic() + grace_s
-    while marked(marker) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left = []
-    for p in marked(marker):
-        try:
-            left.append((p.pid, " ".join(p.cmdline())[:120]))
-        except psutil.Error:
-            continue
-    assert not left, f"processes left after the run exited: {left}"
-
-
-def wait_until(condition, proc: subprocess.Popen, log: Path, timeout_s: float = 600, poll_s: float = 0.2):
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert proc.poll() is None, f"the run exited ({proc.returncode}) first:\n{log.read_text()[-3000:]}"
-        assert time.monotonic() < deadline, f"timed out:\n{log.read_text()[-3000:]}"
-        time.sleep(poll_s)
+from tests.rl.runs import assert_nothing_left, marked, start_rl, wait_until
+from tests.rl.test_trainer import ROOT
 
 
 def latest(run: Path) -> str | None:
@@ -171,3 +123,22 @@ def test_full_disk_on_checkpoint_keeps_the_previous_one(tiny_dir, tmp_path):
     assert sorted(p.name for p in root.iterdir()) == ["iter_00000", "latest"]  # nothing half-written left
     assert resolve_resume(str(run)) == root / "iter_00000"
     loads_in_learner(root / "iter_00000")
+
+
+@pytest.mark.fault
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_restarts=-1", "trainer: max_restarts must be >= 0, got -1"),
+        ("rewards.cpu_time_s=0", "rewards: cpu_time_s must be >= 1, got 0"),
+        ("resources.learner_ranks=zero", "resources.learner_ranks: expected an integer, got 'zero'"),
+        ("learner.zero_stage=4", "learner.zero_stage: 4 is not one of"),
+    ],
+)
+def test_bad_config_value_fails_before_anything_starts(tiny_dir, tmp_path, override, message):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "rl.cli", "rl", "--config", str(ROOT / "configs/tiny/rl.yaml")]
+    cmd += [f"model={tiny_dir}", f"trainer.output_dir={run}", override]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 2 and f"kvrl rl: error: {message}" in proc.stderr, proc.stderr[-2000:]
+    assert "Ray cluster" not in proc.stdout + proc.stderr and not run.exists()  # no Ray, no run dir
