@@ -190,7 +190,7 @@ def test_two_nodes_rollout_on_one_learners_on_the_other_then_that_node_is_lost(
     run = tmp_path / "run"
     print(f"\nlearner node lost: {stopped}")
     assert stopped and "an actor died" in stopped and f"continue with trainer.resume={run}" in stopped
-    assert f"the last checkpoint is {run / 'checkpoints' / 'iter_00001'}" in stopped
+    assert f"The last checkpoint is {run / 'checkpoints' / 'iter_00001'}" in stopped
     assert (
         json.loads((run / "checkpoints" / "iter_00001" / "trainer_state.json").read_text())["iteration"] == 1
     )
