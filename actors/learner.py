@@ -71,6 +71,9 @@ class LearnerActor:
     def full_state(self):
         return self.learner.full_state()
 
+    def ping(self) -> None:
+        """Answers once every task sent before it is done (an actor runs its tasks in order)."""
+
     def rss_mb(self) -> float:
         return rss_mb()
 
@@ -157,8 +160,9 @@ class LearnerGroup:
     def state_ref(self) -> ray.ObjectRef:
         """ObjectRef of rank 0's full weights (official names); all ranks take part in gathering them."""
         refs = [a.full_state.remote() for a in self.actors]
-        gather(refs[1:])  # the other ranks' (empty) results; rank 0's state stays in the object store
-        ray.wait(refs[:1])
+        # Rank 0's result stays in the object store (the engines fetch it); its ping after it fails if
+        # rank 0 dies, so a dead rank 0 fails fast as any other rank does.
+        gather([self.actors[0].ping.remote(), *refs[1:]])
         return refs[0]
 
     def export_hf(self, out_dir: str) -> str:

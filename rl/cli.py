@@ -105,10 +105,9 @@ def _cmd_rl(args: argparse.Namespace) -> int:
 
     def terminated(signum, frame) -> None:
         # Pre-emption or `ray job stop`: stop between two Python steps, so the actors are shut down and a
-        # checkpoint being written is either whole (renamed) or left as .partial beside the previous one.
+        # checkpoint being written is either whole (renamed into place) or removed.
         signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-        hint = current[0].resume_hint() if current else "No checkpoint was written yet."
-        raise TrainingStopped(f"SIGTERM received. {hint}")
+        raise TrainingStopped(f"SIGTERM received. {current[0].resume_hint()}")
 
     try:
         trainer = train(cfg, on_start=started)

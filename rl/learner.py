@@ -325,7 +325,8 @@ class Learner:
                 if src.exists():
                     shutil.copy2(src, tmp / name)
         except BaseException:  # a full disk: leave no half-written directory taking up space
-            shutil.rmtree(tmp, ignore_errors=True)
+            if self.rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
             raise
         if out.exists():
             shutil.rmtree(out)
