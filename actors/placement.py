@@ -6,6 +6,7 @@ puts rollout engine i in learner rank i's bundle (they share its GPU, e.g. 0.5 e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -77,15 +78,13 @@ def start_ray(cfg: ResourceConfig) -> str:
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
         if address and address != "local":
             ray.init(address=address)
-        else:
-            try:  # a cluster that `ray start` runs on this machine, unless a new one is asked for
-                if address == "local":
-                    raise ConnectionError
+        if not address:  # a cluster that `ray start` runs on this machine, if there is one
+            with contextlib.suppress(ConnectionError):
                 ray.init(address="auto")
-            except ConnectionError:
-                # A local one. CPU counts are reservations, so give it at least what the config asks.
-                cpus = max(os.cpu_count() or 1, math.ceil(cfg.demand()["CPU"]))
-                ray.init(address="local", num_cpus=cpus, include_dashboard=False)
+        if not ray.is_initialized():
+            # A local one. CPU counts are reservations, so give it at least what the config asks.
+            cpus = max(os.cpu_count() or 1, math.ceil(cfg.demand()["CPU"]))
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     res = ray.cluster_resources()
     where = ray.get_runtime_context().gcs_address
