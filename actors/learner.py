@@ -12,7 +12,8 @@ import ray
 
 from actors.memory import rss_mb
 from rl.batch import Experience
-from rl.learner import LearnerConfig, inactive, shard_for_ranks, with_baselines
+from rl.learner import LearnerConfig, inactive, shard_for_ranks
+from rl.losses import Mean, combine
 from sft.format import SFTExample
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,9 @@ class LearnerActor:
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
-    def setup(self, model_path: str, cfg: LearnerConfig, master_addr: str, master_port: int) -> None:
+    def setup(
+        self, model_path: str, cfg: LearnerConfig, master_addr: str, master_port: int, state_dir=None
+    ) -> None:
         import torch
 
         gpus = ray.get_gpu_ids()
@@ -49,15 +52,13 @@ class LearnerActor:
             os.environ["DS_ACCELERATOR"] = "cpu"
         from rl.learner import Learner
 
-        self.learner = Learner(model_path, cfg, self.rank, self.world_size)
+        self.learner = Learner(model_path, cfg, self.rank, self.world_size, state_dir)
 
     def logprobs(self, samples: list[Experience]) -> list[list[float]]:
         return self.learner.logprobs(samples)
 
-    def train_step(
-        self, samples, baselines, loss_name, loss_kwargs, global_batch, lr=None
-    ) -> dict[str, float]:
-        return self.learner.train_step(samples, baselines, loss_name, loss_kwargs, global_batch, lr)
+    def train_step(self, samples, loss_name, loss_kwargs, global_batch, lr=None) -> dict[str, Mean]:
+        return self.learner.train_step(samples, loss_name, loss_kwargs, global_batch, lr)
 
     def reset_optimizer(self) -> None:
         self.learner.reset_optimizer()
@@ -80,6 +81,9 @@ class LearnerActor:
     def export_hf(self, out_dir: str) -> str | None:
         return self.learner.export_hf(out_dir)
 
+    def save_state(self, checkpoint_dir: str) -> None:
+        self.learner.save_state(checkpoint_dir)
+
 
 def gather(refs: Sequence[ray.ObjectRef]) -> list:
     """Every rank's result, raising as soon as one rank fails: the others would otherwise wait in a
@@ -100,12 +104,14 @@ class LearnerGroup:
         cfg: LearnerConfig,
         world_size: int,
         actor_options: Sequence[dict[str, Any]] | None = None,
+        state_dir: str | None = None,
     ):
+        """``state_dir``: a checkpoint to resume the full training state from (``Learner.load_state``)."""
         self.cfg, self.world_size = cfg, world_size
         options = list(actor_options or [{}] * world_size)
         self.actors = [LearnerActor.options(**options[r]).remote(r, world_size) for r in range(world_size)]
         addr, port = ray.get(self.actors[0].address.remote())
-        gather([a.setup.remote(model_path, cfg, addr, port) for a in self.actors])
+        gather([a.setup.remote(model_path, cfg, addr, port, state_dir) for a in self.actors])
         log.info("learner group up: %d ranks, ZeRO-%d", world_size, cfg.zero_stage)
 
     def logprobs(self, samples: Sequence[Experience]) -> list[list[float]]:
@@ -123,27 +129,25 @@ class LearnerGroup:
         samples: Sequence[Experience],
         loss_name: str,
         loss_kwargs: dict[str, Any],
-        exact_tau: float | None = None,
         lr: float | None = None,
-    ) -> dict[str, float]:
-        """One optimizer step on every rank over the whole batch; metrics averaged over ranks."""
-        baselines = with_baselines(samples, exact_tau)
-        tagged = [(s, b) for s, b in zip(samples, baselines, strict=True)]
-        shards = shard_for_ranks(tagged, self.world_size, (inactive(samples[0]), 0.0))
+    ) -> dict[str, Mean]:
+        """One optimizer step on every rank over the whole batch (advantages already on the samples).
+
+        Metrics come back as :class:`Mean` s summed over ranks: token- and sample-weighted where they
+        are per token or per sample; ``loss`` and ``grad_norm`` as the mean over ranks."""
+        shards = shard_for_ranks(samples, self.world_size, inactive(samples[0]))
         futures = [
-            a.train_step.remote(
-                [s for s, _ in shard], [b for _, b in shard], loss_name, loss_kwargs, len(samples), lr
-            )
+            a.train_step.remote(shard, loss_name, loss_kwargs, len(samples), lr)
             for a, shard in zip(self.actors, shards, strict=True)
         ]
-        per_rank = gather(futures)
-        return {k: sum(m[k] for m in per_rank) / len(per_rank) for k in per_rank[0]}
+        return combine(gather(futures))
 
     def reset_optimizer(self) -> None:
         gather([a.reset_optimizer.remote() for a in self.actors])
 
     def sft_step(self, rows: Sequence[Sequence[SFTExample]], lr: float) -> dict[str, float]:
-        """One SFT optimizer step over packed ``rows`` split across ranks; NLL and tokens summed."""
+        """One SFT optimizer step over packed ``rows`` split across ranks; NLL and tokens summed.
+        ``grad_norm`` is the norm of the global (rank-averaged) gradient, the same on every rank."""
         total = sum(ex.num_targets for row in rows for ex in row)
         shards = shard_for_ranks(rows, self.world_size, [])
         per_rank = gather([a.sft_step.remote(s, total, lr) for a, s in zip(self.actors, shards, strict=True)])
@@ -167,6 +171,10 @@ class LearnerGroup:
 
     def export_hf(self, out_dir: str) -> str:
         return gather([a.export_hf.remote(out_dir) for a in self.actors])[0]
+
+    def save_state(self, checkpoint_dir: str) -> None:
+        """Every rank writes its part of the full training state into ``checkpoint_dir``."""
+        gather([a.save_state.remote(checkpoint_dir) for a in self.actors])
 
     def rss_mb(self) -> list[float]:
         """Host memory of each rank, MiB."""

@@ -24,6 +24,7 @@ class Experience:
     pixel_values: torch.Tensor | None = None
     image_grid_hws: torch.Tensor | None = None
     forced: list[int] = field(default_factory=list)  # response positions not sampled (thinking budget)
+    advantage: float = 0.0  # from the loss's advantage function over the sample's whole group (driver)
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Collated:
     response_index: torch.Tensor  # (B, T) position in the shifted log-prob row of response token t
     response_mask: torch.Tensor  # (B, T) 1 on real response tokens
     rewards: torch.Tensor  # (B,)
+    advantages: torch.Tensor  # (B,)
     group_ids: torch.Tensor  # (B,)
     old_logprobs: torch.Tensor | None  # (B, T)
     pixel_values: torch.Tensor | None  # (sum P, 3, 14, 14) in sample order
@@ -79,6 +81,7 @@ def collate(samples: Sequence[Experience], pad_id: int) -> Collated:
         response_index=index,
         response_mask=mask,
         rewards=torch.tensor([float(s.reward) for s in samples]),
+        advantages=torch.tensor([float(s.advantage) for s in samples]),
         group_ids=torch.tensor([int(s.group_id) for s in samples]),
         old_logprobs=old if have_old else None,
         pixel_values=torch.cat([s.pixel_values for s in images]) if images else None,

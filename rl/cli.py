@@ -69,15 +69,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 def _cmd_difficulty(args: argparse.Namespace) -> int:
     import json
 
-    from rl.difficulty import DifficultyJob, estimate_difficulty
+    from rl.difficulty import estimate_difficulty, job_from_settings
 
-    job = DifficultyJob(
-        checkpoint=str(args.checkpoint),
-        data=str(args.data),
+    # Flags left unset (None) come from --config's rollout, else from DifficultyJob's defaults.
+    job = job_from_settings(
+        str(args.checkpoint),
+        str(args.data),
+        config=args.config,
         out=str(args.out) if args.out else None,
         k=args.k,
         temperature=args.temperature,
         max_tokens=args.max_tokens,
+        max_model_len=args.max_model_len,
         verifier=args.verifier,
         no_think_tries=args.drop_easy,
         seed=args.seed,
@@ -341,16 +344,38 @@ def build_parser() -> argparse.ArgumentParser:
     diff = sub.add_parser(
         "difficulty",
         help="estimate problem difficulty (1 - pass rate of k samples) and write a difficulty column",
+        description="With --config (the RL YAML), samples as its rollouts do: max tokens, model length, "
+        "temperature, top-p, default verifier and seed come from it; a flag given overrides it. "
+        "Each problem has its own seed, from --seed and its id.",
     )
     diff.add_argument("--checkpoint", required=True, type=Path, help="Kimi-VL checkpoint directory")
     diff.add_argument("--data", required=True, type=Path, help="prompt dataset (jsonl, parquet, ...)")
+    diff.add_argument(
+        "--config", type=Path, help="RL config to sample like, e.g. configs/kimi-vl-a3b/rl-1x8.yaml"
+    )
     diff.add_argument("--k", type=int, default=10, help="samples per problem (default 10)")
     diff.add_argument(
         "--out", type=Path, help="output file (default: <data>.difficulty.jsonl beside the data)"
     )
-    diff.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    diff.add_argument("--max-tokens", type=int, default=1024, help="max new tokens per sample (default 1024)")
-    diff.add_argument("--verifier", default="math", help="verifier for rows without a verifier column")
+    # Unset (None) flags come from --config, else from DifficultyJob's defaults, which the help names.
+    diff.add_argument(
+        "--temperature",
+        type=float,
+        help="sampling temperature (default: rollout.sampling.temperature, else 1.0)",
+    )
+    diff.add_argument(
+        "--max-tokens",
+        type=int,
+        help="new tokens per sample (default: rollout.sampling.max_tokens, else 1024)",
+    )
+    diff.add_argument(
+        "--max-model-len",
+        type=int,
+        help="prompt + response tokens (default: rollout.max_model_len, else 4096)",
+    )
+    diff.add_argument(
+        "--verifier", help="for rows without a verifier column (default: rewards.verifier, else math)"
+    )
     diff.add_argument(
         "--drop-easy",
         type=int,
@@ -358,7 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="drop problems answered correctly with no thinking in N tries (k1.5 filter)",
     )
-    diff.add_argument("--seed", type=int, default=0)
+    diff.add_argument("--seed", type=int, help="job seed (default: trainer.seed, else 0)")
     diff.set_defaults(func=_cmd_difficulty)
 
     rl = sub.add_parser(

@@ -3,12 +3,17 @@
 For every problem, sample k responses at a set temperature and verify them: difficulty = 1 - pass
 rate. Optionally ask again with thinking switched off (an empty ``◁think▷◁/think▷`` pre-filled) and
 drop problems answered correctly in any of those tries: they are easy to hack.
+
+Given the RL config (``kvrl difficulty --config``), the lengths, temperature, top-p, default verifier
+and seed are those of its rollouts, so a long trace is measured as RL will sample it, not cut inside
+its thinking and counted as a failure. Each problem draws from its own seed (:func:`problem_seed`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +36,7 @@ class DifficultyJob:
     out: str | None = None  # default: <data stem>.difficulty<suffix> beside the data
     k: int = 10
     temperature: float = 1.0
+    top_p: float = 1.0
     max_tokens: int = 1024
     verifier: str = "math"  # for rows without a verifier column
     no_think_tries: int = 0  # > 0: drop problems solved without thinking in this many tries
@@ -43,6 +49,11 @@ class DifficultyJob:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.no_think_tries < 0:
             raise ValueError(f"no_think_tries must be >= 0, got {self.no_think_tries}")
+        if not 1 <= self.max_tokens < self.max_model_len:
+            raise ValueError(
+                f"max_tokens ({self.max_tokens}) must be >= 1 and below max_model_len ({self.max_model_len}),"
+                " which also holds the prompt"
+            )
 
     def out_path(self) -> Path:
         if self.out:
@@ -50,6 +61,73 @@ class DifficultyJob:
         data = Path(self.data)
         suffix = data.suffix if data.suffix in (".jsonl", ".parquet") else ".jsonl"
         return data.with_name(f"{data.stem}.difficulty{suffix}")
+
+
+# Job settings an RL config supplies, and the key each comes from; a command-line flag overrides them.
+# The thinking budget is left out on purpose: difficulty is the pass rate of free thinking.
+FROM_RL_CONFIG = {
+    "max_tokens": "rollout.sampling.max_tokens",
+    "max_model_len": "rollout.max_model_len",
+    "temperature": "rollout.sampling.temperature",
+    "top_p": "rollout.sampling.top_p",
+    "verifier": "rewards.verifier",
+    "seed": "trainer.seed",
+}
+
+
+def job_from_settings(checkpoint: str, data: str, config: str | Path | None = None, **given) -> DifficultyJob:
+    """A job from the command line's settings (``None``: not given) over an RL config's over the defaults.
+
+    ``config`` is an RL YAML (``kvrl rl --config``); the keys in :data:`FROM_RL_CONFIG` come from it
+    unless given. A missing file or a bad key raises ``rl.config.ConfigError`` naming it.
+    """
+    values = {name: v for name, v in given.items() if v is not None}
+    sources = {name: "flag" for name in FROM_RL_CONFIG if name in values}
+    if config is not None:
+        from .config import load_config
+        from .trainer import RLConfig
+
+        cfg = load_config(RLConfig, config)
+        for name, key in FROM_RL_CONFIG.items():
+            if name not in values:
+                value = cfg
+                for part in key.split("."):
+                    value = getattr(value, part)
+                values[name], sources[name] = value, f"{key} of {config}"
+        if cfg.rollout.sampling.thinking_budget is not None:
+            log.info(
+                "difficulty: rollout.sampling.thinking_budget=%d of %s is not applied: problems are "
+                "measured thinking freely up to max_tokens",
+                cfg.rollout.sampling.thinking_budget,
+                config,
+            )
+    job = DifficultyJob(checkpoint=checkpoint, data=data, **values)
+    settings = (f"{name}={getattr(job, name)!r} ({sources.get(name, 'default')})" for name in FROM_RL_CONFIG)
+    log.info("difficulty: %s", ", ".join(settings))
+    return job
+
+
+def problem_seed(seed: int, problem_id: str, tag: str) -> int:
+    """The sampling seed of one problem: from the job's seed and the problem's id, so each problem has
+    its own stream, the same wherever its row is in the file. ``tag`` keeps apart the stream of each
+    kind of try (with thinking, without)."""
+    return zlib.crc32(f"{seed}:{tag}:{problem_id}".encode())
+
+
+def sampling_params(job: DifficultyJob, problems: list[Problem], n: int, tag: str) -> list:
+    """One ``vllm.SamplingParams`` per problem (``llm.generate`` takes a list), each with its own seed."""
+    from vllm import SamplingParams
+
+    return [
+        SamplingParams(
+            n=n,
+            temperature=job.temperature,
+            top_p=job.top_p,
+            max_tokens=job.max_tokens,
+            seed=problem_seed(job.seed, p.id, tag),
+        )
+        for p in problems
+    ]
 
 
 def make_requests(problems: list[Problem], processor, thinking: bool, source: str) -> list[dict]:
@@ -65,7 +143,8 @@ def make_requests(problems: list[Problem], processor, thinking: bool, source: st
 
 
 def sample_and_verify(llm, pool, problems, requests, params, default_verifier) -> list[list[tuple]]:
-    """Per problem, (vLLM completion, Verdict) for each of its sampled responses, in one engine batch."""
+    """Per problem, (vLLM completion, Verdict) for each of its sampled responses, in one engine batch.
+    ``params``: one ``SamplingParams`` for all, or a list of one per problem."""
     outputs = llm.generate(requests, params)
     tasks, owner = [], []
     for i, (p, out) in enumerate(zip(problems, outputs, strict=True)):
@@ -101,25 +180,16 @@ def write_rows(rows: list[dict], out: Path) -> None:
 
 def estimate_difficulty(job: DifficultyJob) -> dict:
     """Run the job; write the dataset with ``difficulty`` and ``pass_rate`` columns; return a summary."""
-    from vllm import SamplingParams
-
     problems = load_problems(job.data).problems
     processor = KimiVLProcessor.from_pretrained(job.checkpoint)
     llm = make_llm(EngineConfig(model=job.checkpoint, seed=job.seed, max_model_len=job.max_model_len))
     with VerifierPool(workers=job.workers) as pool:
-        params = SamplingParams(
-            n=job.k, temperature=job.temperature, max_tokens=job.max_tokens, seed=job.seed
-        )
+        params = sampling_params(job, problems, job.k, "difficulty")
         reqs = make_requests(problems, processor, True, job.data)
         outcomes = _pass_outcomes(llm, pool, problems, reqs, params, job.verifier)
         hackable = [False] * len(problems)
         if job.no_think_tries:
-            params = SamplingParams(
-                n=job.no_think_tries,
-                temperature=job.temperature,
-                max_tokens=job.max_tokens,
-                seed=job.seed + 1,
-            )
+            params = sampling_params(job, problems, job.no_think_tries, "no-think")
             reqs = make_requests(problems, processor, False, job.data)
             no_think = _pass_outcomes(llm, pool, problems, reqs, params, job.verifier)
             hackable = [easy_to_hack(o) for o in no_think]

@@ -23,7 +23,7 @@ from sft.packing import collate_packed, packed_logits
 
 from .batch import Collated, Experience, by_length, collate, micro_batches
 from .logprobs import head_logprobs
-from .losses import get_loss, group_baseline
+from .losses import LossInputs, Mean, combine, get_loss
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +91,45 @@ def inactive(sample: Experience) -> Experience:
     return replace(sample, response_ids=[], old_logprobs=[] if sample.old_logprobs is not None else None)
 
 
-def with_baselines(samples: Sequence[Experience], exact_tau: float | None = None) -> list[float]:
-    """Per-sample group baseline over the whole batch (before it is sharded and micro-batched)."""
-    rewards = torch.tensor([s.reward for s in samples], dtype=torch.float64)
-    groups = torch.tensor([s.group_id for s in samples])
-    return group_baseline(rewards, groups, exact_tau).tolist()
+def policy_metrics(inputs: LossInputs, entropy: torch.Tensor) -> dict[str, Mean]:
+    """Loss-independent diagnostics of one micro-batch, over the tokens the policy chose.
+
+    ``kl``: KL(pi_theta || pi_theta_i) per token, estimated on tokens sampled from pi_theta_i with
+    rho * log rho - rho + 1, rho = pi_theta / pi_theta_i (unbiased: E_q[rho log rho] = KL(p || q) and
+    E_q[rho] = 1; never negative). ``log_ratio_sq``: (log pi_theta(y|x) - log pi_theta_i(y|x))^2 of
+    whole responses, the term k1.5 eq. 3 weights by tau/2. ``entropy``: mean token entropy.
+    """
+    with torch.no_grad():
+        mask = inputs.response_mask
+        log_ratio = (inputs.logprobs - inputs.old_logprobs) * mask  # (B, T)
+        ratio = torch.exp(log_ratio)
+        kl = (ratio * log_ratio - ratio + 1) * mask
+        active = (mask.sum(-1) > 0).to(mask.dtype)
+        tokens = float(mask.sum())
+        return {
+            "kl": Mean(float(kl.sum()), tokens),
+            "log_ratio_sq": Mean(float((log_ratio.sum(-1) ** 2 * active).sum()), float(active.sum())),
+            "entropy": Mean(float((entropy * mask).sum()), tokens),
+        }
+
+
+# Sub-directory of a checkpoint that holds DeepSpeed's own checkpoint (the full training state).
+STATE_DIR = "learner_state"
 
 
 class Learner:
-    def __init__(self, model_path: str, cfg: LearnerConfig, rank: int = 0, world_size: int = 1):
+    """One rank. ``state_dir``: a checkpoint's :data:`STATE_DIR` parent to resume the full training
+    state from (optimizer moments, fp32 master weights, step count); the weights in ``model_path`` are
+    then only the starting point that DeepSpeed's state overwrites."""
+
+    def __init__(
+        self,
+        model_path: str,
+        cfg: LearnerConfig,
+        rank: int = 0,
+        world_size: int = 1,
+        state_dir: str | None = None,
+    ):
         import deepspeed
 
         from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
@@ -126,11 +156,13 @@ class Learner:
         )
         self.device = self.engine.device
         self.steps = 0
+        if state_dir is not None:
+            self.load_state(state_dir)
 
     # -- forward ---------------------------------------------------------------------------------
 
     def _response_logprobs(self, batch: Collated) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) log-probs of the response tokens, and (B,) mean token entropy of each response."""
+        """(B, T) log-probs of the response tokens (0 off the mask) and (B, T) token entropies."""
         hidden = self.engine(
             input_ids=batch.input_ids,
             attention_mask=batch.attention_mask,
@@ -144,9 +176,7 @@ class Learner:
         targets = batch.input_ids[:, 1:].gather(1, batch.response_index)
         head = self.engine.module.language_model.lm_head
         logprobs, token_entropy = head_logprobs(rows, targets, head, self.cfg.logits_chunk)
-        mask = batch.response_mask
-        entropy = (token_entropy * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-        return logprobs * batch.response_mask, entropy
+        return logprobs * batch.response_mask, token_entropy
 
     @torch.no_grad()
     def logprobs(self, samples: Sequence[Experience]) -> list[list[float]]:
@@ -166,58 +196,44 @@ class Learner:
     def train_step(
         self,
         samples: Sequence[Experience],
-        baselines: Sequence[float],
         loss_name: str,
         loss_kwargs: dict[str, Any],
         global_batch: int,
         lr: float | None = None,
-    ) -> dict[str, float]:
+    ) -> dict[str, Mean]:
         """One optimizer step over this rank's samples, accumulated over micro-batches.
 
-        ``global_batch`` is the number of real samples over all ranks: each rank's loss is divided by
-        global_batch / world_size so the data-parallel gradient average is that of the full batch.
-        ``lr``: this step's learning rate (default: leave the optimizer's as it is).
+        Each sample carries its advantage, computed on the driver over its whole group. ``global_batch``
+        is the number of real samples over all ranks: each rank's loss is divided by
+        global_batch / world_size, and DeepSpeed averages gradients over ranks, so the step's gradient is
+        that of the batch mean however the batch is split. ``lr``: this step's learning rate (default:
+        leave the optimizer's as it is). Metrics come back as sums with counts (:class:`Mean`): entropy
+        and ``kl`` per trained token, ``log_ratio_sq`` per sample, ``loss`` and ``grad_norm`` per rank.
         """
-        loss_fn = get_loss(loss_name)
+        loss_fn = get_loss(loss_name).loss
         if lr is not None:
             self.set_lr(lr)
         self.engine.train()
         normalizer = global_batch / self.world_size
-        pairs = list(zip(samples, baselines, strict=True))
-        groups = micro_batches([pairs[i] for i in by_length(samples)], self.cfg.micro_batch_size)
-        totals: dict[str, float] = {"loss": 0.0, "entropy": 0.0}
-        tokens = 0.0
-        bad = torch.zeros(1)
+        groups = micro_batches([samples[i] for i in by_length(samples)], self.cfg.micro_batch_size)
+        parts: list[dict[str, Mean]] = []
+        loss_sum, bad = 0.0, torch.zeros(1, device=self.device)
         for k, mb in enumerate(groups):
-            batch = collate([s for s, _ in mb], self.pad_id).to(self.device)
+            batch = collate(mb, self.pad_id).to(self.device)
             if batch.old_logprobs is None:
                 raise ValueError("train_step needs old log-probs on every sample")
             self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
             logprobs, entropy = self._response_logprobs(batch)
-            baseline = torch.tensor([b for _, b in mb], dtype=torch.float32, device=self.device)
-            loss, metrics = loss_fn(
-                logprobs,
-                batch.old_logprobs,
-                batch.response_mask,
-                batch.rewards,
-                batch.group_ids,
-                baseline=baseline,
-                normalizer=normalizer,
-                **loss_kwargs,
-            )
-            loss = self._backward(loss, logprobs, k, bad)
-            active = batch.response_mask.sum(-1) > 0
-            totals["loss"] += float(loss.detach())
-            totals["entropy"] += float((entropy * active).sum())
-            tokens += float(active.sum())
-            for name, value in metrics.items():
-                totals[name] = totals.get(name, 0.0) + value * float(active.sum())
+            inputs = LossInputs(logprobs, batch.old_logprobs, batch.response_mask, batch.advantages)
+            loss, metrics = loss_fn(inputs, normalizer, **loss_kwargs)
+            loss_sum += float(self._backward(loss, logprobs, k, bad).detach())
+            parts.append({**metrics, **policy_metrics(inputs, entropy)})
         if not self._step(bad):
-            return {"skipped": 1.0}
-        out = {"loss": totals.pop("loss"), "skipped": 0.0}
-        for name, value in totals.items():
-            out[name] = value / max(tokens, 1.0)
-        out["grad_norm"] = float(self.engine.get_global_grad_norm() or 0.0)
+            return {"skipped": Mean(1.0, 1.0)}
+        out = combine(parts)
+        out["loss"] = Mean(loss_sum, 1.0)  # this rank's share: the ranks' mean is the batch loss
+        out["grad_norm"] = Mean(float(self.engine.get_global_grad_norm() or 0.0), 1.0)
+        out["skipped"] = Mean(0.0, 1.0)
         return out
 
     def _backward(self, loss: torch.Tensor, graph: torch.Tensor, k: int, bad: torch.Tensor) -> torch.Tensor:
@@ -253,17 +269,19 @@ class Learner:
     def sft_step(
         self, rows: Sequence[Sequence[SFTExample]], total_targets: int, lr: float
     ) -> dict[str, float]:
-        """One optimizer step on packed rows; the loss is the token mean over ``total_targets``
-        (the step's target tokens over all ranks), so ranks' gradients average to the global one."""
+        """One optimizer step on packed rows; the gradient is that of the token mean over ``total_targets``
+        (the step's target tokens over all ranks): each rank divides its summed NLL by
+        total_targets / world_size, and DeepSpeed averages the ranks' gradients."""
         self.set_lr(lr)
         self.engine.train()
         groups = micro_batches(list(rows), self.cfg.micro_batch_size)
-        totals, bad = {"nll_sum": 0.0, "tokens": 0.0}, torch.zeros(1)
+        normalizer = max(total_targets, 1) / self.world_size
+        totals, bad = {"nll_sum": 0.0, "tokens": 0.0}, torch.zeros(1, device=self.device)
         for k, mb in enumerate(groups):
             batch = collate_packed(mb, self.pad_id).to(self.device)
             self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
             logits = packed_logits(self.engine, batch)
-            loss, metrics = sft_loss(logits, batch.targets, batch.loss_mask, max(total_targets, 1))
+            loss, metrics = sft_loss(logits, batch.targets, batch.loss_mask, normalizer)
             self._backward(loss, logits, k, bad)
             for name in totals:
                 totals[name] += metrics[name]
@@ -287,6 +305,26 @@ class Learner:
         """Drop Adam moments (Kimi k1.5 resets the optimizer at each mirror-descent iteration)."""
         base = getattr(self.optimizer, "optimizer", self.optimizer)
         base.state.clear()
+
+    # -- full training state ---------------------------------------------------------------------
+
+    def save_state(self, checkpoint_dir: str | Path) -> None:
+        """DeepSpeed's checkpoint of every rank under ``checkpoint_dir/learner_state``: Adam moments and
+        fp32 master weights (ZeRO-partitioned, one file per rank) and the module. Collective; the
+        directory must be one that every rank sees."""
+        self.engine.save_checkpoint(str(checkpoint_dir), tag=STATE_DIR, save_latest=False)
+
+    def load_state(self, checkpoint_dir: str | Path) -> None:
+        """Restore what :meth:`save_state` wrote (same world size and ZeRO stage). Collective."""
+        folder = Path(checkpoint_dir) / STATE_DIR
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no learner state in this checkpoint")
+        path, _ = self.engine.load_checkpoint(
+            str(checkpoint_dir), tag=STATE_DIR, load_lr_scheduler_states=False
+        )
+        if path is None:
+            raise RuntimeError(f"{folder}: DeepSpeed could not load the learner state")
+        self.steps = self.engine.global_steps
 
     # -- weights ---------------------------------------------------------------------------------
 

@@ -1,7 +1,14 @@
 """Policy losses as pure tensor functions, chosen by name from a registry.
 
-Every loss takes per-token log-probs of the sampled responses and returns ``(loss, metrics)``.
-Shapes: B samples, T response tokens (right-padded, ``response_mask`` 1 on real tokens).
+A registered loss has two halves:
+
+- ``advantages(rewards, group_ids, **options) -> (B,)``: group statistics (baselines, stds), computed
+  once on the driver over **whole groups** before the batch is sharded over ranks and cut into
+  micro-batches (a micro-batch or a rank shard holds part of a group, and padding samples);
+- ``loss(inputs, normalizer, **options) -> (loss, metrics)``: per micro-batch, from per-sample
+  advantages only, so any split of the batch adds up to the same loss and gradient.
+
+Shapes: B samples, T response tokens (right-padded, ``response_mask`` 1 on tokens the policy chose).
 
 The OPMD loss is Kimi k1.5 eq. 3 (online policy mirror descent with a KL term towards the policy
 that produced the rollouts, sec. 2.3.2): for each prompt x with k samples y_j and rewards r_j,
@@ -10,53 +17,97 @@ that produced the rollouts, sec. 2.3.2): for each prompt x with k samples y_j an
 
 averaged over prompts, where rbar is the group's mean reward (or, optionally, the exact
 tau * log mean exp(r / tau) of the derivation). log pi(y|x) is the sum of the response's token
-log-probs; the token-normalized variant divides both sums by the response length.
+log-probs; the token-normalized variant divides both sums by the response length. The tau term's
+gradient is zero at pi = pi_old: it acts only from the second optimizer step on the same samples.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-LossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
-LOSSES: dict[str, LossFn] = {}
+
+@dataclass(frozen=True)
+class Mean:
+    """A metric kept as (sum, count), so micro-batches, ranks and steps combine into the exact mean."""
+
+    total: float
+    count: float
+
+    def __add__(self, other: Mean) -> Mean:
+        return Mean(self.total + other.total, self.count + other.count)
+
+    def __float__(self) -> float:
+        return self.total / self.count if self.count else 0.0
 
 
-def register_loss(name: str) -> Callable[[LossFn], LossFn]:
+def combine(parts: list[dict[str, Mean]]) -> dict[str, Mean]:
+    """Sum of metric dicts, key by key (keys missing from a part count as empty)."""
+    out: dict[str, Mean] = {}
+    for part in parts:
+        for name, value in part.items():
+            out[name] = out[name] + value if name in out else value
+    return out
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """One micro-batch as a loss sees it."""
+
+    logprobs: torch.Tensor  # (B, T) log pi_theta of the sampled tokens (with grad)
+    old_logprobs: torch.Tensor  # (B, T) log pi_theta_i: the policy that sampled them
+    response_mask: torch.Tensor  # (B, T) 1 on tokens the policy chose; 0 on padding and forced tokens
+    advantages: torch.Tensor  # (B,) from ``PolicyLoss.advantages`` over whole groups
+
+
+LossFn = Callable[..., tuple[torch.Tensor, dict[str, Mean]]]
+AdvantageFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PolicyLoss:
+    name: str
+    advantages: AdvantageFn
+    loss: LossFn
+
+
+LOSSES: dict[str, PolicyLoss] = {}
+
+
+def register_loss(name: str, advantages: AdvantageFn) -> Callable[[LossFn], LossFn]:
+    """Register ``loss(inputs, normalizer, **options)`` under ``name`` with its advantage function."""
+
     def wrap(fn: LossFn) -> LossFn:
-        LOSSES[name] = fn
+        LOSSES[name] = PolicyLoss(name, advantages, fn)
         return fn
 
     return wrap
 
 
-def get_loss(name: str) -> LossFn:
+def get_loss(name: str) -> PolicyLoss:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
     return LOSSES[name]
 
 
+def _group_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    return inverse, int(inverse.max()) + 1 if len(inverse) else 0
+
+
 def group_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, tau: float | None = None) -> torch.Tensor:
     """(B,) baseline of each sample's group: mean reward, or tau * log mean exp(r / tau) if tau is given."""
-    _, inverse = torch.unique(group_ids, return_inverse=True)
-    n_groups = int(inverse.max()) + 1 if len(inverse) else 0
-    counts = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(
-        0, inverse, torch.ones_like(rewards)
-    )
+    inverse, n_groups = _group_index(group_ids)
+    zeros = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device)
+    counts = zeros.index_add(0, inverse, torch.ones_like(rewards))
     if tau is None:
-        sums = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(
-            0, inverse, rewards
-        )
-        return (sums / counts)[inverse]
+        return (zeros.index_add(0, inverse, rewards) / counts)[inverse]
     # tau * log( (1/k) sum_j exp(r_j / tau) ), stabilized by the group max
     scaled = rewards / tau
-    gmax = torch.full((n_groups,), -torch.inf, dtype=rewards.dtype, device=rewards.device).scatter_reduce(
-        0, inverse, scaled, reduce="amax"
-    )
-    sums = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device).index_add_(
-        0, inverse, torch.exp(scaled - gmax[inverse])
-    )
+    gmax = torch.full_like(zeros, -torch.inf).scatter_reduce(0, inverse, scaled, reduce="amax")
+    sums = zeros.index_add(0, inverse, torch.exp(scaled - gmax[inverse]))
     return (tau * (gmax + torch.log(sums / counts)))[inverse]
 
 
@@ -65,7 +116,45 @@ def _sequence_sums(logprobs: torch.Tensor, mask: torch.Tensor, token_normalized:
     return sums / mask.sum(-1).clamp(min=1) if token_normalized else sums
 
 
-@register_loss("opmd")
+def _active(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) 1.0 for samples with at least one trained token (padding samples have none)."""
+    return (mask.sum(-1) > 0).to(mask.dtype)
+
+
+# -- OPMD (Kimi k1.5 eq. 3) ------------------------------------------------------------------------
+
+
+def opmd_advantages(
+    rewards: torch.Tensor, group_ids: torch.Tensor, *, tau: float = 1.0, exact_baseline: bool = False, **_
+) -> torch.Tensor:
+    """(B,) r_j - rbar over whole groups; rbar = tau * log mean exp(r / tau) if ``exact_baseline``."""
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    return rewards - group_baseline(rewards, group_ids, tau if exact_baseline else None)
+
+
+@register_loss("opmd", opmd_advantages)
+def opmd_micro_loss(
+    inputs: LossInputs, normalizer: float, *, tau: float, token_normalized: bool = False, **_
+) -> tuple[torch.Tensor, dict[str, Mean]]:
+    """Kimi k1.5 eq. 3 on one micro-batch: sum_j [-A_j S_j + tau/2 (S_j - S_old_j)^2] / normalizer.
+
+    ``normalizer``: the number of samples in the whole batch divided by the number of data-parallel
+    ranks (they average gradients), so micro-batch losses add up to the batch mean.
+    token_normalized: S_j = mean instead of sum of token log-probs (not in the paper; tames long responses).
+    """
+    if tau <= 0:
+        raise ValueError(f"tau must be > 0, got {tau}")
+    mask = inputs.response_mask.to(inputs.logprobs.dtype)
+    s = _sequence_sums(inputs.logprobs, mask, token_normalized)
+    s_old = _sequence_sums(inputs.old_logprobs.detach(), mask, token_normalized)
+    advantage = inputs.advantages.to(s.dtype).detach()
+    per_sample = -advantage * s + 0.5 * tau * (s - s_old) ** 2
+    active = _active(mask)
+    metrics = {"advantage_abs_mean": Mean(float((advantage.abs() * active).sum()), float(active.sum()))}
+    return per_sample.sum() / normalizer, metrics
+
+
 def opmd_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,
@@ -74,78 +163,61 @@ def opmd_loss(
     group_ids: torch.Tensor,
     *,
     tau: float,
-    baseline: torch.Tensor | None = None,
     exact_baseline: bool = False,
     token_normalized: bool = False,
-    normalizer: float | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Kimi k1.5 eq. 3 (see the module docstring).
+) -> tuple[torch.Tensor, dict[str, Mean]]:
+    """Kimi k1.5 eq. 3 on a whole batch (every group complete), averaged over its B samples.
 
-    logprobs, old_logprobs, response_mask: (B, T); rewards, group_ids: (B,).
-    baseline: (B,) precomputed rbar per sample (e.g. over a whole batch split into micro-batches);
-        default: computed here from ``rewards`` and ``group_ids``.
-    exact_baseline: rbar = tau * log mean exp(r / tau) instead of the mean.
-    token_normalized: S_j = mean instead of sum of token log-probs (not in the paper; tames long responses).
-    normalizer: divide the summed per-sample terms by this instead of B (micro-batching: pass the
-        number of samples in the full batch, so micro-batch losses add up to the batch loss).
-
-    With equal-size groups, (1/G) sum_groups (1/k) sum_j = (1/B) sum_j, which is what is computed.
+    logprobs, old_logprobs, response_mask: (B, T); rewards, group_ids: (B,). With equal-size groups,
+    (1/G) sum_groups (1/k) sum_j = (1/B) sum_j, which is what is computed.
     """
-    if tau <= 0:
-        raise ValueError(f"tau must be > 0, got {tau}")
-    mask = response_mask.to(logprobs.dtype)
-    s = _sequence_sums(logprobs, mask, token_normalized)
-    s_old = _sequence_sums(old_logprobs.detach(), mask, token_normalized)
-    if baseline is None:
-        baseline = group_baseline(rewards.to(s.dtype), group_ids, tau if exact_baseline else None)
-    advantage = rewards.to(s.dtype) - baseline
-    kl_term = (s - s_old) ** 2
-    per_sample = -advantage.detach() * s + 0.5 * tau * kl_term
-    loss = per_sample.sum() / (normalizer if normalizer is not None else len(per_sample))
-    metrics = {
-        "kl": float(kl_term.detach().mean()),
-        "advantage_abs_mean": float(advantage.abs().mean()),
-    }
-    return loss, metrics
+    advantages = opmd_advantages(
+        rewards.to(logprobs.dtype), group_ids, tau=tau, exact_baseline=exact_baseline
+    )
+    inputs = LossInputs(logprobs, old_logprobs, response_mask, advantages)
+    return opmd_micro_loss(inputs, len(rewards), tau=tau, token_normalized=token_normalized)
 
 
-@register_loss("reinforce")
-def reinforce_loss(
-    logprobs, old_logprobs, response_mask, rewards, group_ids, *, baseline=None, normalizer=None, **_
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """REINFORCE with the group-mean baseline: -(r - rbar) * log pi(y|x), averaged over samples."""
-    mask = response_mask.to(logprobs.dtype)
-    s = (logprobs * mask).sum(-1)
-    if baseline is None:
-        baseline = group_baseline(rewards.to(s.dtype), group_ids)
-    advantage = (rewards.to(s.dtype) - baseline).detach()
-    loss = (-advantage * s).sum() / (normalizer if normalizer is not None else len(s))
-    return loss, {"advantage_abs_mean": float(advantage.abs().mean())}
+# -- REINFORCE with the group-mean baseline ---------------------------------------------------------
 
 
-@register_loss("grpo")
-def clipped_loss(
-    logprobs,
-    old_logprobs,
-    response_mask,
-    rewards,
-    group_ids,
-    *,
-    clip_eps: float = 0.2,
-    baseline=None,
-    normalizer=None,
-    **_,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """PPO/GRPO-style clipped surrogate with group-normalized advantages (r - mean) / (std + 1e-6),
-    token-level ratios, averaged over each response's tokens then over samples."""
-    mask = response_mask.to(logprobs.dtype)
-    r = rewards.to(logprobs.dtype)
-    mean = baseline if baseline is not None else group_baseline(r, group_ids)
-    var = group_baseline((r - mean) ** 2, group_ids)
-    advantage = ((r - mean) / (var.sqrt() + 1e-6)).detach()[:, None]  # (B, 1)
-    ratio = torch.exp(logprobs - old_logprobs.detach())
+def mean_baseline_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, **_) -> torch.Tensor:
+    """(B,) r_j minus the mean reward of its group."""
+    return rewards - group_baseline(rewards, group_ids)
+
+
+@register_loss("reinforce", mean_baseline_advantages)
+def reinforce_micro_loss(inputs: LossInputs, normalizer: float, **_) -> tuple[torch.Tensor, dict[str, Mean]]:
+    """-A_j * log pi(y_j|x), summed over the micro-batch and divided by ``normalizer``."""
+    mask = inputs.response_mask.to(inputs.logprobs.dtype)
+    s = (inputs.logprobs * mask).sum(-1)
+    advantage = inputs.advantages.to(s.dtype).detach()
+    active = _active(mask)
+    metrics = {"advantage_abs_mean": Mean(float((advantage.abs() * active).sum()), float(active.sum()))}
+    return (-advantage * s).sum() / normalizer, metrics
+
+
+# -- GRPO / PPO-style clipped surrogate ---------------------------------------------------------------
+
+
+def normalized_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, **_) -> torch.Tensor:
+    """(B,) (r_j - mean) / (std + 1e-6), mean and (population) std over the sample's whole group."""
+    mean = group_baseline(rewards, group_ids)
+    std = group_baseline((rewards - mean) ** 2, group_ids).sqrt()
+    return (rewards - mean) / (std + 1e-6)
+
+
+@register_loss("grpo", normalized_advantages)
+def clipped_micro_loss(
+    inputs: LossInputs, normalizer: float, *, clip_eps: float = 0.2, **_
+) -> tuple[torch.Tensor, dict[str, Mean]]:
+    """PPO/GRPO-style clipped surrogate with token-level ratios, averaged over each response's tokens,
+    then summed over samples and divided by ``normalizer``."""
+    mask = inputs.response_mask.to(inputs.logprobs.dtype)
+    advantage = inputs.advantages.to(mask.dtype).detach()[:, None]  # (B, 1)
+    ratio = torch.exp(inputs.logprobs - inputs.old_logprobs.detach())
     surrogate = torch.minimum(ratio * advantage, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantage)
     per_sample = -(surrogate * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    loss = per_sample.sum() / (normalizer if normalizer is not None else len(per_sample))
-    clipped = ((ratio - 1).abs() > clip_eps).to(mask.dtype)
-    return loss, {"clip_fraction": float((clipped * mask).sum() / mask.sum().clamp(min=1))}
+    clipped = ((ratio.detach() - 1).abs() > clip_eps).to(mask.dtype)
+    metrics = {"clip_fraction": Mean(float((clipped * mask).sum()), float(mask.sum()))}
+    return per_sample.sum() / normalizer, metrics

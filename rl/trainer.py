@@ -32,7 +32,8 @@ from rollout.worker import RolloutRequest, SamplingConfig
 from .batch import Experience
 from .config import to_dict
 from .data import DataConfig, DataError, Problem, load_problems
-from .learner import LearnerConfig
+from .learner import STATE_DIR, LearnerConfig
+from .losses import PolicyLoss, combine, get_loss
 from .plan import PlanConfig
 from .provenance import write_run_info
 from .tracking import Tracker, TrackingConfig
@@ -48,10 +49,15 @@ class TrainerConfig:
     resume: str | None = None  # a checkpoint directory, or a run directory (its latest checkpoint)
     seed: int = 0
     prompts_per_iteration: int = 8
-    optimizer_steps_per_iteration: int = 1
+    optimizer_steps_per_iteration: int = 1  # per pass over the iteration's samples
+    # Passes over each iteration's samples, each cut into optimizer_steps_per_iteration steps. k1.5's tau
+    # term pulls towards pi_i only once theta has moved on the same samples: from the second pass on
+    # (with one pass, only through the drift that earlier steps caused on other groups).
+    epochs_per_iteration: int = 1
     reset_optimizer: bool = True  # k1.5: fresh optimizer state at every mirror-descent iteration
     old_logprobs: Literal["learner", "rollout"] = "learner"
-    drop_zero_signal_groups: bool = False  # groups whose rewards are all equal
+    # Leave out groups whose rewards are all equal (no policy gradient): a departure from eq. 3 (README).
+    drop_zero_signal_groups: bool = False
     save_every: int = 1
     keep_checkpoints: int = 2
     max_nonfinite_in_a_row: int = 5
@@ -60,10 +66,15 @@ class TrainerConfig:
     def __post_init__(self):
         if self.max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
-        if self.iterations < 1 or self.prompts_per_iteration < 1 or self.optimizer_steps_per_iteration < 1:
-            raise ValueError(
-                "iterations, prompts_per_iteration and optimizer_steps_per_iteration must be >= 1"
-            )
+        counts = {
+            "iterations": self.iterations,
+            "prompts_per_iteration": self.prompts_per_iteration,
+            "optimizer_steps_per_iteration": self.optimizer_steps_per_iteration,
+            "epochs_per_iteration": self.epochs_per_iteration,
+        }
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"trainer.{name} must be >= 1, got {value}")
 
 
 @dataclass
@@ -92,6 +103,9 @@ class RolloutConfig:
     tensor_parallel_size: int = 1  # GPUs per vLLM engine (resources.rollout_gpus must match)
     gpu_memory_utilization: float = 0.85  # of each engine GPU, for weights + KV cache (GPU only)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    # true: allow sampling at temperature != 1 or top_p < 1. The loss still takes log-probs at
+    # temperature 1, so it then trains on samples of another policy than the one it assumes (README).
+    off_policy_sampling: bool = False
 
 
 @dataclass
@@ -110,11 +124,18 @@ class RLConfig:
     plan: PlanConfig = field(default_factory=PlanConfig)  # the cluster `kvrl plan` sizes this config for
 
     def __post_init__(self):
-        from .losses import get_loss
-
         get_loss(self.loss.name)  # unknown names fail here, listing the valid ones
         if self.resources.rollout_actors < 1:
             raise ValueError("resources.rollout_actors must be >= 1 for RL")
+        sampling = self.rollout.sampling
+        if not self.rollout.off_policy_sampling:
+            for key, value in (("temperature", sampling.temperature), ("top_p", sampling.top_p)):
+                if value != 1.0:
+                    raise ValueError(
+                        f"rollout.sampling.{key}={value:g}: RL rollouts must be samples of the policy "
+                        "itself (temperature 1, top_p 1), whose temperature-1 log-probs the loss uses. "
+                        "Set rollout.off_policy_sampling=true to train on them anyway (README: sampling)"
+                    )
         tp, gpus = self.rollout.tensor_parallel_size, self.resources.rollout_gpus
         if tp < 1 or (gpus >= 1 and gpus != tp):
             raise ValueError(
@@ -173,11 +194,17 @@ class Trainer:
 
         self.cfg, t = cfg, cfg.trainer
         self.run_dir = Path(t.output_dir)
-        state = None
+        state, self.learner_state = None, None
         if t.resume:
             ckpt = resolve_resume(t.resume)
             state = json.loads((ckpt / "trainer_state.json").read_text())
             self.model_path = str(ckpt)
+            if (ckpt / STATE_DIR).is_dir():
+                self.learner_state = str(ckpt)
+            else:
+                log.warning(
+                    "%s has no %s: the optimizer starts afresh (resume is not exact)", ckpt, STATE_DIR
+                )
         else:
             self.model_path = cfg.model
             if (self.run_dir / "metrics.jsonl").exists():
@@ -230,7 +257,11 @@ class Trainer:
             engine, cfg.resources.rollout_actors, self.placement.rollout, cfg.rollout.chunk_size
         )
         self.learners = LearnerGroup(
-            self.model_path, cfg.learner, cfg.resources.learner_ranks, self.placement.learner
+            self.model_path,
+            cfg.learner,
+            cfg.resources.learner_ranks,
+            self.placement.learner,
+            state_dir=self.learner_state,
         )
         self.reward = RewardActor.options(**self.placement.reward).remote(cfg.rewards)
 
@@ -358,13 +389,13 @@ class Trainer:
         return out
 
     def learn(self, batch: list[Experience]) -> dict[str, float]:
-        """Old log-probs (learner or rollout), then optimizer steps over the batch's groups."""
+        """Old log-probs (learner or rollout), advantages over whole groups, then the optimizer steps."""
         cfg, metrics = self.cfg, {}
-        groups = {}
-        for e in batch:
-            groups.setdefault(e.group_id, []).append(e)
         flat = [e.reward for e in batch]
-        zero_signal = [g for g, es in groups.items() if len({e.reward for e in es}) == 1]
+        rewards_by_group: dict[int, set[float]] = {}
+        for e in batch:
+            rewards_by_group.setdefault(e.group_id, set()).add(e.reward)
+        zero_signal = {g for g, rs in rewards_by_group.items() if len(rs) == 1}
         metrics["zero_signal_groups"] = len(zero_signal)
         if cfg.trainer.drop_zero_signal_groups:
             batch = [e for e in batch if e.group_id not in zero_signal]
@@ -372,25 +403,21 @@ class Trainer:
             return {**metrics, "skipped": 1.0, "reward_spread": 0.0}
         if cfg.trainer.old_logprobs == "learner":
             learner_lps = self.learners.logprobs(batch)
-            gaps = [
-                abs(a - b)
-                for e, lp in zip(batch, learner_lps, strict=True)
-                for a, b in zip(e.old_logprobs, lp, strict=True)
-            ]
-            metrics["rollout_learner_logprob_gap_max"] = max(gaps, default=0.0)
-            metrics["rollout_learner_logprob_gap_mean"] = sum(gaps) / max(len(gaps), 1)
+            metrics.update(logprob_gaps(batch, learner_lps))
             for e, lp in zip(batch, learner_lps, strict=True):
                 e.old_logprobs = lp
+        loss = get_loss(cfg.loss.name)
+        assign_advantages(batch, loss, cfg.loss.kwargs())
         if cfg.trainer.reset_optimizer:
             self.learners.reset_optimizer()
-        steps = _split_groups(batch, cfg.trainer.optimizer_steps_per_iteration)
-        exact_tau = cfg.loss.tau if cfg.loss.exact_baseline else None
+        t = cfg.trainer
+        steps = optimizer_steps(batch, t.optimizer_steps_per_iteration, t.epochs_per_iteration)
         results = [
-            self.learners.train_step(part, cfg.loss.name, cfg.loss.kwargs(), exact_tau, self.lr(k))
+            self.learners.train_step(part, loss.name, cfg.loss.kwargs(), self.lr(k))
             for k, part in enumerate(steps)
         ]
         metrics["lr"] = self.lr(len(steps) - 1)
-        skipped = sum(r.get("skipped", 0.0) for r in results)
+        skipped = sum(float(r["skipped"]) for r in results)
         self.step += len(results) - int(skipped)
         self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
         if self.nonfinite_in_a_row >= cfg.trainer.max_nonfinite_in_a_row:
@@ -398,9 +425,9 @@ class Trainer:
                 f"{self.nonfinite_in_a_row} optimizer steps in a row had a NaN/inf loss; "
                 "lower the learning rate or check the rewards"
             )
-        done = [r for r in results if not r.get("skipped")]
-        for key in done[0] if done else []:
-            metrics[key] = sum(r[key] for r in done) / len(done)
+        done = combine([r for r in results if not float(r["skipped"])])
+        metrics.update({name: float(value) for name, value in done.items() if name != "skipped"})
+        metrics["skipped"] = float(skipped == len(results))
         metrics["nonfinite_steps"] = skipped
         metrics["reward_spread"] = max(flat) - min(flat)
         return metrics
@@ -495,6 +522,7 @@ class Trainer:
         shutil.rmtree(partial, ignore_errors=True)
         try:
             self.learners.export_hf(str(partial))
+            self.learners.save_state(str(partial))  # optimizer + fp32 master weights: exact resume
             state = {
                 "iteration": it,
                 "step": self.step,
@@ -589,6 +617,36 @@ def _reason(e: BaseException) -> str:
     actor = re.search(r"class_name: (\w+)", text)  # Ray's actor errors name the actor's class
     where = f" in {actor.group(1)}" if actor else ""
     return f"{type(e).__name__}{where}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def assign_advantages(batch: list[Experience], loss: PolicyLoss, options: dict[str, Any]) -> None:
+    """Set each sample's advantage from the loss's group statistics over the whole batch's groups."""
+    import torch
+
+    rewards = torch.tensor([e.reward for e in batch], dtype=torch.float64)
+    groups = torch.tensor([e.group_id for e in batch])
+    for e, a in zip(batch, loss.advantages(rewards, groups, **options).tolist(), strict=True):
+        e.advantage = a
+
+
+def logprob_gaps(batch: list[Experience], learner_lps: list[list[float]]) -> dict[str, float]:
+    """Largest and mean |rollout - learner| log-prob of sampled tokens (a forced one has no rollout value)."""
+    gaps = [
+        abs(a - b)
+        for e, lp in zip(batch, learner_lps, strict=True)
+        for t, (a, b) in enumerate(zip(e.old_logprobs, lp, strict=True))
+        if t not in e.forced
+    ]
+    return {
+        "rollout_learner_logprob_gap_max": max(gaps, default=0.0),
+        "rollout_learner_logprob_gap_mean": sum(gaps) / max(len(gaps), 1),
+    }
+
+
+def optimizer_steps(batch: list[Experience], steps_per_pass: int, passes: int) -> list[list[Experience]]:
+    """The iteration's optimizer steps: ``passes`` passes over the batch, each cut into ``steps_per_pass``
+    steps along group boundaries (a group never spans two steps of a pass)."""
+    return [part for _ in range(passes) for part in _split_groups(batch, steps_per_pass)]
 
 
 def _split_groups(batch: list[Experience], parts: int) -> list[list[Experience]]:

@@ -18,6 +18,8 @@ from kimivl import KimiVLProcessor
 from rewards import RewardConfig, Task
 from rl.batch import Experience
 from rl.learner import LearnerConfig
+from rl.losses import get_loss
+from rl.trainer import assign_advantages
 from rollout.engine import EngineConfig
 from rollout.prompts import chat_prompt
 from rollout.worker import RolloutRequest, SamplingConfig
@@ -111,8 +113,9 @@ def test_sample_score_learn_sync(tiny_dir, placement, pool, reward_actor, zero_s
         rewards = [float(v.correct) for v in verdicts]
         batch = experiences(tiny_dir, requests, results, rewards)
         assert max_gap(group.logprobs(batch), batch) <= TOLERANCE  # rollout and learner agree before learning
-        metrics = group.train_step(batch, "opmd", {"tau": 0.5})
-        assert all(map(lambda v: v == v, metrics.values()))  # no NaN
+        assign_advantages(batch, get_loss("opmd"), {"tau": 0.5})
+        metrics = {k: float(v) for k, v in group.train_step(batch, "opmd", {"tau": 0.5}).items()}
+        assert metrics["skipped"] == 0.0 and all(v == v for v in metrics.values())  # no NaN
 
         after = experiences(tiny_dir, requests, pool.generate(requests, sampling))
         stale_gap = max_gap(group.logprobs(after), after)

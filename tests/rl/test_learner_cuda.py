@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from rl.batch import Experience
-from rl.learner import Learner, LearnerConfig, with_baselines
+from rl.learner import Learner, LearnerConfig
+from rl.losses import get_loss
+from rl.trainer import assign_advantages
 
 pytestmark = pytest.mark.gpu
 
@@ -32,9 +34,11 @@ def test_bf16_step_on_nccl(tiny_dir, stage):
     samples = [Experience([5, 6, 7], [10 + i, 11, 12], reward=float(i % 2), group_id=0) for i in range(4)]
     for s, lp in zip(samples, learner.logprobs(samples), strict=True):
         s.old_logprobs = lp
+    assign_advantages(samples, get_loss("opmd"), {"tau": 1.0})
     before = learner.full_state()
-    metrics = learner.train_step(samples, with_baselines(samples), "opmd", {"tau": 1.0}, len(samples))
+    metrics = learner.train_step(samples, "opmd", {"tau": 1.0}, len(samples))
     after = learner.full_state()
-    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    assert float(metrics["skipped"]) == 0.0
+    assert all(torch.isfinite(torch.tensor(float(v))) for v in metrics.values())
     changed = [n for n in before if not torch.equal(before[n], after[n])]
     assert "language_model.lm_head.weight" in changed

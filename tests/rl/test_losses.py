@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from rl.losses import LOSSES, get_loss, group_baseline, opmd_loss
+from rl.learner import policy_metrics
+from rl.losses import LOSSES, LossInputs, Mean, combine, get_loss, group_baseline, opmd_loss
 
 
 def batch(requires_grad=True):
@@ -24,7 +25,7 @@ def test_k2_rewards_1_0_tau_1_equal_policies():
     # rbar = 0.5, advantages [0.5, -0.5]; KL term (S - S_old)^2 = 0
     # loss = 1/2 * [ -0.5 * (-3) + 0.5 * (-0.5) ] = 1/2 * (1.5 - 0.25) = 0.625
     assert math.isclose(loss.item(), 0.625, rel_tol=1e-6)
-    assert metrics["kl"] == 0.0
+    assert float(metrics["advantage_abs_mean"]) == 0.5
     loss.backward()
     # d loss / d token log-prob = 1/2 * -(r - rbar):
     # -0.25 on sample 1's tokens, +0.25 on sample 2's, 0 on padding
@@ -35,10 +36,12 @@ def test_kl_term_by_hand():
     logprobs, mask = batch()
     old = torch.tensor([[-1.5, -2.0], [-1.5, 0.0]])  # S_old = [-3.5, -1.5]
     rewards, groups = torch.tensor([1.0, 1.0]), torch.tensor([0, 0])  # equal rewards: no policy term
-    loss, metrics = opmd_loss(logprobs, old, mask, rewards, groups, tau=2.0)
+    loss, _ = opmd_loss(logprobs, old, mask, rewards, groups, tau=2.0)
     # S - S_old = [0.5, 1.0]; tau/2 * (0.25 + 1.0) / 2 samples = 1.0 * 1.25 / 2 = 0.625
     assert math.isclose(loss.item(), 0.625, rel_tol=1e-6)
-    assert math.isclose(metrics["kl"], (0.25 + 1.0) / 2, rel_tol=1e-6)
+    metrics = policy_metrics(LossInputs(logprobs, old, mask, torch.zeros(2)), torch.zeros(2, 2))
+    # log_ratio_sq: the same (S - S_old)^2 per sample: (0.25 + 1.0) / 2
+    assert math.isclose(float(metrics["log_ratio_sq"]), (0.25 + 1.0) / 2, rel_tol=1e-6)
 
 
 def test_autograd_gradient_equals_eq3_derivative():
@@ -60,35 +63,79 @@ def test_autograd_gradient_equals_eq3_derivative():
     torch.testing.assert_close(logprobs.grad, dS[:, None] * mask)
 
 
-def test_two_data_parallel_halves_average_to_global_loss():
-    torch.manual_seed(1)
-    logprobs = (-torch.rand(8, 4)).requires_grad_()
-    old = -torch.rand(8, 4)
-    mask = torch.ones(8, 4)
-    rewards = torch.tensor([1.0, 0, 0, 1, 1, 1, 0, 0])
-    groups = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
-    full, _ = opmd_loss(logprobs, old, mask, rewards, groups, tau=1.0)
-    g_full = torch.autograd.grad(full, logprobs)[0]
-    # Rank r takes half the samples; the group baseline is computed over the whole batch first, and
-    # each rank normalizes by B / world_size so the rank average is the global mean.
-    baseline = group_baseline(rewards, groups)
-    halves = []
-    for idx in (torch.tensor([0, 2, 4, 6]), torch.tensor([1, 3, 5, 7])):
-        part, _ = opmd_loss(
-            logprobs[idx],
-            old[idx],
-            mask[idx],
-            rewards[idx],
-            groups[idx],
-            tau=1.0,
-            baseline=baseline[idx],
-            normalizer=8 / 2,
-        )
-        halves.append(part)
-    avg = (halves[0] + halves[1]) / 2
-    assert math.isclose(avg.item(), full.item(), rel_tol=1e-6)
-    g_avg = torch.autograd.grad(avg, logprobs)[0]
-    torch.testing.assert_close(g_avg, g_full)
+def test_kl_estimate_by_hand():
+    # token 1: log rho = -1 - (-2) = 1, rho = e: rho log rho - rho + 1 = e - e + 1 = 1
+    # token 2: log rho = -1, rho = 1/e: -1/e - 1/e + 1 = 1 - 2/e = 0.2642411
+    # token 3 is padding; token 4 was forced (mask 0): neither counts. Mean over 2 tokens: 0.6321206
+    logprobs = torch.tensor([[-1.0, -2.0, 0.0], [-3.0, 0.0, 0.0]])
+    old = torch.tensor([[-2.0, -1.0, 0.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    entropy = torch.tensor([[2.0, 4.0, 9.0], [9.0, 9.0, 9.0]])
+    m = policy_metrics(LossInputs(logprobs, old, mask, torch.zeros(2)), entropy)
+    assert m["kl"] == Mean(pytest.approx(1 + 1 - 2 / math.e), 2.0)
+    assert math.isclose(float(m["kl"]), 1 - 1 / math.e, rel_tol=1e-6)
+    assert float(m["entropy"]) == 3.0  # token-weighted, masked tokens only
+    # sample 1: S - S_old = -3 - (-3) = 0; sample 2 has no trained token and does not count
+    assert m["log_ratio_sq"] == Mean(0.0, 1.0)
+
+
+def test_group_statistics_are_over_whole_groups():
+    rewards, groups = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64), torch.tensor([7, 7, 7, 7])
+    # mean 0.25; population variance (0.75^2 + 3 * 0.25^2) / 4 = 0.1875, std 0.4330127
+    # (1 - 0.25) / 0.4330127 = 1.7320508 and (0 - 0.25) / 0.4330127 = -0.5773503 (the std's + 1e-6
+    # moves them by 2.3e-6 relative, inside rtol)
+    grpo = get_loss("grpo").advantages(rewards, groups)
+    expected = torch.tensor([1.7320508, -0.5773503, -0.5773503, -0.5773503], dtype=torch.float64)
+    torch.testing.assert_close(grpo, expected, rtol=1e-5, atol=0)
+    opmd = get_loss("opmd").advantages(rewards, groups, tau=1.0)
+    torch.testing.assert_close(opmd, torch.tensor([0.75, -0.25, -0.25, -0.25]).double())
+
+
+def _split_run(loss, options, logprobs, old, mask, adv, ranks, micro):
+    """Loss, gradient and metrics as the learner group computes them: round-robin rank shards padded with
+    an inactive copy of sample 0, length-sorted micro-batches, each rank's loss over B / ranks, and the
+    ranks' gradients averaged (DeepSpeed's data-parallel mean)."""
+    from rl.batch import micro_batches
+    from rl.learner import shard_for_ranks
+
+    B = len(adv)
+    lengths = mask.sum(-1)
+    total, grad, parts = 0.0, torch.zeros_like(logprobs), []
+    for shard in shard_for_ranks(list(range(B)), ranks, -1):
+        shard = sorted(shard, key=lambda i: float(lengths[i]) if i >= 0 else 0.0)
+        for mb in micro_batches(shard, micro):
+            idx = torch.tensor([max(i, 0) for i in mb])
+            keep = torch.tensor([float(i >= 0) for i in mb], dtype=mask.dtype)[:, None]
+            inputs = LossInputs(logprobs[idx], old[idx], mask[idx] * keep, adv[idx])
+            value, metrics = loss.loss(inputs, B / ranks, **options)
+            (g,) = torch.autograd.grad(value, logprobs)
+            total, grad = total + value.item() / ranks, grad + g / ranks
+            parts.append(metrics)
+    return total, grad, combine(parts)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_is_the_same_on_any_split_of_the_batch(name):
+    # 3 groups of 3 (9 samples): 2 ranks take 5 and 4 (+ 1 padding sample) and cut them into
+    # micro-batches of 2, so every group straddles ranks and micro-batches.
+    torch.manual_seed(3)
+    B, T = 9, 6
+    logprobs = (-torch.rand(B, T, dtype=torch.float64) * 2).requires_grad_()
+    old = logprobs.detach() + 0.3 * torch.randn(B, T, dtype=torch.float64)
+    mask = (torch.arange(T)[None, :] < torch.randint(1, T + 1, (B, 1))).double()
+    rewards = torch.tensor([1.0, 0, 0, 0, 1, 1, 0.5, 0, 1], dtype=torch.float64)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2])
+    options = {"tau": 0.7, "clip_eps": 0.2}
+    loss = get_loss(name)
+    adv = loss.advantages(rewards, groups, **options)
+    whole, metrics = loss.loss(LossInputs(logprobs, old, mask, adv), B, **options)
+    (g_whole,) = torch.autograd.grad(whole, logprobs)
+    total, g_split, split_metrics = _split_run(loss, options, logprobs, old, mask, adv, ranks=2, micro=2)
+    assert math.isclose(total, whole.item(), rel_tol=1e-6, abs_tol=1e-9)
+    torch.testing.assert_close(g_split, g_whole, rtol=1e-6, atol=1e-9)
+    assert g_whole.abs().sum() > 0
+    for key, value in metrics.items():
+        assert math.isclose(float(split_metrics[key]), float(value), rel_tol=1e-6), key
 
 
 def test_exact_baseline_is_tau_log_mean_exp():
@@ -129,12 +176,16 @@ def test_registry_and_other_losses():
         get_loss("ppo2")
     logprobs, mask = batch()
     rewards, groups = torch.tensor([1.0, 0.0]), torch.tensor([0, 0])
-    loss, _ = get_loss("reinforce")(logprobs, logprobs.detach(), mask, rewards, groups)
+    reinforce = get_loss("reinforce")
+    inputs = LossInputs(logprobs, logprobs.detach(), mask, reinforce.advantages(rewards, groups))
+    loss, _ = reinforce.loss(inputs, 2)
     # REINFORCE: 1/2 * [ -0.5 * -3 + 0.5 * -0.5 ] = 0.625 (the OPMD policy term alone)
     assert math.isclose(loss.item(), 0.625, rel_tol=1e-6)
-    loss, m = get_loss("grpo")(logprobs, logprobs.detach(), mask, rewards, groups)
+    grpo = get_loss("grpo")
+    inputs = LossInputs(logprobs, logprobs.detach(), mask, grpo.advantages(rewards, groups))
+    loss, m = grpo.loss(inputs, 2)
     # ratio 1; advantages (r - 0.5) / (0.5 + 1e-6) = [~1, ~-1]; per-sample -mean(adv) -> [-1, 1] -> mean 0
-    assert abs(loss.item()) < 1e-5 and m["clip_fraction"] == 0.0
+    assert abs(loss.item()) < 1e-5 and float(m["clip_fraction"]) == 0.0
 
 
 def test_tau_must_be_positive():

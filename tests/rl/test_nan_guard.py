@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from rl.batch import Experience
-from rl.learner import Learner, LearnerConfig, with_baselines
-from rl.losses import LOSSES, register_loss
+from rl.learner import Learner, LearnerConfig
+from rl.losses import LOSSES, get_loss, register_loss
+from rl.trainer import assign_advantages
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +29,9 @@ def learner(tiny_dir):
 
 @pytest.fixture
 def nan_loss():
-    @register_loss("test_nan")
-    def loss(logprobs, *args, **kwargs):
-        return logprobs.sum() * float("nan"), {}
+    @register_loss("test_nan", get_loss("reinforce").advantages)
+    def loss(inputs, normalizer, **options):
+        return inputs.logprobs.sum() * float("nan"), {}
 
     yield "test_nan"
     LOSSES.pop("test_nan")
@@ -41,14 +42,15 @@ def test_nonfinite_loss_skips_the_step(learner, nan_loss):
     samples = [Experience([5, 6], [7 + i, 8, 9 + 2 * i], reward=float(i), group_id=0) for i in range(2)]
     for s, lp in zip(samples, learner.logprobs(samples), strict=True):
         s.old_logprobs = lp
+    assign_advantages(samples, get_loss("opmd"), {"tau": 1.0})
     before = learner.full_state()
-    out = learner.train_step(samples, with_baselines(samples), nan_loss, {}, len(samples))
-    assert out == {"skipped": 1.0}
+    out = learner.train_step(samples, nan_loss, {}, len(samples))
+    assert {k: float(v) for k, v in out.items()} == {"skipped": 1.0}
     after = learner.full_state()
     assert all(torch.equal(before[k], after[k]) for k in before)
     # the next good step still trains
-    out = learner.train_step(samples, with_baselines(samples), "opmd", {"tau": 1.0}, len(samples))
-    assert out["skipped"] == 0.0
+    out = learner.train_step(samples, "opmd", {"tau": 1.0}, len(samples))
+    assert float(out["skipped"]) == 0.0
     assert not torch.equal(
         before["language_model.lm_head.weight"], learner.full_state()["language_model.lm_head.weight"]
     )
