@@ -32,7 +32,7 @@ from .iteration import CONFIG, PHASES, kvrl_iterations
 log = logging.getLogger(__name__)
 DATA = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "data" / "rl_train.jsonl"
 NEEDS_TRL = "kvrl bench step needs TRL: pip install -e '.[bench]'"
-STEPS = 2  # optimizer steps per iteration, as in configs/tiny/rl.yaml
+STEPS = 2  # optimizer steps per iteration, each on a different half of the batch (one pass), as TRL takes
 LR = 1.0e-3
 # (prompts per iteration, samples per prompt, max tokens): the tiny config's size, and a larger batch
 SIZES = {"quick": [(4, 2, 16)], "default": [(8, 4, 48), (16, 8, 128)]}
@@ -63,6 +63,7 @@ def _one(
             f"data.path={data}",
             f"trainer.prompts_per_iteration={prompts}",
             f"trainer.optimizer_steps_per_iteration={STEPS}",
+            "trainer.epochs_per_iteration=1",
             f"rollout.sampling.n={n}",
             f"rollout.sampling.max_tokens={max_tokens}",
             f"rollout.chunk_size={max(1, prompts // 2)}",  # both engines get half the prompts

@@ -162,10 +162,16 @@ def rl_config(p: Profile, paths: DemoPaths) -> dict[str, Any]:
             "output_dir": str(paths.rl),
             "seed": p.seed,
             "prompts_per_iteration": p.rl_prompts,
-            "optimizer_steps_per_iteration": 2,
+            # 2 passes of 1 step over each iteration's samples: the second step trains on samples the
+            # first one moved, so the tau term of eq. 3 pulls towards the sampling policy (with one
+            # pass of one step it would do nothing), at 2 optimizer steps per iteration.
+            "optimizer_steps_per_iteration": 1,
+            "epochs_per_iteration": 2,
             # k1.5 resets Adam every iteration; with 2 steps per iteration that makes every step one of
             # Adam's first, which move each weight by ~lr: the 2-layer model then drifts, not learns.
             "reset_optimizer": False,
+            # Groups with equal rewards carry no policy gradient: skipped to save learner time (a
+            # departure from eq. 3: their tau terms go, and 1/B counts only the kept samples; README).
             "drop_zero_signal_groups": True,
             "save_every": p.rl_iterations,
         },

@@ -37,6 +37,8 @@ ASSET_FILES = (
     "preprocessor_config.json",
     "generation_config.json",
 )
+# Sub-directory of a checkpoint that holds DeepSpeed's own checkpoint (the full training state).
+STATE_DIR = "learner_state"
 
 
 @dataclass
@@ -111,10 +113,6 @@ def policy_metrics(inputs: LossInputs, entropy: torch.Tensor) -> dict[str, Mean]
             "log_ratio_sq": Mean(float((log_ratio.sum(-1) ** 2 * active).sum()), float(active.sum())),
             "entropy": Mean(float((entropy * mask).sum()), tokens),
         }
-
-
-# Sub-directory of a checkpoint that holds DeepSpeed's own checkpoint (the full training state).
-STATE_DIR = "learner_state"
 
 
 class Learner:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,12 @@ class SamplingConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.thinking_budget is not None and self.thinking_budget < 1:
             raise ValueError(f"thinking_budget must be >= 1 or null, got {self.thinking_budget}")
+
+
+def answer_seed(seed: int, sample: int) -> int:
+    """The seed of sample ``sample``'s answer phase: a stream of its own. vLLM seeds sample j of a
+    request with ``seed + j``, so ``seed + 1 + j`` would replay sample j + 1's draws."""
+    return zlib.crc32(f"{seed}:answer:{sample}".encode())
 
 
 @dataclass
@@ -164,7 +171,9 @@ class RolloutWorker:
             room.append(tokens)
         if not follow:
             return samples
-        params = [self._params(sampling, req.seed + 1 + j, 1, n, []) for j, n in zip(idx, room, strict=True)]
+        params = [
+            self._params(sampling, answer_seed(req.seed, j), 1, n, []) for j, n in zip(idx, room, strict=True)
+        ]
         outs = to_samples(self.llm.generate(follow, params, use_tqdm=False))
         tok = self.processor.tokenizer
         for j, (cont,) in zip(idx, outs, strict=True):

@@ -36,6 +36,22 @@ def own_ray_clusters():
 
 
 @pytest.fixture(scope="session")
+def single_rank():
+    """The environment of a one-rank process group in this process, for in-process ``Learner`` s
+    (DeepSpeed initializes it once; later learners in the session reuse it)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    os.environ.update(
+        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    if not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+@pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     from kimivl.tiny import make_tiny
 

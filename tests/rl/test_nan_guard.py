@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
 
@@ -15,15 +12,7 @@ from rl.trainer import assign_advantages
 
 
 @pytest.fixture(scope="module")
-def learner(tiny_dir):
-    with socket.socket() as s:
-        s.bind(("", 0))
-        port = s.getsockname()[1]
-    os.environ.update(
-        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
-    if not torch.cuda.is_available():
-        os.environ["DS_ACCELERATOR"] = "cpu"
+def learner(tiny_dir, single_rank):
     return Learner(str(tiny_dir), LearnerConfig(zero_stage=2, lr=1e-2, micro_batch_size=1))
 
 

@@ -89,8 +89,9 @@ REQUIRED = [
 def test_rl_runs_and_resume_is_exact(tiny_dir, tmp_path, signal_data):
     # 4 samples per prompt: with 2, all 4 groups agree on the parity verifier about once in 16 iterations,
     # and such an iteration has no gradient (loss 0), which would make the comparison below vacuous.
-    n4 = "rollout.sampling.n=4"
-    straight = kvrl_rl(tiny_dir, tmp_path / "a", "trainer.iterations=3", n4, data=signal_data)
+    # reset_optimizer=false: Adam's moments carry over iterations, so they must come back on resume.
+    n4 = ("rollout.sampling.n=4", "trainer.reset_optimizer=false")
+    straight = kvrl_rl(tiny_dir, tmp_path / "a", "trainer.iterations=3", *n4, data=signal_data)
     assert [m["iteration"] for m in straight] == [0, 1, 2]
     for key in REQUIRED:
         assert all(key in m for m in straight), key
@@ -102,21 +103,22 @@ def test_rl_runs_and_resume_is_exact(tiny_dir, tmp_path, signal_data):
         latest == "iter_00002"
         and (ckpt / "model.safetensors").exists()
         and (ckpt / "trainer_state.json").exists()
+        and (ckpt / "learner_state").is_dir()  # DeepSpeed's: optimizer moments, fp32 master weights
     )
 
-    first = kvrl_rl(tiny_dir, tmp_path / "b", "trainer.iterations=2", n4, data=signal_data)
+    first = kvrl_rl(tiny_dir, tmp_path / "b", "trainer.iterations=2", *n4, data=signal_data)
     resumed = kvrl_rl(
         tiny_dir,
         tmp_path / "b",
         "trainer.iterations=3",
-        n4,
+        *n4,
         f"trainer.resume={tmp_path / 'b'}",
         data=signal_data,
     )
     assert [m["iteration"] for m in first] == [0, 1]
     assert [m["iteration"] for m in resumed] == [0, 1, 2]  # the resumed run appended iteration 2 only
     assert problems_at(tmp_path / "a", 2) == problems_at(tmp_path / "b", 2)  # same sampler draws
-    assert straight[2]["step"] == resumed[2]["step"] == 6  # 2 optimizer steps per iteration
+    assert straight[2]["step"] == resumed[2]["step"] == 12  # 2 passes x 2 optimizer steps per iteration
     shown = ("iteration", "loss", "kl", "reward_mean", "accuracy", "truncation_rate")
     # the comparison below is not between zeros
     assert all(m["loss"] != 0 and m["kl"] > 0 for m in straight), [{k: m[k] for k in shown} for m in straight]

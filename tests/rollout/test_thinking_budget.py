@@ -53,3 +53,23 @@ def test_budget_forces_close_then_answers(worker, tiny_dir):
         sampled = [i for i in range(len(s.response_token_ids)) if i not in s.forced]
         gap = (ours[sampled] - torch.tensor(s.logprobs)[sampled]).abs().max().item()
         assert gap <= 1e-3, gap
+
+
+@pytest.mark.slow
+def test_each_answer_phase_samples_from_a_stream_of_its_own(worker, monkeypatch):
+    seeds: list[list[int]] = []
+    generate = worker.llm.generate
+
+    def spy(prompts, params, **kwargs):
+        seeds.append([p.seed for p in params])
+        return generate(prompts, params, **kwargs)
+
+    monkeypatch.setattr(worker.llm, "generate", spy)
+    thinking = chat_prompt(worker.processor, "What is 1 + 1?", 0) + "◁think▷"
+    sampling = SamplingConfig(n=4, max_tokens=16, thinking_budget=3, answer_tokens=3)
+    (result,) = worker.generate([RolloutRequest("q", thinking, [], seed=40)], sampling)
+    assert seeds[0] == [40] and all(s.forced == [3] for s in result.samples)
+    # vLLM draws sample j of the first phase from seed 40 + j; no answer phase may reuse one of those
+    first_phase = {40 + j for j in range(4)}
+    answers = seeds[1]
+    assert len(answers) == 4 and len(set(answers)) == 4 and not first_phase & set(answers), answers

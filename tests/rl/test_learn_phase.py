@@ -1,0 +1,88 @@
+"""The trainer's learn phase: advantages over whole groups, passes x steps, and the metrics it logs.
+
+The learner group is stubbed here (it is tested for real in ``tests/actors/test_learner_group.py``):
+these tests are about what the driver sends and how it reads what comes back.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from rl.batch import Experience
+from rl.losses import Mean
+from rl.trainer import RLConfig, Trainer, optimizer_steps
+
+
+class RecordingGroup:
+    """Answers like a learner group; records every optimizer step it is asked for."""
+
+    def __init__(self, learner_logprobs, step_metrics):
+        self.learner_logprobs, self.step_metrics, self.steps = learner_logprobs, step_metrics, []
+
+    def logprobs(self, batch):
+        return [list(lp) for lp in self.learner_logprobs]
+
+    def reset_optimizer(self):
+        pass
+
+    def train_step(self, samples, *args, **kwargs):
+        self.steps.append([(s.group_id, s.advantage) for s in samples])
+        return self.step_metrics[len(self.steps) - 1]
+
+
+def trainer_with(group, **trainer_keys) -> Trainer:
+    trainer = Trainer.__new__(Trainer)  # no actors: only learn() runs
+    trainer.cfg = RLConfig()
+    for key, value in trainer_keys.items():
+        setattr(trainer.cfg.trainer, key, value)
+    trainer.learners, trainer.nonfinite_in_a_row, trainer.step = group, 0, 0
+    return trainer
+
+
+def two_groups() -> list[Experience]:
+    # group 0 rewards [1, 0], group 1 rewards [1, 1]; sample 0's token 1 was forced (vLLM's placeholder 0.0)
+    return [
+        Experience([1], [2, 3, 4], reward=1.0, group_id=0, old_logprobs=[-1.0, 0.0, -2.0], forced=[1]),
+        Experience([1], [5], reward=0.0, group_id=0, old_logprobs=[-1.5]),
+        Experience([1], [6], reward=1.0, group_id=1, old_logprobs=[-0.5]),
+        Experience([1], [7], reward=1.0, group_id=1, old_logprobs=[-0.7]),
+    ]
+
+
+OK = {"skipped": 0.0}
+
+
+def test_logprob_gap_leaves_out_forced_tokens():
+    # learner: the forced ◁/think▷ has log-prob -6 under the policy; vLLM reports a 0.0 placeholder there.
+    # Sampled tokens differ by at most 0.01 (sample 0 token 2: |-2.0 - -2.01|).
+    learner = [[-1.0, -6.0, -2.01], [-1.5], [-0.5], [-0.7]]
+    metrics = trainer_with(RecordingGroup(learner, [OK])).learn(two_groups())
+    assert metrics["rollout_learner_logprob_gap_max"] == pytest.approx(0.01)
+    # 5 sampled tokens: gaps 0, 0.01, 0, 0, 0
+    assert metrics["rollout_learner_logprob_gap_mean"] == pytest.approx(0.01 / 5)
+
+
+def test_passes_times_steps_with_advantages_from_whole_groups():
+    learner = [[-1.0, -6.0, -2.0], [-1.5], [-0.5], [-0.7]]
+    group = RecordingGroup(learner, [OK] * 4)
+    trainer = trainer_with(group, optimizer_steps_per_iteration=2, epochs_per_iteration=2)
+    trainer.learn(two_groups())
+    # 2 passes x 2 steps, each step one whole group; OPMD advantages r - mean over the group:
+    # group 0: [1 - 0.5, 0 - 0.5], group 1: [0, 0]
+    by_group = {0: [(0, 0.5), (0, -0.5)], 1: [(1, 0.0), (1, 0.0)]}
+    assert group.steps == [by_group[0], by_group[1], by_group[0], by_group[1]]
+    assert trainer.step == 4
+    assert [[e.group_id for e in s] for s in optimizer_steps(two_groups(), 3, 2)] == [[0, 0], [1, 1]] * 2
+
+
+def test_step_metrics_are_weighted_by_their_counts():
+    # step 1: entropy 2.0 over 1 token; step 2: entropy 5.0 over 3 tokens -> (2 + 15) / 4 = 4.25
+    steps = [
+        {"skipped": Mean(0.0, 2.0), "entropy": Mean(2.0, 1.0), "loss": Mean(-1.0, 2.0)},
+        {"skipped": Mean(0.0, 2.0), "entropy": Mean(15.0, 3.0), "loss": Mean(3.0, 2.0)},
+    ]
+    learner = [[-1.0, -6.0, -2.0], [-1.5], [-0.5], [-0.7]]
+    metrics = trainer_with(RecordingGroup(learner, steps), optimizer_steps_per_iteration=2).learn(
+        two_groups()
+    )
+    assert metrics["entropy"] == 4.25 and metrics["loss"] == 0.5 and metrics["skipped"] == 0.0

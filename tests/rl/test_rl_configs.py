@@ -1,0 +1,59 @@
+"""The shipped RL configs load, choose their passes on purpose, and sample the policy itself."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rl.config import ConfigError, load_config
+from rl.trainer import RLConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ["configs/tiny/rl.yaml", "configs/kimi-vl-a3b/rl-1x8.yaml", "configs/kimi-vl-a3b/rl-4x8.yaml"]
+
+
+def comment_above(path: Path, key: str) -> str:
+    """The comment lines right above ``key:`` in a YAML file."""
+    lines = path.read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}:"))
+    above = []
+    for line in reversed(lines[:at]):
+        if not line.strip().startswith("#"):
+            break
+        above.append(line)
+    return " ".join(reversed(above))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_configs_say_why_they_make_their_passes(name):
+    path = ROOT / name
+    cfg = load_config(RLConfig, path)
+    assert cfg.trainer.epochs_per_iteration == 2  # tau acts from the second pass on
+    assert "tau" in comment_above(path, "optimizer_steps_per_iteration")
+    if cfg.trainer.drop_zero_signal_groups:
+        assert "departure from eq. 3" in comment_above(path, "drop_zero_signal_groups")
+
+
+def test_the_demo_config_chooses_its_passes():
+    from rl.demo import PROFILES, DemoPaths, rl_config
+
+    trainer = rl_config(PROFILES["full"], DemoPaths(ROOT / "runs" / "unused"))["trainer"]
+    assert trainer["epochs_per_iteration"] == 2 and trainer["optimizer_steps_per_iteration"] == 1
+    source = (ROOT / "rl" / "demo.py").read_text()
+    assert "departure from eq. 3" in source and "tau term of eq. 3" in source
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("rollout.sampling.temperature=0.7", "rollout.sampling.temperature=0.7"),
+        ("rollout.sampling.top_p=0.9", "rollout.sampling.top_p=0.9"),
+    ],
+)
+def test_rl_rollouts_must_sample_the_policy_unless_opted_out(override, key):
+    path = ROOT / "configs/tiny/rl.yaml"
+    with pytest.raises(ConfigError, match=f"{key}: RL rollouts must be samples of the policy itself"):
+        load_config(RLConfig, path, [override])
+    cfg = load_config(RLConfig, path, [override, "rollout.off_policy_sampling=true"])
+    assert cfg.rollout.off_policy_sampling
