@@ -200,6 +200,7 @@ class Trainer:
             state = json.loads((ckpt / "trainer_state.json").read_text())
             self.model_path = str(ckpt)
             if (ckpt / STATE_DIR).is_dir():
+                check_learner_layout(ckpt, state.get("learner"), cfg)
                 self.learner_state = str(ckpt)
             else:
                 log.warning(
@@ -529,6 +530,7 @@ class Trainer:
                 "sampler": self.sampler.state_dict(),
                 "seed": self.cfg.trainer.seed,
                 "nonfinite_in_a_row": self.nonfinite_in_a_row,
+                "learner": learner_layout(self.cfg),
             }
             (partial / "trainer_state.json").write_text(json.dumps(state))
             final = root / name
@@ -617,6 +619,23 @@ def _reason(e: BaseException) -> str:
     actor = re.search(r"class_name: (\w+)", text)  # Ray's actor errors name the actor's class
     where = f" in {actor.group(1)}" if actor else ""
     return f"{type(e).__name__}{where}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
+def learner_layout(cfg: RLConfig) -> dict[str, int]:
+    """What DeepSpeed's saved state depends on: it loads back only into the same ranks and ZeRO stage."""
+    return {"learner_ranks": cfg.resources.learner_ranks, "zero_stage": cfg.learner.zero_stage}
+
+
+def check_learner_layout(ckpt: Path, saved: dict[str, int] | None, cfg: RLConfig) -> None:
+    now = learner_layout(cfg)
+    if saved is None or saved == now:
+        return
+    keys = {"learner_ranks": "resources.learner_ranks", "zero_stage": "learner.zero_stage"}
+    diffs = ", ".join(f"{keys[k]}={saved[k]} (this run: {now[k]})" for k in keys if saved[k] != now[k])
+    raise ValueError(
+        f"trainer.resume: {ckpt / STATE_DIR} was written with {diffs}; resume with the same values, or "
+        f"delete {STATE_DIR} to continue from the weights with a fresh optimizer"
+    )
 
 
 def assign_advantages(batch: list[Experience], loss: PolicyLoss, options: dict[str, Any]) -> None:

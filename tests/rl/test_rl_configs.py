@@ -57,3 +57,21 @@ def test_rl_rollouts_must_sample_the_policy_unless_opted_out(override, key):
         load_config(RLConfig, path, [override])
     cfg = load_config(RLConfig, path, [override, "rollout.off_policy_sampling=true"])
     assert cfg.rollout.off_policy_sampling
+
+
+def test_resume_with_other_learner_ranks_names_the_keys_before_anything_starts(tmp_path):
+    import json
+
+    from rl.trainer import Trainer
+
+    ckpt = tmp_path / "iter_00004"
+    (ckpt / "learner_state").mkdir(parents=True)
+    state = {"iteration": 4, "sampler": {}, "learner": {"learner_ranks": 2, "zero_stage": 2}}
+    (ckpt / "trainer_state.json").write_text(json.dumps(state))
+    cfg = load_config(
+        RLConfig,
+        ROOT / "configs/tiny/rl.yaml",
+        [f"trainer.resume={ckpt}", "resources.learner_ranks=4", f"trainer.output_dir={tmp_path / 'run'}"],
+    )
+    with pytest.raises(ValueError, match=r"written with resources.learner_ranks=2 \(this run: 4\)"):
+        Trainer(cfg)
