@@ -23,8 +23,9 @@ gradient is zero at pi = pi_old: it acts only from the second optimizer step on 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -90,6 +91,15 @@ def get_loss(name: str) -> PolicyLoss:
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(LOSSES))}")
     return LOSSES[name]
+
+
+def assign_advantages(samples: Sequence[Any], loss: PolicyLoss, options: dict[str, Any]) -> None:
+    """Set ``advantage`` on each sample (an ``rl.batch.Experience``) from the loss's group statistics
+    over the groups of ``samples``, which must hold every sample of each of its groups."""
+    rewards = torch.tensor([s.reward for s in samples], dtype=torch.float64, device="cpu")  # driver side
+    groups = torch.tensor([s.group_id for s in samples], device="cpu")
+    for s, a in zip(samples, loss.advantages(rewards, groups, **options).tolist(), strict=True):
+        s.advantage = a
 
 
 def _group_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:

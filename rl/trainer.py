@@ -33,7 +33,7 @@ from .batch import Experience
 from .config import to_dict
 from .data import DataConfig, DataError, Problem, load_problems
 from .learner import STATE_DIR, LearnerConfig
-from .losses import PolicyLoss, combine, get_loss
+from .losses import assign_advantages, combine, get_loss
 from .plan import PlanConfig
 from .provenance import write_run_info
 from .tracking import Tracker, TrackingConfig
@@ -636,16 +636,6 @@ def check_learner_layout(ckpt: Path, saved: dict[str, int] | None, cfg: RLConfig
         f"trainer.resume: {ckpt / STATE_DIR} was written with {diffs}; resume with the same values, or "
         f"delete {STATE_DIR} to continue from the weights with a fresh optimizer"
     )
-
-
-def assign_advantages(batch: list[Experience], loss: PolicyLoss, options: dict[str, Any]) -> None:
-    """Set each sample's advantage from the loss's group statistics over the whole batch's groups."""
-    import torch
-
-    rewards = torch.tensor([e.reward for e in batch], dtype=torch.float64)
-    groups = torch.tensor([e.group_id for e in batch])
-    for e, a in zip(batch, loss.advantages(rewards, groups, **options).tolist(), strict=True):
-        e.advantage = a
 
 
 def logprob_gaps(batch: list[Experience], learner_lps: list[list[float]]) -> dict[str, float]:

@@ -18,8 +18,7 @@ from kimivl import KimiVLProcessor
 from rewards import RewardConfig, Task
 from rl.batch import Experience
 from rl.learner import LearnerConfig
-from rl.losses import get_loss
-from rl.trainer import assign_advantages
+from rl.losses import assign_advantages, get_loss
 from rollout.engine import EngineConfig
 from rollout.prompts import chat_prompt
 from rollout.worker import RolloutRequest, SamplingConfig

@@ -15,8 +15,7 @@ import torch
 from actors.learner import LearnerGroup
 from rl.batch import Experience
 from rl.learner import LearnerConfig
-from rl.losses import LOSSES, get_loss
-from rl.trainer import assign_advantages
+from rl.losses import LOSSES, assign_advantages, get_loss
 from sft.format import SFTExample
 
 OPTIONS = {"opmd": {"tau": 0.5}, "grpo": {"clip_eps": 0.2}, "reinforce": {}}

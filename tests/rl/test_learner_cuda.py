@@ -11,8 +11,7 @@ import torch
 from kimivl import KimiVLForConditionalGeneration
 from rl.batch import Experience
 from rl.learner import Learner, LearnerConfig
-from rl.losses import get_loss
-from rl.trainer import assign_advantages
+from rl.losses import assign_advantages, get_loss
 from sft.format import SFTExample
 
 pytestmark = pytest.mark.gpu

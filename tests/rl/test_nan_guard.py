@@ -7,8 +7,7 @@ import torch
 
 from rl.batch import Experience
 from rl.learner import Learner, LearnerConfig
-from rl.losses import LOSSES, get_loss, register_loss
-from rl.trainer import assign_advantages
+from rl.losses import LOSSES, assign_advantages, get_loss, register_loss
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import torch
 
 from rl.batch import Experience
 from rl.learner import Learner, LearnerConfig
-from rl.losses import get_loss
-from rl.trainer import assign_advantages, optimizer_steps
+from rl.losses import assign_advantages, get_loss
+from rl.trainer import optimizer_steps
 
 
 def batch() -> list[Experience]:
