@@ -11,8 +11,9 @@ def sft_loss(
     """sum over masked positions of -log p(target) / ``normalizer``.
 
     logits: (B, L, V), position t predicting ``targets[:, t]``; targets, loss_mask: (B, L).
-    ``normalizer`` is the number of target tokens in the whole optimizer step (all micro-batches and
-    ranks), so the accumulated gradient is that of the step's token mean however the step is split.
+    ``normalizer``: the number of target tokens in the whole optimizer step (all micro-batches and
+    ranks) divided by the number of data-parallel ranks, which DeepSpeed averages: the accumulated
+    gradient is then that of the step's token mean however the step is split (one rank: the count).
     Only masked rows of the logits are taken through the log-softmax (memory: N x V, not B x L x V).
     """
     keep = loss_mask > 0
