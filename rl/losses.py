@@ -102,14 +102,10 @@ def assign_advantages(samples: Sequence[Any], loss: PolicyLoss, options: dict[st
         s.advantage = a
 
 
-def _group_index(group_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
-    _, inverse = torch.unique(group_ids, return_inverse=True)
-    return inverse, int(inverse.max()) + 1 if len(inverse) else 0
-
-
 def group_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, tau: float | None = None) -> torch.Tensor:
     """(B,) baseline of each sample's group: mean reward, or tau * log mean exp(r / tau) if tau is given."""
-    inverse, n_groups = _group_index(group_ids)
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if len(inverse) else 0
     zeros = torch.zeros(n_groups, dtype=rewards.dtype, device=rewards.device)
     counts = zeros.index_add(0, inverse, torch.ones_like(rewards))
     if tau is None:
@@ -126,9 +122,10 @@ def _sequence_sums(logprobs: torch.Tensor, mask: torch.Tensor, token_normalized:
     return sums / mask.sum(-1).clamp(min=1) if token_normalized else sums
 
 
-def _active(mask: torch.Tensor) -> torch.Tensor:
-    """(B,) 1.0 for samples with at least one trained token (padding samples have none)."""
-    return (mask.sum(-1) > 0).to(mask.dtype)
+def _advantage_abs_mean(advantage: torch.Tensor, mask: torch.Tensor) -> Mean:
+    """Mean |advantage| over the samples with a trained token (padding samples have none)."""
+    active = (mask.sum(-1) > 0).to(mask.dtype)
+    return Mean(float((advantage.abs() * active).sum()), float(active.sum()))
 
 
 # -- OPMD (Kimi k1.5 eq. 3) ------------------------------------------------------------------------
@@ -160,8 +157,7 @@ def opmd_micro_loss(
     s_old = _sequence_sums(inputs.old_logprobs.detach(), mask, token_normalized)
     advantage = inputs.advantages.to(s.dtype).detach()
     per_sample = -advantage * s + 0.5 * tau * (s - s_old) ** 2
-    active = _active(mask)
-    metrics = {"advantage_abs_mean": Mean(float((advantage.abs() * active).sum()), float(active.sum()))}
+    metrics = {"advantage_abs_mean": _advantage_abs_mean(advantage, mask)}
     return per_sample.sum() / normalizer, metrics
 
 
@@ -202,8 +198,7 @@ def reinforce_micro_loss(inputs: LossInputs, normalizer: float, **_) -> tuple[to
     mask = inputs.response_mask.to(inputs.logprobs.dtype)
     s = (inputs.logprobs * mask).sum(-1)
     advantage = inputs.advantages.to(s.dtype).detach()
-    active = _active(mask)
-    metrics = {"advantage_abs_mean": Mean(float((advantage.abs() * active).sum()), float(active.sum()))}
+    metrics = {"advantage_abs_mean": _advantage_abs_mean(advantage, mask)}
     return (-advantage * s).sum() / normalizer, metrics
 
 
