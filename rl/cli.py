@@ -13,8 +13,18 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
     from kimivl.tiny import make_tiny
     from rl.provenance import write_run_info
 
-    out = make_tiny(args.out, seed=args.seed)
-    write_run_info(out, {"command": "tiny", "seed": args.seed})
+    widths = {}
+    if args.hidden_size is not None:
+        if args.hidden_size < 16 or args.hidden_size % 16:
+            print(
+                f"kvrl tiny: --hidden-size must be a multiple of 16, >= 16 (got {args.hidden_size})",
+                file=sys.stderr,
+            )
+            return 2
+        h = args.hidden_size
+        widths = {"hidden_size": h, "intermediate_size": 2 * h, "moe_intermediate_size": h // 2}
+    out = make_tiny(args.out, seed=args.seed, **widths)
+    write_run_info(out, {"command": "tiny", "seed": args.seed, **widths})
     print(f"tiny Kimi-VL checkpoint written to {out}")
     return 0
 
@@ -175,16 +185,18 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
 
     from rl.synth import synthesize
 
-    print(json.dumps(synthesize(args.out, args.n, args.seed, args.heldout, args.hasty)))
+    print(json.dumps(synthesize(args.out, args.n, args.seed, args.heldout, args.hasty, args.recheck)))
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from rl.demo import DemoError, run_demo
 
-    out = args.out or Path("runs/demo-quick" if args.quick else "runs/demo")
+    profile = "quick" if args.quick else args.profile
+    default = "runs/demo" if profile == "full" else f"runs/demo-{profile}"
+    out = args.out or Path(default + (f"-seed{args.seed}" if args.seed else ""))
     try:
-        summary = run_demo(out, quick=args.quick)
+        summary = run_demo(out, profile, args.seed)
     except DemoError as e:
         print(f"kvrl demo: {e}", file=sys.stderr)
         return 1
@@ -210,10 +222,16 @@ def format_demo_summary(s: dict) -> str:
         f"sft_accuracy {s['sft_accuracy']:.3f}, rl_accuracy {s['rl_accuracy']:.3f} "
         f"(budget {s['accuracy_budget']}, longer than any trace)"
     )
-    if s["profile"] != "full":
+    lines.append(
+        f"greedy (T=0): sft {s['sft_greedy_accuracy']:.3f}, rl {s['rl_greedy_accuracy']:.3f}; "
+        + "mean thinking tokens (T=1): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in s["mean_thinking_tokens"].items())
+    )
+    proof = s["profile"] != "quick"
+    if not proof:
         lines.append("checks (their bars are for the full demo; --quick sizes do not learn):")
     for name, c in s["checks"].items():
-        mark = ("pass" if c["passed"] else "FAIL") if s["profile"] == "full" else "-"
+        mark = ("pass" if c["passed"] else "FAIL") if proof else "-"
         lines.append(f"  {mark:<4}  {name.replace('_', ' ')} {c['bar']:.2f}: {c['value']:+.3f}")
     return "\n".join(lines)
 
@@ -306,6 +324,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("tiny", help="write a tiny random-init Kimi-VL checkpoint (seconds, no download)")
     tiny.add_argument("--out", required=True, type=Path, help="output directory")
     tiny.add_argument("--seed", type=int, default=0, help="init and tokenizer seed (default 0)")
+    tiny.add_argument(
+        "--hidden-size",
+        type=int,
+        help="text tower width (MLP 2x, experts 0.5x that; default 64, the tests' and the demo's model)",
+    )
     tiny.set_defaults(func=_cmd_tiny)
 
     prep = sub.add_parser(
@@ -445,7 +468,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--hasty",
         type=float,
         default=0.0,
-        help="fraction of SFT traces that answer at a glance, with no steps (default 0; the demo: 0.4)",
+        help="fraction of SFT traces that answer at a glance, with no steps (default 0)",
+    )
+    synth.add_argument(
+        "--recheck",
+        type=float,
+        default=0.0,
+        help="chance that each pass over the additions is checked again, up to 3 times (default 0)",
     )
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_cmd_data_synth)
@@ -455,11 +484,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="the whole system on a synthetic visual task: tiny model, SFT, difficulty, RL, TTS curves",
         description="Runs kvrl tiny, data synth, sft, difficulty, rl and eval tts as stages (logs in "
         "OUT/logs); writes OUT/summary.json and plots. Re-running with the same --out continues where "
-        "it stopped. Full: about 20 min on 2 CPU cores; --quick: about 5 min, checks the plumbing.",
+        "it stopped. Full: about 40 min on 2 CPU cores; --quick: about 7 min, checks the plumbing.",
     )
-    demo.add_argument("--quick", action="store_true", help="small sizes: minutes, no learning proof")
     demo.add_argument(
-        "--out", type=Path, help="output directory (default runs/demo, or runs/demo-quick with --quick)"
+        "--profile",
+        choices=("full", "quick", "length"),
+        default="full",
+        help="full: the learning proof; quick: small sizes, no proof; length: full plus RL without the "
+        "length reward, to compare (default full)",
+    )
+    demo.add_argument("--quick", action="store_true", help="the same as --profile quick")
+    demo.add_argument("--seed", type=int, default=0, help="seeds every stage (default 0)")
+    demo.add_argument(
+        "--out",
+        type=Path,
+        help="output directory (default runs/demo, runs/demo-PROFILE for the others; -seedN for seed N)",
     )
     demo.set_defaults(func=_cmd_demo)
 

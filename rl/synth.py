@@ -16,7 +16,9 @@ A ``hasty`` fraction of the traces answers "at a glance" instead, with no steps:
 right too, but a small model computes them in one token far less reliably, so after SFT it holds two
 strategies, one much better than the other (in ``kvrl demo``'s SFT model, at a glance: 26% right;
 row by row: 48%). Choosing between them is what RL learns first, and what makes thinking longer
-pay, as in the Kimi k1.5 and Kimi-VL reports.
+pay, as in the Kimi k1.5 and Kimi-VL reports. ``recheck`` adds overthinking: after each pass over the
+sum and the additions, with that chance the trace says "Let me check again." and does them again (at
+most ``MAX_RECHECKS`` times): longer, no more right, for Kimi k1.5's length reward to remove.
 Answers are integers, checked by the ``math`` verifier.
 
 Writes, under ``--out``: ``images/``, ``train.jsonl`` and ``heldout.jsonl`` (prompt datasets:
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,8 @@ from PIL import Image, ImageDraw
 
 CELL, GRID = 28, 3
 HASTY_THINKING = "At a glance, no need to count."
+RECHECK = "Let me check again."
+MAX_RECHECKS = 3
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (235, 215, 40)}
 
 
@@ -61,26 +66,33 @@ class SynthProblem:
             3: f"Count the shapes in the grid, add {self.k}, then add {self.m}.",
         }[self.level]
 
-    def thinking(self) -> str:
-        """The worked steps: each row's cells, the row counts, the sum, then the arithmetic."""
-        lines, counts = [], []
+    def thinking(self, rechecks: int = 0) -> str:
+        """The worked steps: each row's cells, the row counts, the sum, then the arithmetic; then
+        ``rechecks`` times over, the sum and the arithmetic again."""
+        rows, arithmetic = self._rows(), self._arithmetic()
+        return " ".join([*rows, *arithmetic, *([RECHECK, *arithmetic] * rechecks)])
+
+    def _rows(self) -> list[str]:
+        lines = []
         for r, row in enumerate(self.cells, start=1):
-            n = sum(c is not None for c in row)
-            counts.append(n)
             seen = ", ".join(c or "empty" for c in row)
-            lines.append(f"Row {r}: {seen}. That is {n}.")
+            lines.append(f"Row {r}: {seen}. That is {sum(c is not None for c in row)}.")
+        return lines
+
+    def _arithmetic(self) -> list[str]:
+        counts = [sum(c is not None for c in row) for row in self.cells]
         total = self.count
-        lines.append(f"Total: {' + '.join(map(str, counts))} = {total}.")
+        lines = [f"Total: {' + '.join(map(str, counts))} = {total}."]
         if self.level == 2:
             lines.append(f"Add {self.k}: {total} + {self.k} = {self.answer}.")
         if self.level == 3:
             partial = total + self.k
             lines.append(f"Add {self.k}: {total} + {self.k} = {partial}.")
             lines.append(f"Add {self.m}: {partial} + {self.m} = {self.answer}.")
-        return " ".join(lines)
+        return lines
 
-    def response(self, hasty: bool = False) -> str:
-        thinking = HASTY_THINKING if hasty else self.thinking()
+    def response(self, hasty: bool = False, rechecks: int = 0) -> str:
+        thinking = HASTY_THINKING if hasty else self.thinking(rechecks)
         return f"◁think▷{thinking}◁/think▷The answer is {self.answer}."
 
     def render(self) -> Image.Image:
@@ -105,14 +117,22 @@ def make_problem(rng: random.Random, index: int, level: int) -> SynthProblem:
 
 
 def synthesize(
-    out: str | Path, n: int, seed: int = 0, heldout: int = 256, hasty: float = 0.0, levels=(1, 2, 3)
+    out: str | Path,
+    n: int,
+    seed: int = 0,
+    heldout: int = 256,
+    hasty: float = 0.0,
+    recheck: float = 0.0,
+    levels=(1, 2, 3),
 ) -> dict:
     """Write ``n`` train + ``heldout`` held-out problems (levels in equal shares) under ``out``; a
-    ``hasty`` fraction of the SFT traces answers with no steps (see the module docstring)."""
+    ``hasty`` fraction of the SFT traces answers with no steps; each pass of the others is followed
+    by a recheck with chance ``recheck``, up to ``MAX_RECHECKS`` (see the module docstring)."""
     if n < 1 or heldout < 0:
         raise ValueError(f"--n must be >= 1 and --heldout >= 0 (got {n}, {heldout})")
-    if not 0.0 <= hasty < 1.0:
-        raise ValueError(f"--hasty must be in [0, 1) (got {hasty})")
+    for name, value in (("hasty", hasty), ("recheck", recheck)):
+        if not 0.0 <= value < 1.0:
+            raise ValueError(f"--{name} must be in [0, 1) (got {value})")
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
@@ -133,6 +153,11 @@ def synthesize(
                 }
                 f.write(json.dumps(row) + "\n")
     hasty_ids = {p.id for p in splits["train"] if rng.random() < hasty}
+    # drawn only when asked for, so that recheck=0 writes what earlier versions wrote
+    rechecks = Counter()
+    for p in splits["train"]:
+        while recheck and p.id not in hasty_ids and rechecks[p.id] < MAX_RECHECKS and rng.random() < recheck:
+            rechecks[p.id] += 1
     with open(out / "sft_train.jsonl", "w", encoding="utf-8") as f:
         for p in splits["train"]:
             user = [{"type": "image"}, {"type": "text", "text": p.question()}]
@@ -140,9 +165,17 @@ def synthesize(
                 "id": p.id,
                 "messages": [
                     {"role": "user", "content": user},
-                    {"role": "assistant", "content": p.response(hasty=p.id in hasty_ids)},
+                    {"role": "assistant", "content": p.response(p.id in hasty_ids, rechecks[p.id])},
                 ],
                 "images": [f"images/{p.id}.png"],
             }
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return {"out": str(out), "train": n, "heldout": heldout, "hasty_traces": len(hasty_ids), "seed": seed}
+    return {
+        "out": str(out),
+        "train": n,
+        "heldout": heldout,
+        "hasty_traces": len(hasty_ids),
+        "recheck_traces": len(rechecks),
+        "rechecks": {r: sum(v == r for v in rechecks.values()) for r in range(1, MAX_RECHECKS + 1)},
+        "seed": seed,
+    }

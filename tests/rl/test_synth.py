@@ -10,7 +10,7 @@ from PIL import Image
 
 from rewards import verify_response
 from rl.data import load_problems
-from rl.synth import CELL, COLOURS, SynthProblem, synthesize
+from rl.synth import CELL, COLOURS, MAX_RECHECKS, RECHECK, SynthProblem, synthesize
 from sft.data import load_conversations
 
 
@@ -69,3 +69,39 @@ def test_hasty_fraction_of_traces_answers_without_steps(tmp_path):
         synthesize(tmp_path / "bad", n=4, hasty=1.0)
     first = json.loads((tmp_path / "train.jsonl").read_text().splitlines()[0])
     assert first["difficulty"] == round((first["level"] - 1) / 3, 4)
+
+
+def test_recheck_traces_redo_the_arithmetic_and_answer_the_same(tmp_path):
+    summary = synthesize(tmp_path, n=400, seed=1, heldout=4, hasty=0.5, recheck=0.5)
+    sft = load_conversations(tmp_path / "sft_train.jsonl").conversations
+    texts = [c.messages[1]["content"][0]["text"] for c in sft]
+    rechecked = [t for t in texts if RECHECK in t]
+    # Only stepwise traces recheck: about half of the ~200 that are not hasty, about a quarter of them
+    # twice or more (each check is followed by another with chance 0.5), never more than 3 times.
+    assert len(rechecked) == summary["recheck_traces"] and 70 < len(rechecked) < 130
+    assert sum(summary["rechecks"].values()) == len(rechecked) and set(summary["rechecks"]) == {
+        1,
+        2,
+        MAX_RECHECKS,
+    }
+    assert 25 < sum(t.count(RECHECK) > 1 for t in rechecked) < 75
+    assert not any("At a glance" in t for t in rechecked)
+    for text in rechecked:
+        first, *again = text.removeprefix("◁think▷").split("◁/think▷")[0].split(f" {RECHECK} ")
+        # Each check repeats the first pass's sum and additions word for word.
+        assert 1 <= len(again) <= MAX_RECHECKS and again == [first[first.index("Total:") :]] * len(again)
+    # The same problem with and without rechecks: same answer, a longer thinking.
+    problem = SynthProblem("p", 3, [["red", None, "blue"], [None] * 3, ["green"] * 3], k=2, m=1)
+    plain, twice = problem.response(), problem.response(rechecks=2)
+    assert plain.endswith("The answer is 8.") and twice.endswith("The answer is 8.")
+    check = " Let me check again. Total: 2 + 0 + 3 = 5. Add 2: 5 + 2 = 7. Add 1: 7 + 1 = 8."
+    assert twice == plain.replace("◁/think▷", check * 2 + "◁/think▷")
+    # Without rechecks the data are those of a run that never asked for them.
+    synthesize(tmp_path / "plain", n=400, seed=1, heldout=4, hasty=0.5)
+    plain_texts = (tmp_path / "plain" / "sft_train.jsonl").read_text()
+    assert (
+        RECHECK not in plain_texts
+        and (tmp_path / "plain" / "train.jsonl").read_text() == (tmp_path / "train.jsonl").read_text()
+    )
+    with pytest.raises(ValueError, match="--recheck"):
+        synthesize(tmp_path / "bad", n=4, recheck=1.0)
