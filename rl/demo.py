@@ -10,12 +10,16 @@ every stage's vLLM engines and Ray cluster start clean and any stage can be re-r
 5. ``rl``: OPMD with the length reward, a curriculum over the measured difficulty and prioritized
    sampling, 2 vLLM rollout engines and 2 learner ranks on Ray (``kvrl rl``); held-out curves during
    training.
+   With ``--profile length``, ``rl_nolength`` follows: the same run without the length reward.
 6. ``tts``: test-time scaling curves of the SFT and RL checkpoints on the held-out split
-   (``kvrl eval tts``). The accuracy of a checkpoint is its curve's value at the largest budget,
-   which is longer than any trace: thinking is not cut there.
+   (``kvrl eval tts``, T = 1). The accuracy of a checkpoint is its curve's value at the largest
+   budget, which is longer than any trace: thinking is not cut there.
+7. ``greedy``: the same checkpoints decoded greedily at the largest budget (``kvrl eval tts
+   --temperature 0``): what the policy's argmax does.
 
-Writes under ``--out``: ``summary.json`` (``sft_accuracy``, ``rl_accuracy``, ``tts`` as
-``{checkpoint: {budget: accuracy}}``, ``wall_s`` per stage, ``checks``), ``rl_training.png``,
+Writes under ``--out``: ``summary.json`` (``sft_accuracy``, ``rl_accuracy``, their greedy twins,
+``mean_thinking_tokens``, ``tts`` as ``{checkpoint: {budget: accuracy}}``, ``length_reward`` with
+``--profile length``, ``wall_s`` per stage, ``checks``), ``rl_training.png``,
 ``tts.png``, the stage configs in ``configs/``, the stage logs in ``logs/``, and each stage's run
 directory (metrics, wandb offline runs, checkpoints). A run that stopped part-way continues with
 the same command: finished stages are not run again.
