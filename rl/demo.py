@@ -166,7 +166,7 @@ def sft_config(p: Profile, paths: DemoPaths) -> dict[str, Any]:
         "data": {
             "path": str(paths.data / "sft_train.jsonl"),
             "eval_fraction": 0.03,
-            "max_length": 320,
+            "max_length": 384,
             "pack_length": 1024,
         },
         "trainer": {

@@ -187,3 +187,32 @@ def test_length_profile_compares_thinking_tokens_and_accuracy_with_and_without_t
         "length_reward_accuracy_cost_at_most"
     ]
     assert cost["value"] == pytest.approx(0.02) and not cost["passed"]
+
+
+def test_each_profiles_longest_sft_trace_fits_its_max_length(tmp_path, tiny_dir):
+    """The SFT stage stops on a conversation over ``data.max_length``: the longest one synth can write
+    for a profile (level 3, one kind of cell everywhere, every recheck) must fit."""
+    from kimivl import KimiVLProcessor
+    from rl.demo import sft_config
+    from rl.synth import COLOURS, MAX_RECHECKS, SynthProblem
+    from sft.data import load_conversations
+    from sft.format import encode
+
+    processor = KimiVLProcessor.from_pretrained(tiny_dir)
+    for p in PROFILES.values():
+        max_length = sft_config(p, DemoPaths(tmp_path))["data"]["max_length"]
+        longest = 0
+        for colour in [*COLOURS, None]:  # "empty" is a word of its own in the trace
+            problem = SynthProblem("worst", 3, [[colour] * 3 for _ in range(3)], k=4, m=5)
+            problem.render().save(tmp_path / "worst.png")
+            user = [{"type": "image"}, {"type": "text", "text": problem.question()}]
+            reply = problem.response(rechecks=MAX_RECHECKS if p.recheck else 0)
+            row = {
+                "id": "worst",
+                "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": reply}],
+                "images": ["worst.png"],
+            }
+            (tmp_path / "sft.jsonl").write_text(json.dumps(row) + "\n")
+            (conv,) = load_conversations(tmp_path / "sft.jsonl").conversations
+            longest = max(longest, len(encode(processor, conv)))
+        assert longest <= max_length, (p.name, longest, max_length)
