@@ -154,7 +154,7 @@ class DemoPaths:
         self.rl_runs = {"rl": self.out / "rl", "rl_nolength": self.out / "rl_nolength"}
         self.rl = self.rl_runs["rl"]
         self.sft_ckpt = self.out / "checkpoints" / "sft"  # links to the stages' checkpoints
-        self.rl_ckpt = self.out / "checkpoints" / "rl"
+        self.rl_ckpts = {name: self.out / "checkpoints" / name for name in self.rl_runs}
         self.rl_pool = self.data / "rl_pool.jsonl"
         self.rl_train = self.data / "rl_train.jsonl"
         self.heldout = self.data / "heldout.jsonl"
@@ -253,10 +253,7 @@ def _argv(command: str, **flags: Any) -> list[str]:
 
 
 def stage_commands(p: Profile, paths: DemoPaths) -> dict[str, list[str]]:
-    checkpoints = [
-        paths.sft_ckpt,
-        *(paths.out / "checkpoints" / r for r in ("rl", "rl_nolength") if r in p.stages),
-    ]
+    checkpoints = [paths.sft_ckpt, *(link for name, link in paths.rl_ckpts.items() if name in p.stages)]
     eval_flags = {"checkpoint": checkpoints, "data": paths.heldout, "answer_tokens": 16, "seed": p.seed}
     commands = {
         "model": _argv("tiny", out=paths.model, seed=p.seed, hidden_size=p.hidden_size),
@@ -318,11 +315,10 @@ def _before(stage: str, p: Profile, paths: DemoPaths) -> None:
         paths.rl_pool.write_text("\n".join(lines[: p.rl_pool]) + "\n", encoding="utf-8")
         _link(paths.sft_ckpt, paths.sft / "final")
     if stage == "tts":
-        for name in ("rl", "rl_nolength"):
+        for name, run in paths.rl_runs.items():
             if name in p.stages:
-                run = paths.rl_runs[name]
                 latest = (run / "checkpoints" / "latest").read_text().strip()
-                _link(paths.out / "checkpoints" / name, run / "checkpoints" / latest)
+                _link(paths.rl_ckpts[name], run / "checkpoints" / latest)
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -427,7 +423,7 @@ def run_demo(out: str | Path, profile: str = "full", seed: int = 0) -> dict[str,
     write_run_info(paths.out, {"command": "demo", "profile": asdict(prof)})
     commands = stage_commands(prof, paths)
     _write_config(paths.configs / "sft.yaml", sft_config(prof, paths), " ".join(commands["sft"]))
-    for stage in ("rl", "rl_nolength"):
+    for stage in paths.rl_runs:
         if stage in prof.stages:
             config = rl_config(prof, paths, stage)
             _write_config(paths.configs / f"{stage}.yaml", config, " ".join(commands[stage]))
