@@ -468,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--hasty",
         type=float,
         default=0.0,
-        help="fraction of SFT traces that answer at a glance, with no steps (default 0)",
+        help="fraction of SFT traces that read row 1 only and take every row to be like it (default 0)",
     )
     synth.add_argument(
         "--recheck",

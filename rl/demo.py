@@ -84,29 +84,30 @@ class Profile:
 
 FULL = Profile(
     name="full",
-    train=8000,
+    train=7500,
     heldout=256,
-    hasty=0.3,
+    hasty=0.6,
     recheck=0.0,
     sft_schedule=[
-        {"epochs": 3, "warmup": 0.05, "peak_lr": 3.0e-3, "final_lr": 3.0e-4},
+        {"epochs": 2, "warmup": 0.05, "peak_lr": 3.0e-3, "final_lr": 3.0e-4},
         {"epochs": 1, "warmup": 0.1, "peak_lr": 1.0e-3, "final_lr": 1.0e-4},
     ],
     sft_batch_size=8,
-    rl_pool=768,
+    rl_pool=384,
     difficulty_k=4,
-    rl_iterations=40,
+    rl_iterations=14,
     rl_prompts=64,
     rl_samples=8,
     rl_lr=2.0e-4,
-    rl_eval_every=5,
+    rl_eval_every=7,
     length_weight=0.1,
     tts_samples=4,
 )
 PROFILES = {
     "full": FULL,
-    # overthinking to remove (traces that re-check), and a length reward strong enough to matter
-    "length": replace(FULL, name="length", recheck=0.5, length_weight=0.5, length_ablation=True),
+    # overthinking to remove (traces that re-check, no shortcut), and a length reward strong enough
+    # to matter; RL is run twice, with and without it
+    "length": replace(FULL, name="length", hasty=0.0, recheck=0.5, length_weight=0.5, length_ablation=True),
     "quick": Profile(
         name="quick",
         train=240,
@@ -207,7 +208,12 @@ def rl_config(p: Profile, paths: DemoPaths, stage: str = "rl") -> dict[str, Any]
             "save_every": p.rl_iterations,
         },
         "loss": {"name": "opmd", "tau": 1.0},
-        "learner": {"zero_stage": 2, "lr": p.rl_lr, "warmup_steps": 10, "micro_batch_size": 16},
+        "learner": {
+            "zero_stage": 2,
+            "lr": p.rl_lr,
+            "warmup_steps": max(1, p.rl_iterations // 4),
+            "micro_batch_size": 16,
+        },
         "rollout": {
             "max_model_len": 1024,
             "max_num_seqs": 64,

@@ -5,9 +5,9 @@ or holds a coloured square or disk. The question asks for a number computed from
 
 | level | question | steps |
 |---|---|---|
-| 1 | how many cells hold a shape | count row by row, sum |
-| 2 | the count plus k | + one addition |
-| 3 | the count plus k, plus m | + two additions |
+| 1 | how many cells hold a shape | count row by row, keeping a running total |
+| 2 | the count plus k (1-3) | + one addition |
+| 3 | the count plus k, plus m (1-3) | + two additions |
 
 More steps = harder (``level``, and ``difficulty`` = a prior of (level - 1) / 3 for the curriculum
 until ``kvrl difficulty`` measures one). Long-CoT traces for SFT walk the steps inside
@@ -37,7 +37,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 CELL, GRID = 28, 3
-HASTY_THINKING = "At a glance, no need to count."
+HASTY_THINKING = "About the same in each row:"
 RECHECK = "Let me check again."
 MAX_RECHECKS = 3
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (235, 215, 40)}
@@ -53,7 +53,7 @@ class SynthProblem:
 
     @property
     def count(self) -> int:
-        return sum(c is not None for row in self.cells for c in row)
+        return sum(self._counts)
 
     @property
     def answer(self) -> int:
@@ -67,33 +67,52 @@ class SynthProblem:
         }[self.level]
 
     def thinking(self, rechecks: int = 0) -> str:
-        """The worked steps: each row's cells, the row counts, the sum, then the arithmetic; then
-        ``rechecks`` times over, the sum and the arithmetic again."""
-        rows, arithmetic = self._rows(), self._arithmetic()
-        return " ".join([*rows, *arithmetic, *([RECHECK, *arithmetic] * rechecks)])
+        """The worked steps: each row's cells and count with the running total, then the additions;
+        then ``rechecks`` times over, the running totals and the additions again."""
+        lines, sums, total = [f"{self._row(0)}."], [], self._counts[0]
+        for r in range(1, GRID):
+            sums.append(f"{total} + {self._counts[r]} = {total + self._counts[r]}.")
+            lines.append(f"{self._row(r)}, so {sums[-1]}")
+            total += self._counts[r]
+        arithmetic = self._arithmetic(total)
+        return " ".join([*lines, *arithmetic, *([RECHECK, *sums, *arithmetic] * rechecks)])
 
-    def _rows(self) -> list[str]:
+    @property
+    def _counts(self) -> list[int]:
+        return [sum(c is not None for c in row) for row in self.cells]
+
+    def _row(self, r: int) -> str:
+        """``Row 1: red, empty, blue. That is 2`` (0-based ``r``; no full stop)."""
+        seen = ", ".join(c or "empty" for c in self.cells[r])
+        return f"Row {r + 1}: {seen}. That is {self._counts[r]}"
+
+    def _arithmetic(self, total: int) -> list[str]:
+        """The question's additions, starting from ``total``."""
         lines = []
-        for r, row in enumerate(self.cells, start=1):
-            seen = ", ".join(c or "empty" for c in row)
-            lines.append(f"Row {r}: {seen}. That is {sum(c is not None for c in row)}.")
+        if self.level >= 2:
+            lines.append(f"Add {self.k}: {total} + {self.k} = {total + self.k}.")
+        if self.level == 3:
+            lines.append(f"Add {self.m}: {total + self.k} + {self.m} = {total + self.k + self.m}.")
         return lines
 
-    def _arithmetic(self) -> list[str]:
-        counts = [sum(c is not None for c in row) for row in self.cells]
-        total = self.count
-        lines = [f"Total: {' + '.join(map(str, counts))} = {total}."]
-        if self.level == 2:
-            lines.append(f"Add {self.k}: {total} + {self.k} = {self.answer}.")
-        if self.level == 3:
-            partial = total + self.k
-            lines.append(f"Add {self.k}: {total} + {self.k} = {partial}.")
-            lines.append(f"Add {self.m}: {partial} + {self.m} = {self.answer}.")
-        return lines
+    @property
+    def estimate(self) -> int:
+        """The hasty count: the first row's, times the number of rows (right when rows are even)."""
+        return GRID * self._counts[0]
+
+    @property
+    def hasty_answer(self) -> int:
+        return self.answer - self.count + self.estimate
+
+    def hasty_thinking(self) -> str:
+        """Row 1 only, extrapolated to the grid, then the same additions on the estimate."""
+        estimate = f"{HASTY_THINKING} {GRID} x {self._counts[0]} = {self.estimate}."
+        return " ".join([f"{self._row(0)}.", estimate, *self._arithmetic(self.estimate)])
 
     def response(self, hasty: bool = False, rechecks: int = 0) -> str:
-        thinking = HASTY_THINKING if hasty else self.thinking(rechecks)
-        return f"◁think▷{thinking}◁/think▷The answer is {self.answer}."
+        if hasty:
+            return f"◁think▷{self.hasty_thinking()}◁/think▷The answer is {self.hasty_answer}."
+        return f"◁think▷{self.thinking(rechecks)}◁/think▷The answer is {self.answer}."
 
     def render(self) -> Image.Image:
         image = Image.new("RGB", (CELL * GRID, CELL * GRID), (255, 255, 255))
@@ -113,7 +132,7 @@ def make_problem(rng: random.Random, index: int, level: int) -> SynthProblem:
     cells = [
         [rng.choice(list(COLOURS)) if rng.random() < fill else None for _ in range(GRID)] for _ in range(GRID)
     ]
-    return SynthProblem(f"synth{index:05d}", level, cells, k=rng.randint(2, 4), m=rng.randint(1, 5))
+    return SynthProblem(f"synth{index:05d}", level, cells, k=rng.randint(1, 3), m=rng.randint(1, 3))
 
 
 def synthesize(

@@ -10,7 +10,7 @@ from PIL import Image
 
 from rewards import verify_response
 from rl.data import load_problems
-from rl.synth import CELL, COLOURS, MAX_RECHECKS, RECHECK, SynthProblem, synthesize
+from rl.synth import CELL, COLOURS, HASTY_THINKING, MAX_RECHECKS, RECHECK, SynthProblem, synthesize
 from sft.data import load_conversations
 
 
@@ -22,11 +22,21 @@ def test_answers_follow_the_grid_by_hand():
     p = SynthProblem("a", 3, cells, 3, 2)
     assert p.answer == 9
     thinking = p.thinking()
-    assert "Row 1: red, empty, blue. That is 2." in thinking and "Total: 2 + 0 + 2 = 4." in thinking
-    assert thinking.endswith("Add 3: 4 + 3 = 7. Add 2: 7 + 2 = 9.")
+    # Row by row with a running total (rows of 2, 0 and 2 shapes), then the two additions.
+    assert thinking == (
+        "Row 1: red, empty, blue. That is 2. Row 2: empty, empty, empty. That is 0, so 2 + 0 = 2. "
+        "Row 3: green, green, empty. That is 2, so 2 + 2 = 4. Add 3: 4 + 3 = 7. Add 2: 7 + 2 = 9."
+    )
     assert verify_response(p.response(), "9", "math").correct
-    # The hasty trace skips every step but still ends in the right answer.
-    assert p.response(hasty=True) == "◁think▷At a glance, no need to count.◁/think▷The answer is 9."
+    # The hasty trace reads row 1 only and takes every row to be like it: 3 x 2 = 6 shapes instead of
+    # 4, then adds as usual, 6 + 3 + 2 = 11: wrong here, as it is whenever the rows are uneven.
+    assert p.response(hasty=True) == (
+        "◁think▷Row 1: red, empty, blue. That is 2. About the same in each row: 3 x 2 = 6. "
+        "Add 3: 6 + 3 = 9. Add 2: 9 + 2 = 11.◁/think▷The answer is 11."
+    )
+    assert not verify_response(p.response(hasty=True), "9", "math").correct
+    even = SynthProblem("b", 2, [["red", None, None], [None, "blue", None], [None, None, "red"]], 3, 1)
+    assert even.hasty_answer == even.answer == 6 and "3 x 1 = 3. Add 3: 3 + 3 = 6." in even.response(True)
     # The image shows exactly those cells: a cell's centre pixel is its colour, or white when empty.
     image = p.render()
     for r, row in enumerate(cells):
@@ -59,7 +69,7 @@ def test_hasty_fraction_of_traces_answers_without_steps(tmp_path):
     summary = synthesize(tmp_path, n=400, seed=1, heldout=4, hasty=0.4)
     sft = load_conversations(tmp_path / "sft_train.jsonl").conversations
     texts = [c.messages[1]["content"][0]["text"] for c in sft]
-    hasty = [t for t in texts if "At a glance" in t]
+    hasty = [t for t in texts if "About the same in each row" in t]
     assert len(hasty) == summary["hasty_traces"] and 0.3 < len(hasty) / 400 < 0.5
     assert all("Row 1:" in t for t in texts if t not in hasty)
     # The problems (and so train.jsonl) do not depend on the hasty fraction.
@@ -85,16 +95,17 @@ def test_recheck_traces_redo_the_arithmetic_and_answer_the_same(tmp_path):
         MAX_RECHECKS,
     }
     assert 25 < sum(t.count(RECHECK) > 1 for t in rechecked) < 75
-    assert not any("At a glance" in t for t in rechecked)
+    assert not any(HASTY_THINKING in t for t in rechecked)
     for text in rechecked:
         first, *again = text.removeprefix("◁think▷").split("◁/think▷")[0].split(f" {RECHECK} ")
-        # Each check repeats the first pass's sum and additions word for word.
-        assert 1 <= len(again) <= MAX_RECHECKS and again == [first[first.index("Total:") :]] * len(again)
+        # Each check repeats the first pass's running totals and additions word for word.
+        assert 1 <= len(again) <= MAX_RECHECKS and len(set(again)) == 1 and "Row" not in again[0]
+        assert all(step in first for step in again[0].split(". "))
     # The same problem with and without rechecks: same answer, a longer thinking.
     problem = SynthProblem("p", 3, [["red", None, "blue"], [None] * 3, ["green"] * 3], k=2, m=1)
     plain, twice = problem.response(), problem.response(rechecks=2)
     assert plain.endswith("The answer is 8.") and twice.endswith("The answer is 8.")
-    check = " Let me check again. Total: 2 + 0 + 3 = 5. Add 2: 5 + 2 = 7. Add 1: 7 + 1 = 8."
+    check = " Let me check again. 2 + 0 = 2. 2 + 3 = 5. Add 2: 5 + 2 = 7. Add 1: 7 + 1 = 8."
     assert twice == plain.replace("◁/think▷", check * 2 + "◁/think▷")
     # Without rechecks the data are those of a run that never asked for them.
     synthesize(tmp_path / "plain", n=400, seed=1, heldout=4, hasty=0.5)
