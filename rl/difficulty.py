@@ -114,8 +114,9 @@ def problem_seed(seed: int, problem_id: str, tag: str) -> int:
     return zlib.crc32(f"{seed}:{tag}:{problem_id}".encode())
 
 
-def sampling_params(job: DifficultyJob, problems: list[Problem], n: int, tag: str) -> list:
-    """One ``vllm.SamplingParams`` per problem (``llm.generate`` takes a list), each with its own seed."""
+def sampling_params(job, problems: list[Problem], n: int, tag: str) -> list:
+    """One ``vllm.SamplingParams`` per problem (``llm.generate`` takes a list), each with its own seed.
+    ``job``: a ``DifficultyJob`` or ``rl.rejection.BuildJob`` (temperature, top_p, max_tokens, seed)."""
     from vllm import SamplingParams
 
     return [

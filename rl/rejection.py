@@ -19,7 +19,7 @@ from rollout.engine import EngineConfig, make_llm
 from sft.build import Candidate, keep, sft_row
 
 from .data import Problem, load_problems
-from .difficulty import make_requests, sample_and_verify, write_rows
+from .difficulty import make_requests, sample_and_verify, sampling_params, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class BuildJob:
     k: int = 8
     shortest: bool = False
     temperature: float = 1.0
+    top_p: float = 1.0
     max_tokens: int = 1024
     verifier: str = "math"  # for rows without a verifier column
     max_model_len: int = 4096
@@ -60,14 +61,13 @@ def _image_refs(p: Problem, out: Path) -> list[str]:
 
 
 def build_sft_data(job: BuildJob) -> dict:
-    """Run the job and write the dataset; returns a summary."""
-    from vllm import SamplingParams
-
+    """Run the job and write the dataset; returns a summary. Each problem samples from its own seed
+    (``rl.difficulty.problem_seed``), so its responses do not depend on its row or its neighbours."""
     out = Path(job.out)
     problems = load_problems(job.data).problems
     processor = KimiVLProcessor.from_pretrained(job.checkpoint)
     llm = make_llm(EngineConfig(model=job.checkpoint, seed=job.seed, max_model_len=job.max_model_len))
-    params = SamplingParams(n=job.k, temperature=job.temperature, max_tokens=job.max_tokens, seed=job.seed)
+    params = sampling_params(job, problems, job.k, "sft-build")
     with VerifierPool(workers=job.workers) as pool:
         requests = make_requests(problems, processor, True, job.data)
         results = sample_and_verify(llm, pool, problems, requests, params, job.verifier)

@@ -194,7 +194,8 @@ class RecordingLLM:
         if not isinstance(params, list):  # one SamplingParams for the whole batch
             params = [params] * len(requests)
         self.calls.append(list(zip(requests, params, strict=True)))
-        return [SimpleNamespace(outputs=[SimpleNamespace(text="◁think▷◁/think▷4")] * sp.n) for sp in params]
+        answer = SimpleNamespace(text="◁think▷◁/think▷4", token_ids=[1, 2, 3], finish_reason="stop")
+        return [SimpleNamespace(outputs=[answer] * sp.n) for sp in params]
 
 
 def seeds_by_problem(monkeypatch, tmp_path, rows, name) -> dict:
@@ -229,3 +230,26 @@ def test_each_problem_samples_from_its_own_seed_wherever_its_row(monkeypatch, tm
     assert [n for _, n in thinking] == [3, 3, 3] and [n for _, n in no_think] == [2, 2, 2]
     seeds = [seed for seed, _ in thinking + no_think]
     assert len(set(seeds)) == 6, seeds  # no two problems, and no two kinds of try, share a stream
+
+
+def test_sft_build_samples_each_problem_from_its_own_seed(monkeypatch, tmp_path):
+    """``kvrl sft build`` (rejection sampling) seeds each problem as ``kvrl difficulty`` does; it once
+    gave every problem the job's seed, so all of them drew the same random stream."""
+    import rl.rejection
+    from rl.difficulty import problem_seed
+    from rl.rejection import BuildJob, build_sft_data
+
+    llm = RecordingLLM()
+    monkeypatch.setattr(rl.rejection, "make_llm", lambda cfg: llm)
+    monkeypatch.setattr(rl.rejection, "KimiVLProcessor", SimpleNamespace(from_pretrained=lambda path: None))
+    monkeypatch.setattr(rl.rejection, "make_requests", lambda problems, *_: [p.id for p in problems])
+    rows = [{"id": f"p{i}", "question": f"What is {i}+4?", "answer": "4"} for i in range(3)]
+    data = tmp_path / "prompts.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    job = BuildJob("ckpt", str(data), str(tmp_path / "sft.jsonl"), k=2, seed=5, workers=1)
+    assert build_sft_data(job)["written"] == 6
+    ((*calls,),) = llm.calls
+    assert {pid: (sp.seed, sp.n) for pid, sp in calls} == {
+        f"p{i}": (problem_seed(5, f"p{i}", "sft-build"), 2) for i in range(3)
+    }
+    assert len({sp.seed for _, sp in calls}) == 3
