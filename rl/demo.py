@@ -84,22 +84,22 @@ class Profile:
 
 FULL = Profile(
     name="full",
-    train=7500,
+    train=8000,
     heldout=256,
-    hasty=0.6,
+    hasty=0.55,
     recheck=0.0,
     sft_schedule=[
         {"epochs": 2, "warmup": 0.05, "peak_lr": 3.0e-3, "final_lr": 3.0e-4},
         {"epochs": 1, "warmup": 0.1, "peak_lr": 1.0e-3, "final_lr": 1.0e-4},
     ],
     sft_batch_size=8,
-    rl_pool=384,
+    rl_pool=512,
     difficulty_k=4,
-    rl_iterations=14,
+    rl_iterations=16,
     rl_prompts=64,
     rl_samples=8,
     rl_lr=2.0e-4,
-    rl_eval_every=7,
+    rl_eval_every=8,
     length_weight=0.1,
     tts_samples=4,
 )

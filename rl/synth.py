@@ -6,19 +6,20 @@ or holds a coloured square or disk. The question asks for a number computed from
 | level | question | steps |
 |---|---|---|
 | 1 | how many cells hold a shape | count row by row, keeping a running total |
-| 2 | the count plus k (1-3) | + one addition |
-| 3 | the count plus k, plus m (1-3) | + two additions |
+| 2 | the count plus k (2-4) | + one addition |
+| 3 | the count plus k, plus m (1-5) | + two additions |
 
 More steps = harder (``level``, and ``difficulty`` = a prior of (level - 1) / 3 for the curriculum
 until ``kvrl difficulty`` measures one). Long-CoT traces for SFT walk the steps inside
 ``◁think▷…◁/think▷``, so cutting the thinking short loses the answer: the thinking budget matters.
-A ``hasty`` fraction of the traces answers "at a glance" instead, with no steps: their answers are
-right too, but a small model computes them in one token far less reliably, so after SFT it holds two
-strategies, one much better than the other (in ``kvrl demo``'s SFT model, at a glance: 26% right;
-row by row: 48%). Choosing between them is what RL learns first, and what makes thinking longer
-pay, as in the Kimi k1.5 and Kimi-VL reports. ``recheck`` adds overthinking: after each pass over the
-sum and the additions, with that chance the trace says "Let me check again." and does them again (at
-most ``MAX_RECHECKS`` times): longer, no more right, for Kimi k1.5's length reward to remove.
+A ``hasty`` fraction of the traces takes a shortcut instead: it reads row 1, takes every row to hold
+as many shapes ("About the same in each row: 3 x 2 = 6."), and does the additions on that estimate.
+The shortcut is shorter and right only when the rows are even (about 3 grids in 10), so after SFT
+the model holds two strategies of unequal worth; with a hasty majority the worse one is also its
+argmax, which only RL can change: thinking longer pays, as in the Kimi k1.5 and Kimi-VL reports.
+``recheck`` adds overthinking: after each pass over the running totals and the additions, with that
+chance a stepwise trace says "Let me check again." and does them again (at most ``MAX_RECHECKS``
+times): longer, no more right, for Kimi k1.5's length reward to remove.
 Answers are integers, checked by the ``math`` verifier.
 
 Writes, under ``--out``: ``images/``, ``train.jsonl`` and ``heldout.jsonl`` (prompt datasets:
@@ -132,7 +133,7 @@ def make_problem(rng: random.Random, index: int, level: int) -> SynthProblem:
     cells = [
         [rng.choice(list(COLOURS)) if rng.random() < fill else None for _ in range(GRID)] for _ in range(GRID)
     ]
-    return SynthProblem(f"synth{index:05d}", level, cells, k=rng.randint(1, 3), m=rng.randint(1, 3))
+    return SynthProblem(f"synth{index:05d}", level, cells, k=rng.randint(2, 4), m=rng.randint(1, 5))
 
 
 def synthesize(
@@ -145,7 +146,7 @@ def synthesize(
     levels=(1, 2, 3),
 ) -> dict:
     """Write ``n`` train + ``heldout`` held-out problems (levels in equal shares) under ``out``; a
-    ``hasty`` fraction of the SFT traces answers with no steps; each pass of the others is followed
+    ``hasty`` fraction of the SFT traces takes the row-1 shortcut; each pass of the others is followed
     by a recheck with chance ``recheck``, up to ``MAX_RECHECKS`` (see the module docstring)."""
     if n < 1 or heldout < 0:
         raise ValueError(f"--n must be >= 1 and --heldout >= 0 (got {n}, {heldout})")

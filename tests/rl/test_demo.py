@@ -203,7 +203,7 @@ def test_each_profiles_longest_sft_trace_fits_its_max_length(tmp_path, tiny_dir)
         max_length = sft_config(p, DemoPaths(tmp_path))["data"]["max_length"]
         longest = 0
         for colour in [*COLOURS, None]:  # "empty" is a word of its own in the trace
-            problem = SynthProblem("worst", 3, [[colour] * 3 for _ in range(3)], k=3, m=3)
+            problem = SynthProblem("worst", 3, [[colour] * 3 for _ in range(3)], k=4, m=5)
             problem.render().save(tmp_path / "worst.png")
             user = [{"type": "image"}, {"type": "text", "text": problem.question()}]
             reply = problem.response(rechecks=MAX_RECHECKS if p.recheck else 0)
