@@ -59,7 +59,7 @@ class Profile:
     name: str
     train: int  # synthetic training problems (SFT traces; the RL pool is drawn from them)
     heldout: int  # held-out problems for every accuracy in the summary
-    hasty: float  # fraction of SFT traces that answer with no steps (rl/synth.py)
+    hasty: float  # fraction of SFT traces that take the row-1 shortcut (rl/synth.py)
     recheck: float  # chance that each pass of a stepwise SFT trace is followed by a recheck (rl/synth.py)
     sft_schedule: list[dict]
     sft_batch_size: int
