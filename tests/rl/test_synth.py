@@ -65,11 +65,11 @@ def test_synth_writes_splits_datasets_reads(tmp_path):
     assert again["seed"] == 3 and again["hasty_traces"] == 0
 
 
-def test_hasty_fraction_of_traces_answers_without_steps(tmp_path):
+def test_hasty_fraction_of_traces_takes_the_row_1_shortcut(tmp_path):
     summary = synthesize(tmp_path, n=400, seed=1, heldout=4, hasty=0.4)
     sft = load_conversations(tmp_path / "sft_train.jsonl").conversations
     texts = [c.messages[1]["content"][0]["text"] for c in sft]
-    hasty = [t for t in texts if "About the same in each row" in t]
+    hasty = [t for t in texts if HASTY_THINKING in t]
     assert len(hasty) == summary["hasty_traces"] and 0.3 < len(hasty) / 400 < 0.5
     assert all("Row 1:" in t for t in texts if t not in hasty)
     # The problems (and so train.jsonl) do not depend on the hasty fraction.
