@@ -1,4 +1,5 @@
-"""The learner group: N DeepSpeed ranks (``rl.learner.Learner``) as Ray actors. Plumbing only."""
+"""The learner group: N DeepSpeed ranks (``learner.rank.Learner``) as Ray actors. Plumbing only: the
+driver hands in samples that carry their advantages, and the loss callable to run."""
 
 from __future__ import annotations
 
@@ -11,10 +12,10 @@ from typing import Any
 import ray
 
 from actors.memory import rss_mb
-from rl.batch import Experience
-from rl.learner import LearnerConfig, inactive, shard_for_ranks
-from rl.losses import Mean, combine
-from sft.format import SFTExample
+from learner.experience import Experience
+from learner.loss import LossFn, Mean, combine
+from learner.packing import SFTExample
+from learner.rank import Learner, LearnerConfig, TokenLossFn, inactive, shard_for_ranks
 
 log = logging.getLogger(__name__)
 
@@ -50,24 +51,22 @@ class LearnerActor:
         )
         if not gpus and not torch.cuda.is_available():
             os.environ["DS_ACCELERATOR"] = "cpu"
-        from rl.learner import Learner
-
         self.learner = Learner(model_path, cfg, self.rank, self.world_size, state_dir)
 
     def logprobs(self, samples: list[Experience]) -> list[list[float]]:
         return self.learner.logprobs(samples)
 
-    def train_step(self, samples, loss_name, loss_kwargs, global_batch, lr=None) -> dict[str, Mean]:
-        return self.learner.train_step(samples, loss_name, loss_kwargs, global_batch, lr)
+    def train_step(self, samples, loss_fn, global_batch, lr=None) -> dict[str, Mean]:
+        return self.learner.train_step(samples, loss_fn, global_batch, lr)
 
     def reset_optimizer(self) -> None:
         self.learner.reset_optimizer()
 
-    def sft_step(self, rows, total_targets: int, lr: float) -> dict[str, float]:
-        return self.learner.sft_step(rows, total_targets, lr)
+    def sft_step(self, rows, total_targets: int, lr: float, loss_fn) -> dict[str, float]:
+        return self.learner.sft_step(rows, total_targets, lr, loss_fn)
 
-    def sft_eval(self, rows) -> dict[str, float]:
-        return self.learner.sft_eval(rows)
+    def sft_eval(self, rows, loss_fn) -> dict[str, float]:
+        return self.learner.sft_eval(rows, loss_fn)
 
     def full_state(self):
         return self.learner.full_state()
@@ -127,8 +126,7 @@ class LearnerGroup:
     def train_step(
         self,
         samples: Sequence[Experience],
-        loss_name: str,
-        loss_kwargs: dict[str, Any],
+        loss_fn: LossFn,
         lr: float | None = None,
     ) -> dict[str, Mean]:
         """One optimizer step on every rank over the whole batch (advantages already on the samples).
@@ -137,7 +135,7 @@ class LearnerGroup:
         are per token or per sample; ``loss`` and ``grad_norm`` as the mean over ranks."""
         shards = shard_for_ranks(samples, self.world_size, inactive(samples[0]))
         futures = [
-            a.train_step.remote(shard, loss_name, loss_kwargs, len(samples), lr)
+            a.train_step.remote(shard, loss_fn, len(samples), lr)
             for a, shard in zip(self.actors, shards, strict=True)
         ]
         return combine(gather(futures))
@@ -145,20 +143,24 @@ class LearnerGroup:
     def reset_optimizer(self) -> None:
         gather([a.reset_optimizer.remote() for a in self.actors])
 
-    def sft_step(self, rows: Sequence[Sequence[SFTExample]], lr: float) -> dict[str, float]:
+    def sft_step(
+        self, rows: Sequence[Sequence[SFTExample]], lr: float, loss_fn: TokenLossFn
+    ) -> dict[str, float]:
         """One SFT optimizer step over packed ``rows`` split across ranks; NLL and tokens summed.
         ``grad_norm`` is the norm of the global (rank-averaged) gradient, the same on every rank."""
         total = sum(ex.num_targets for row in rows for ex in row)
         shards = shard_for_ranks(rows, self.world_size, [])
-        per_rank = gather([a.sft_step.remote(s, total, lr) for a, s in zip(self.actors, shards, strict=True)])
+        per_rank = gather(
+            [a.sft_step.remote(s, total, lr, loss_fn) for a, s in zip(self.actors, shards, strict=True)]
+        )
         out = {k: sum(m[k] for m in per_rank) for k in ("nll_sum", "tokens")}
         out["skipped"] = per_rank[0]["skipped"]
         out["grad_norm"] = per_rank[0].get("grad_norm", float("nan"))
         return out
 
-    def sft_eval(self, rows: Sequence[Sequence[SFTExample]]) -> dict[str, float]:
+    def sft_eval(self, rows: Sequence[Sequence[SFTExample]], loss_fn: TokenLossFn) -> dict[str, float]:
         shards = shard_for_ranks(rows, self.world_size, [])
-        per_rank = gather([a.sft_eval.remote(s) for a, s in zip(self.actors, shards, strict=True)])
+        per_rank = gather([a.sft_eval.remote(s, loss_fn) for a, s in zip(self.actors, shards, strict=True)])
         return {k: sum(m[k] for m in per_rank) for k in ("nll_sum", "tokens")}
 
     def state_ref(self) -> ray.ObjectRef:

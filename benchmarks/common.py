@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rl.provenance import git_sha, library_versions
+from runkit.provenance import git_sha, library_versions
 
 log = logging.getLogger(__name__)
 TABLE = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"

@@ -16,8 +16,8 @@ PHASES = ("time_rollout", "time_reward", "time_learn", "time_sync")
 def kvrl_iterations(model: str, overrides: list[str], repeats: int) -> list[dict[str, float]]:
     """``repeats`` timed iterations (after one warm-up) of the tiny RL config with ``overrides``:
     per iteration ``time_iteration``, the four phase times and the generated tokens."""
-    from rl.config import load_config
     from rl.trainer import RLConfig, Trainer
+    from runkit.config import load_config
 
     out = Path(tempfile.mkdtemp(prefix="kvrl-bench-iter-")) / "run"
     cfg = load_config(

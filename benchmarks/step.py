@@ -150,8 +150,8 @@ def _trl_iterations(
     from trl import GRPOTrainer
 
     from kimivl import KimiVLProcessor
-    from rl.config import load_config
     from rl.trainer import RLConfig
+    from runkit.config import load_config
 
     rewards_cfg = load_config(RLConfig, CONFIG, []).rewards  # its default verifier and length reward
     processor = KimiVLProcessor.from_pretrained(model)

@@ -49,7 +49,7 @@ def _one(size: str, model: str, repeats: int, engines: int, work: Path) -> dict:
     from actors.learner import LearnerGroup
     from actors.placement import ResourceConfig, place
     from actors.rollout import RolloutActor, RolloutPool
-    from rl.learner import LearnerConfig
+    from learner.rank import LearnerConfig
     from rollout.engine import EngineConfig
 
     started = not ray.is_initialized()

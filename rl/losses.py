@@ -23,47 +23,18 @@ gradient is zero at pi = pi_old: it acts only from the second optimizer step on 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from learner.loss import LossFn, LossInputs, Mean, combine
 
-@dataclass(frozen=True)
-class Mean:
-    """A metric kept as (sum, count), so micro-batches, ranks and steps combine into the exact mean."""
-
-    total: float
-    count: float
-
-    def __add__(self, other: Mean) -> Mean:
-        return Mean(self.total + other.total, self.count + other.count)
-
-    def __float__(self) -> float:
-        return self.total / self.count if self.count else 0.0
+__all__ = ["LossInputs", "Mean", "combine", "get_loss", "opmd_loss", "register_loss"]
 
 
-def combine(parts: list[dict[str, Mean]]) -> dict[str, Mean]:
-    """Sum of metric dicts, key by key (keys missing from a part count as empty)."""
-    out: dict[str, Mean] = {}
-    for part in parts:
-        for name, value in part.items():
-            out[name] = out[name] + value if name in out else value
-    return out
-
-
-@dataclass(frozen=True)
-class LossInputs:
-    """One micro-batch as a loss sees it."""
-
-    logprobs: torch.Tensor  # (B, T) log pi_theta of the sampled tokens (with grad)
-    old_logprobs: torch.Tensor  # (B, T) log pi_theta_i: the policy that sampled them
-    response_mask: torch.Tensor  # (B, T) 1 on tokens the policy chose; 0 on padding and forced tokens
-    advantages: torch.Tensor  # (B,) from ``PolicyLoss.advantages`` over whole groups
-
-
-LossFn = Callable[..., tuple[torch.Tensor, dict[str, Mean]]]
 AdvantageFn = Callable[..., torch.Tensor]
 
 
@@ -72,6 +43,10 @@ class PolicyLoss:
     name: str
     advantages: AdvantageFn
     loss: LossFn
+
+    def bound(self, options: dict[str, Any]) -> LossFn:
+        """``loss`` with its options fixed: the callable a learner rank runs on each micro-batch."""
+        return functools.partial(self.loss, **options)
 
 
 LOSSES: dict[str, PolicyLoss] = {}
@@ -94,8 +69,8 @@ def get_loss(name: str) -> PolicyLoss:
 
 
 def assign_advantages(samples: Sequence[Any], loss: PolicyLoss, options: dict[str, Any]) -> None:
-    """Set ``advantage`` on each sample (an ``rl.batch.Experience``) from the loss's group statistics
-    over the groups of ``samples``, which must hold every sample of each of its groups."""
+    """Set ``advantage`` on each sample (an ``learner.experience.Experience``) from the loss's group
+    statistics over the groups of ``samples``, which must hold every sample of each of its groups."""
     rewards = torch.tensor([s.reward for s in samples], dtype=torch.float64, device="cpu")  # driver side
     groups = torch.tensor([s.group_id for s in samples], device="cpu")
     for s, a in zip(samples, loss.advantages(rewards, groups, **options).tolist(), strict=True):

@@ -23,21 +23,20 @@ from tqdm import tqdm
 
 from actors.memory import rss_mb
 from actors.placement import ResourceConfig
+from actors.plan import PlanConfig
 from actors.rollout import ACTOR_FAILURES, RolloutUnavailable
+from corpus.problems import DataConfig, DataError, Problem, load_problems
 from curriculum import CurriculumConfig, CurriculumSampler
+from evaluation.tts import EvalConfig, TrainingCurves, wandb_series
+from learner.experience import Experience
+from learner.rank import STATE_DIR, LearnerConfig
 from rewards import RewardConfig, Task, total_rewards
+from rl.losses import assign_advantages, combine, get_loss
 from rollout.engine import EngineConfig
 from rollout.worker import RolloutRequest, SamplingConfig
-
-from .batch import Experience
-from .config import to_dict
-from .data import DataConfig, DataError, Problem, load_problems
-from .learner import STATE_DIR, LearnerConfig
-from .losses import assign_advantages, combine, get_loss
-from .plan import PlanConfig
-from .provenance import write_run_info
-from .tracking import Tracker, TrackingConfig
-from .tts_eval import EvalConfig, TrainingCurves, wandb_series
+from runkit.config import to_dict
+from runkit.provenance import write_run_info
+from runkit.tracking import Tracker, TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -414,7 +413,7 @@ class Trainer:
         t = cfg.trainer
         steps = optimizer_steps(batch, t.optimizer_steps_per_iteration, t.epochs_per_iteration)
         results = [
-            self.learners.train_step(part, loss.name, cfg.loss.kwargs(), self.lr(k))
+            self.learners.train_step(part, loss.bound(cfg.loss.kwargs()), self.lr(k))
             for k, part in enumerate(steps)
         ]
         metrics["lr"] = self.lr(len(steps) - 1)
@@ -570,7 +569,7 @@ class Trainer:
 
     def plot(self) -> None:
         """``training.png``: reward, accuracy and length over the iterations so far."""
-        from .plots import plot_training, read_metrics
+        from runkit.plots import plot_training, read_metrics
 
         try:
             if self.tracker.metrics_path.exists():

@@ -1,6 +1,6 @@
 """Rejection sampling for SFT data (Kimi k1.5 sec. 2.3.1 and 2.4): keep verified-correct responses.
 
-Pure selection and row building; ``rl/rejection.py`` runs the engine and the verifiers.
+Pure selection and row building; ``sft/rejection.py`` runs the engine and the verifiers.
 """
 
 from __future__ import annotations

@@ -9,12 +9,12 @@ One row per conversation::
 
 ``content`` is text or a list of parts (``{"type": "text", "text": …}``, ``{"type": "image"}``); the
 ``images`` column (paths relative to the data file, or bytes) gives one image per image part, in order.
-An image part may carry its own ``"image"`` instead. Files are read as in :mod:`rl.data` (jsonl line by
-line, or anything ``datasets`` reads).
+An image part may carry its own ``"image"`` instead. Files are read as in :mod:`corpus.rows` (jsonl line
+by line, or anything ``datasets`` reads).
 
 A bad row (no assistant turn, a missing or corrupt image, an image count that does not match the
-image parts, a raw ``<|media_pad|>`` in text) raises :class:`rl.data.DataError` naming the file and row,
-or, with ``skip_bad_rows``, is skipped and counted by reason.
+image parts, a raw ``<|media_pad|>`` in text) raises :class:`corpus.rows.DataError` naming the file and
+row, or, with ``skip_bad_rows``, is skipped and counted by reason.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from corpus.rows import DataError, image_entry, read_rows
 from kimivl.processing import IMAGE_TOKEN
-from rl.data import DataError, image_entry, read_rows
 
 log = logging.getLogger(__name__)
 

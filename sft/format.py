@@ -11,32 +11,17 @@ tokenized alone, which tells exactly which tokens belong to whom:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
 
-import torch
+from tqdm import tqdm
 
+from corpus.rows import DataError
 from kimivl.processing import ImageInputError
+from learner.packing import SFTExample
 
 from .data import Conversation
 
-
-@dataclass
-class SFTExample:
-    """One tokenized conversation. ``labels_mask[i]`` is 1 where token i is a training target."""
-
-    input_ids: list[int]
-    labels_mask: list[int]
-    pixel_values: torch.Tensor | None = None  # (P, 3, 14, 14)
-    image_grid_hws: torch.Tensor | None = None  # (N, 2)
-    id: str = ""
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    @property
-    def num_targets(self) -> int:
-        # token 0 is never predicted (nothing precedes it), so it cannot be a target
-        return sum(self.labels_mask[1:])
+log = logging.getLogger(__name__)
 
 
 def assistant_header(processor) -> str:
@@ -81,3 +66,20 @@ def encode(processor, conv: Conversation, max_length: int | None = None) -> SFTE
             f"conversation {conv.id} (row {conv.row}) has {len(ids)} tokens, over max_length {max_length}"
         )
     return SFTExample(ids, mask, pixel_values, image_grid_hws, conv.id)
+
+
+def encode_all(
+    processor, convs: list[Conversation], max_length: int, skip_bad_rows: bool, desc: str
+) -> list[SFTExample]:
+    """Tokenize conversations; too-long or unusable ones fail naming the row, or are skipped."""
+    out = []
+    for conv in tqdm(convs, desc=f"tokenizing {desc}", unit="conv", leave=False):
+        try:
+            out.append(encode(processor, conv, max_length))
+        except ValueError as e:
+            if not skip_bad_rows:
+                raise DataError(f"{desc}: {e}") from e
+            log.warning("skipping %s: %s", desc, e)
+    if not out:
+        raise DataError(f"{desc}: no usable conversations")
+    return out

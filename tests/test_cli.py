@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from rl.cli import main
+from kvrl.cli import main
 
 
 def digest(path) -> str:

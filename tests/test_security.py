@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rewards import RewardConfig
-from rl.config import ConfigError, load_config
+from runkit.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["rl", "rollout", "rewards", "actors", "curriculum", "sft", "kimivl", "benchmarks"]

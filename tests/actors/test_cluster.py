@@ -130,7 +130,7 @@ if __name__ == "__main__":
     learner_node = cluster.add_node(num_cpus=3, resources={"learner_node": 2}, object_store_memory=store)
     cluster.wait_for_nodes()
     import ray
-    from rl.config import load_config
+    from runkit.config import load_config
     from rl.trainer import RLConfig, Trainer, TrainingStopped
 
     overrides = [

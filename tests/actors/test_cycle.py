@@ -15,9 +15,9 @@ from actors.placement import ClusterTooSmall, ResourceConfig, check_fits, place
 from actors.reward import RewardActor
 from actors.rollout import RolloutPool
 from kimivl import KimiVLProcessor
+from learner.experience import Experience
+from learner.rank import LearnerConfig
 from rewards import RewardConfig, Task
-from rl.batch import Experience
-from rl.learner import LearnerConfig
 from rl.losses import assign_advantages, get_loss
 from rollout.engine import EngineConfig
 from rollout.prompts import chat_prompt
@@ -113,7 +113,9 @@ def test_sample_score_learn_sync(tiny_dir, placement, pool, reward_actor, zero_s
         batch = experiences(tiny_dir, requests, results, rewards)
         assert max_gap(group.logprobs(batch), batch) <= TOLERANCE  # rollout and learner agree before learning
         assign_advantages(batch, get_loss("opmd"), {"tau": 0.5})
-        metrics = {k: float(v) for k, v in group.train_step(batch, "opmd", {"tau": 0.5}).items()}
+        metrics = {
+            k: float(v) for k, v in group.train_step(batch, get_loss("opmd").bound({"tau": 0.5})).items()
+        }
         assert metrics["skipped"] == 0.0 and all(v == v for v in metrics.values())  # no NaN
 
         after = experiences(tiny_dir, requests, pool.generate(requests, sampling))

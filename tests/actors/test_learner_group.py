@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from actors.learner import LearnerGroup
-from rl.batch import Experience
-from rl.learner import LearnerConfig
+from learner.experience import Experience
+from learner.packing import SFTExample
+from learner.rank import LearnerConfig
 from rl.losses import LOSSES, assign_advantages, get_loss
-from sft.format import SFTExample
+from sft.loss import sft_loss
 
 OPTIONS = {"opmd": {"tau": 0.5}, "grpo": {"clip_eps": 0.2}, "reinforce": {}}
 
@@ -57,8 +58,8 @@ def test_every_loss_takes_the_same_step_on_one_and_two_ranks(groups):
     for name in sorted(LOSSES):
         options = OPTIONS[name]
         assign_advantages(batch, get_loss(name), options)
-        a = {k: float(v) for k, v in one.train_step(batch, name, options).items()}
-        b = {k: float(v) for k, v in two.train_step(batch, name, options).items()}
+        a = {k: float(v) for k, v in one.train_step(batch, get_loss(name).bound(options)).items()}
+        b = {k: float(v) for k, v in two.train_step(batch, get_loss(name).bound(options)).items()}
         assert a["skipped"] == b["skipped"] == 0.0 and a["grad_norm"] > 0
         for key in ("loss", "grad_norm", "kl", "log_ratio_sq", "entropy"):
             assert close(a[key], b[key], 1e-5), (name, key, a[key], b[key])
@@ -82,7 +83,7 @@ def sft_rows() -> list[list[SFTExample]]:
 def test_sft_step_has_the_same_gradient_on_one_and_two_ranks(groups):
     one, two = groups
     rows = sft_rows()
-    a, b = one.sft_step(rows, lr=0.0), two.sft_step(rows, lr=0.0)
+    a, b = one.sft_step(rows, 0.0, sft_loss), two.sft_step(rows, 0.0, sft_loss)
     assert a["tokens"] == b["tokens"] and close(a["nll_sum"], b["nll_sum"], 1e-5)
     assert a["grad_norm"] > 0
     assert close(a["grad_norm"], b["grad_norm"], 1e-4), (a["grad_norm"], b["grad_norm"])

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
     out, table = tmp_path / f"{name}.json", tmp_path / "benchmarks.md"
     table.write_text("# Benchmarks\n\nSome prose above the table.\n")
-    cmd = [sys.executable, "-m", "rl.cli", "bench", name, "--quick", "--repeats", "1"]
+    cmd = [sys.executable, "-m", "kvrl", "bench", name, "--quick", "--repeats", "1"]
     cmd += ["--model", str(tiny_dir), "--out", str(out), "--table", str(table)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-4000:]

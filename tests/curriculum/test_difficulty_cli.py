@@ -23,7 +23,7 @@ def run(tiny_dir, data, tmp_path, *extra):
     cmd = [
         sys.executable,
         "-m",
-        "rl.cli",
+        "kvrl",
         "difficulty",
         "--checkpoint",
         str(tiny_dir),
@@ -86,11 +86,11 @@ rewards: {verifier: number}
 
 def job_of(monkeypatch, tmp_path, *argv):
     """The DifficultyJob `kvrl difficulty ARGV` would run (estimate_difficulty replaced by a recorder)."""
-    import rl.difficulty
-    from rl.cli import main
+    import evaluation.pass_rates
+    from kvrl.cli import main
 
     jobs = []
-    monkeypatch.setattr(rl.difficulty, "estimate_difficulty", lambda job: jobs.append(job) or {})
+    monkeypatch.setattr(evaluation.pass_rates, "estimate_difficulty", lambda job: jobs.append(job) or {})
     base = ["difficulty", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(tmp_path / "d.jsonl")]
     assert main([*base, *argv]) == 0
     return jobs[0]
@@ -103,7 +103,7 @@ def sources(caplog) -> str:
 
 def test_rl_config_gives_lengths_temperature_verifier_and_seed(monkeypatch, tmp_path, caplog):
     (tmp_path / "rl.yaml").write_text(RL_YAML)
-    caplog.set_level(logging.INFO, logger="rl.difficulty")
+    caplog.set_level(logging.INFO, logger="kvrl.cli.difficulty")
     job = job_of(monkeypatch, tmp_path, "--config", str(tmp_path / "rl.yaml"))
     # the RL config's 16K responses in a 20K model length, not 1024 in 4096 (traces cut inside thinking)
     assert (job.max_tokens, job.max_model_len) == (16384, 20480)
@@ -116,7 +116,7 @@ def test_rl_config_gives_lengths_temperature_verifier_and_seed(monkeypatch, tmp_
 
 def test_flags_override_the_rl_config(monkeypatch, tmp_path, caplog):
     (tmp_path / "rl.yaml").write_text(RL_YAML)
-    caplog.set_level(logging.INFO, logger="rl.difficulty")
+    caplog.set_level(logging.INFO, logger="kvrl.cli.difficulty")
     job = job_of(
         monkeypatch,
         tmp_path,
@@ -129,7 +129,7 @@ def test_flags_override_the_rl_config(monkeypatch, tmp_path, caplog):
 
 
 def test_without_config_the_defaults_stay(monkeypatch, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="rl.difficulty")
+    caplog.set_level(logging.INFO, logger="kvrl.cli.difficulty")
     job = job_of(monkeypatch, tmp_path, "--max-tokens", "8")
     got = (job.max_tokens, job.max_model_len, job.temperature, job.top_p, job.verifier, job.seed)
     assert got == (8, 4096, 1.0, 1.0, "math", 0)
@@ -137,9 +137,9 @@ def test_without_config_the_defaults_stay(monkeypatch, tmp_path, caplog):
 
 
 def test_a3b_config_lengths_reach_the_job():
-    from rl.config import load_config
-    from rl.difficulty import job_from_settings
+    from kvrl.cli.difficulty import job_from_settings
     from rl.trainer import RLConfig
+    from runkit.config import load_config
 
     path = ROOT / "configs/kimi-vl-a3b/rl-1x8.yaml"
     rollout = load_config(RLConfig, path).rollout
@@ -159,10 +159,10 @@ def test_a3b_config_lengths_reach_the_job():
     ],
 )
 def test_bad_config_fails_naming_the_file_or_key(monkeypatch, tmp_path, capsys, yaml_text, extra, message):
-    import rl.difficulty
-    from rl.cli import main
+    import evaluation.pass_rates
+    from kvrl.cli import main
 
-    monkeypatch.setattr(rl.difficulty, "estimate_difficulty", lambda job: pytest.fail("must not run"))
+    monkeypatch.setattr(evaluation.pass_rates, "estimate_difficulty", lambda job: pytest.fail("must not run"))
     config = tmp_path / "rl.yaml"
     if yaml_text is not None:
         config.write_text(yaml_text)
@@ -175,7 +175,7 @@ def test_bad_config_fails_naming_the_file_or_key(monkeypatch, tmp_path, capsys, 
 
 
 def test_problem_seed_is_per_problem_and_per_kind_of_try():
-    from rl.difficulty import problem_seed
+    from evaluation.pass_rates import problem_seed
 
     seeds = {problem_seed(0, pid, "difficulty") for pid in ("p0", "p1", "p2")}
     assert len(seeds) == 3
@@ -200,18 +200,20 @@ class RecordingLLM:
 
 def seeds_by_problem(monkeypatch, tmp_path, rows, name) -> dict:
     """{(problem id, thinking): (seed, n)} of a `kvrl difficulty` run over ``rows`` in that order."""
-    import rl.difficulty
-    from rl.difficulty import DifficultyJob, estimate_difficulty
+    import evaluation.pass_rates
+    from evaluation.pass_rates import DifficultyJob, estimate_difficulty
 
     llm = RecordingLLM()
-    monkeypatch.setattr(rl.difficulty, "make_llm", lambda cfg: llm)
-    monkeypatch.setattr(rl.difficulty, "KimiVLProcessor", SimpleNamespace(from_pretrained=lambda path: None))
+    monkeypatch.setattr(evaluation.pass_rates, "make_llm", lambda cfg: llm)
+    monkeypatch.setattr(
+        evaluation.pass_rates, "KimiVLProcessor", SimpleNamespace(from_pretrained=lambda path: None)
+    )
 
     # a request is (problem id, thinking), so the recording says whose params were whose
     def make_requests(problems, processor, thinking, source):
         return [(p.id, thinking) for p in problems]
 
-    monkeypatch.setattr(rl.difficulty, "make_requests", make_requests)
+    monkeypatch.setattr(evaluation.pass_rates, "make_requests", make_requests)
     data = tmp_path / f"{name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = estimate_difficulty(DifficultyJob("ckpt", str(data), k=3, no_think_tries=2, seed=5, workers=1))
@@ -235,14 +237,14 @@ def test_each_problem_samples_from_its_own_seed_wherever_its_row(monkeypatch, tm
 def test_sft_build_samples_each_problem_from_its_own_seed(monkeypatch, tmp_path):
     """``kvrl sft build`` (rejection sampling) seeds each problem as ``kvrl difficulty`` does; it once
     gave every problem the job's seed, so all of them drew the same random stream."""
-    import rl.rejection
-    from rl.difficulty import problem_seed
-    from rl.rejection import BuildJob, build_sft_data
+    import sft.rejection
+    from evaluation.pass_rates import problem_seed
+    from sft.rejection import BuildJob, build_sft_data
 
     llm = RecordingLLM()
-    monkeypatch.setattr(rl.rejection, "make_llm", lambda cfg: llm)
-    monkeypatch.setattr(rl.rejection, "KimiVLProcessor", SimpleNamespace(from_pretrained=lambda path: None))
-    monkeypatch.setattr(rl.rejection, "make_requests", lambda problems, *_: [p.id for p in problems])
+    monkeypatch.setattr(sft.rejection, "make_llm", lambda cfg: llm)
+    monkeypatch.setattr(sft.rejection, "KimiVLProcessor", SimpleNamespace(from_pretrained=lambda path: None))
+    monkeypatch.setattr(sft.rejection, "make_requests", lambda problems, *_: [p.id for p in problems])
     rows = [{"id": f"p{i}", "question": f"What is {i}+4?", "answer": "4"} for i in range(3)]
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -17,7 +17,7 @@ from curriculum import (
     difficulty_from_outcomes,
     easy_to_hack,
 )
-from rl.config import ConfigError, load_config
+from runkit.config import ConfigError, load_config
 
 
 def test_draw_frequencies_follow_one_minus_success_rate():

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoProcessor
 
 from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
 from kimivl.tiny import OFFICIAL_TEXT_FIELDS, TINY_VISION, write_official_layout
-from rl.logprobs import response_logprobs
+from learner.logprobs import response_logprobs
 from tests.conftest import gradient_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,7 +35,7 @@ def official_dir(tiny_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def official_model(official_dir):
-    # The call rl/learner.py makes (dtype float32 on CPU).
+    # The call learner/rank.py makes (dtype float32 on CPU).
     return KimiVLForConditionalGeneration.from_pretrained(official_dir, dtype=torch.float32).eval()
 
 
@@ -129,7 +129,7 @@ def test_config_and_processor_load_without_remote_code(tiny_dir, official_dir):
     image = gradient_image(100, 60, 1)
     want = source(text=prompt, images=[image], return_tensors="pt")
     for processor in (
-        KimiVLProcessor.from_pretrained(official_dir),  # rl/learner.py's call
+        KimiVLProcessor.from_pretrained(official_dir),  # learner/rank.py's call
         AutoProcessor.from_pretrained(official_dir, trust_remote_code=False),  # vLLM's
     ):
         assert type(processor) is KimiVLProcessor

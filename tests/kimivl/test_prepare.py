@@ -325,7 +325,7 @@ def test_vllm_serves_the_prepared_directory(prepared, tmp_path):
 
 
 def test_kvrl_prepare_command(fake, tmp_path):
-    from rl.cli import main
+    from kvrl.cli import main
 
     assert main(["prepare", "--model", str(fake[0]), "--out", str(tmp_path / "p")]) == 0
     assert (tmp_path / "p" / "tokenizer.json").is_file() and (tmp_path / "p" / "run_info.json").is_file()

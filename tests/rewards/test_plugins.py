@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rewards import RewardConfig, Task, UnknownVerifier, VerifierPool, resolve_verifier
-from rl.config import ConfigError, load_config
+from runkit.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +59,7 @@ def test_resolve_by_path_and_entry_point(plugin_dir):
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "rl.cli", "verify", *args],
+        [sys.executable, "-m", "kvrl", "verify", *args],
         capture_output=True,
         text=True,
         timeout=120,

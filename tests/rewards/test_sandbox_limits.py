@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rewards import RewardConfig, Task, VerifierPool
-from rl.config import ConfigError, load_config
+from runkit.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 

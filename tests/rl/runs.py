@@ -23,7 +23,7 @@ def start_rl(
     returns the process and the marker its processes (and Ray's) carry in their environment."""
     marker = uuid.uuid4().hex
     cmd = [
-        sys.executable, "-m", "rl.cli", "rl", "--config", str(ROOT / "configs/tiny/rl.yaml"),
+        sys.executable, "-m", "kvrl", "rl", "--config", str(ROOT / "configs/tiny/rl.yaml"),
         f"model={tiny_dir}", f"trainer.output_dir={run}", *(FAST if fast else []), *overrides,
     ]  # fmt: skip
     env = {**os.environ, **(env or {}), MARK: marker, "PYTHONPATH": str(ROOT)}

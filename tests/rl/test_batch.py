@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rl.batch import Experience, collate
+from learner.experience import Experience, collate
 
 
 def test_collate_layout():
@@ -22,7 +22,7 @@ def test_collate_layout():
 
 
 def test_by_length_orders_shortest_first_and_is_stable():
-    from rl.batch import Experience, by_length
+    from learner.experience import Experience, by_length
 
     lengths = [(3, 5), (3, 1), (1, 1), (3, 5), (2, 0)]  # (prompt, response) tokens: totals 8, 4, 2, 8, 2
     samples = [Experience([0] * p, [1] * r) for p, r in lengths]

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rl.data import DataError, load_problems
+from corpus.problems import DataError, load_problems
 from tests.conftest import gradient_image
 
 

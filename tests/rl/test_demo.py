@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from rl.cli import format_demo_summary
-from rl.demo import PROFILES, DemoError, DemoPaths, DemoState, last_progress, run_stage, summarize
+from kvrl.cli.demo import format_demo_summary
+from kvrl.demo import PROFILES, DemoError, DemoPaths, DemoState, last_progress, run_stage, summarize
 
 
 @pytest.mark.slow
@@ -20,7 +20,7 @@ def test_quick_demo_runs_every_stage_and_writes_a_well_formed_summary(tmp_path):
     out = tmp_path / "demo"
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "rl.cli", "demo", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "kvrl", "demo", "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
     )
@@ -61,7 +61,7 @@ def test_quick_demo_runs_every_stage_and_writes_a_well_formed_summary(tmp_path):
     assert "held-out accuracy" in proc.stdout and "sft_accuracy" in proc.stdout
     # Re-running the same command finds every stage done and only rewrites the summary.
     again = subprocess.run(
-        [sys.executable, "-m", "rl.cli", "demo", "--quick", "--out", str(out)],
+        [sys.executable, "-m", "kvrl", "demo", "--quick", "--out", str(out)],
         capture_output=True,
         text=True,
     )
@@ -192,9 +192,9 @@ def test_length_profile_compares_thinking_tokens_and_accuracy_with_and_without_t
 def test_each_profiles_longest_sft_trace_fits_its_max_length(tmp_path, tiny_dir):
     """The SFT stage stops on a conversation over ``data.max_length``: the longest one synth can write
     for a profile (level 3, one kind of cell everywhere, every recheck) must fit."""
+    from corpus.synth import COLOURS, MAX_RECHECKS, SynthProblem
     from kimivl import KimiVLProcessor
-    from rl.demo import sft_config
-    from rl.synth import COLOURS, MAX_RECHECKS, SynthProblem
+    from kvrl.demo import sft_config
     from sft.data import load_conversations
     from sft.format import encode
 

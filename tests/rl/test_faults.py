@@ -137,7 +137,7 @@ def test_full_disk_on_checkpoint_keeps_the_previous_one(tiny_dir, tmp_path):
 )
 def test_bad_config_value_fails_before_anything_starts(tiny_dir, tmp_path, override, message):
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "rl.cli", "rl", "--config", str(ROOT / "configs/tiny/rl.yaml")]
+    cmd = [sys.executable, "-m", "kvrl", "rl", "--config", str(ROOT / "configs/tiny/rl.yaml")]
     cmd += [f"model={tiny_dir}", f"trainer.output_dir={run}", override]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 2 and f"kvrl rl: error: {message}" in proc.stderr, proc.stderr[-2000:]

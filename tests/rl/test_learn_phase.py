@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from rl.batch import Experience
+from learner.experience import Experience
 from rl.losses import Mean
 from rl.trainer import RLConfig, Trainer, optimizer_steps
 

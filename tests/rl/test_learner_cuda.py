@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from kimivl import KimiVLForConditionalGeneration
-from rl.batch import Experience
-from rl.learner import Learner, LearnerConfig
+from learner.experience import Experience
+from learner.packing import SFTExample
+from learner.rank import Learner, LearnerConfig
 from rl.losses import assign_advantages, get_loss
-from sft.format import SFTExample
+from sft.loss import sft_loss
 
 pytestmark = pytest.mark.gpu
 
@@ -27,7 +28,7 @@ def test_bf16_step_on_nccl(tiny_dir, single_rank, stage):
         s.old_logprobs = lp
     assign_advantages(samples, get_loss("opmd"), {"tau": 1.0})
     before = learner.full_state()
-    metrics = learner.train_step(samples, "opmd", {"tau": 1.0}, len(samples))
+    metrics = learner.train_step(samples, get_loss("opmd").bound({"tau": 1.0}), len(samples))
     after = learner.full_state()
     assert float(metrics["skipped"]) == 0.0
     assert all(torch.isfinite(torch.tensor(float(v))) for v in metrics.values())
@@ -39,7 +40,7 @@ def test_bf16_step_on_nccl(tiny_dir, single_rank, stage):
 def test_bf16_sft_step_state_and_export(tiny_dir, single_rank, stage, tmp_path):
     learner = Learner(str(tiny_dir), LearnerConfig(zero_stage=stage, lr=1e-2, micro_batch_size=2))
     rows = [[SFTExample([5, 6, 7, 8, 9], [0, 0, 1, 1, 1])], [SFTExample([5, 9, 9, 4], [0, 1, 1, 1])]]
-    metrics = learner.sft_step(rows, total_targets=6, lr=1e-2)
+    metrics = learner.sft_step(rows, 6, 1e-2, sft_loss)
     assert metrics["skipped"] == 0.0 and metrics["tokens"] == 6 and metrics["grad_norm"] > 0
     learner.save_state(tmp_path / "ckpt")
     assert (tmp_path / "ckpt" / "learner_state").is_dir()

@@ -4,8 +4,8 @@ On a GPU every tensor a NCCL collective touches must live on the rank's GPU; a `
 the CPU and the collective fails ("No backend type associated with device type cpu"), at any world size.
 The CPU suite cannot see that by running (CPU is the learner's device here), so it reads the code: in the
 modules that run on a learner rank once its batch is on the device, a tensor factory must say where.
-Host-side builders (``rl/batch.py``, ``sft/packing.py``) make CPU tensors on purpose; the learner moves
-their output with ``.to(self.device)``.
+Host-side builders (``learner/experience.py``, ``learner/packing.py``) make CPU tensors on purpose; the
+learner moves their output with ``.to(self.device)``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-RANK_MODULES = ["rl/learner.py", "rl/logprobs.py", "rl/losses.py", "sft/loss.py"]
+RANK_MODULES = ["learner/rank.py", "learner/logprobs.py", "learner/loss.py", "rl/losses.py", "sft/loss.py"]
 FACTORIES = {
     "arange",
     "as_tensor",

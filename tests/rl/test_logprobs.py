@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rl.logprobs import gather_logprobs, head_logprobs
+from learner.logprobs import gather_logprobs, head_logprobs
 
 
 def test_chunked_head_logprobs_equal_whole_and_give_the_same_gradients():

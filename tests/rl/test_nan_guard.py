@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl.batch import Experience
-from rl.learner import Learner, LearnerConfig
+from learner.experience import Experience
+from learner.rank import Learner, LearnerConfig
 from rl.losses import LOSSES, assign_advantages, get_loss, register_loss
 
 
@@ -32,12 +32,12 @@ def test_nonfinite_loss_skips_the_step(learner, nan_loss):
         s.old_logprobs = lp
     assign_advantages(samples, get_loss("opmd"), {"tau": 1.0})
     before = learner.full_state()
-    out = learner.train_step(samples, nan_loss, {}, len(samples))
+    out = learner.train_step(samples, get_loss(nan_loss).bound({}), len(samples))
     assert {k: float(v) for k, v in out.items()} == {"skipped": 1.0}
     after = learner.full_state()
     assert all(torch.equal(before[k], after[k]) for k in before)
     # the next good step still trains
-    out = learner.train_step(samples, "opmd", {"tau": 1.0}, len(samples))
+    out = learner.train_step(samples, get_loss("opmd").bound({"tau": 1.0}), len(samples))
     assert float(out["skipped"]) == 0.0
     assert not torch.equal(
         before["language_model.lm_head.weight"], learner.full_state()["language_model.lm_head.weight"]

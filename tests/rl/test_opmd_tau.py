@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl.batch import Experience
-from rl.learner import Learner, LearnerConfig
+from learner.experience import Experience
+from learner.rank import Learner, LearnerConfig
 from rl.losses import assign_advantages, get_loss
 from rl.trainer import optimizer_steps
 
@@ -40,7 +40,7 @@ def drift_after_iteration(tiny_dir, tau: float, passes: int, steps: int) -> floa
     options = {"tau": tau}
     assign_advantages(samples, get_loss("opmd"), options)
     for part in optimizer_steps(samples, steps, passes):
-        assert float(learner.train_step(part, "opmd", options, len(part))["skipped"]) == 0.0
+        assert float(learner.train_step(part, get_loss("opmd").bound(options), len(part))["skipped"]) == 0.0
     after = learner.logprobs(samples)
     drift = [(sum(a) - sum(s.old_logprobs)) ** 2 for s, a in zip(samples, after, strict=True)]
     return sum(drift) / len(drift)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from actors.placement import ResourceConfig
-from rl.plan import GIB, ModelShape, PlanError, learner_memory, model_shape, place_gpus, rollout_memory
+from actors.plan import GIB, ModelShape, PlanError, learner_memory, model_shape, place_gpus, rollout_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 A3B = ROOT / "configs" / "kimi-vl-a3b"
@@ -82,7 +82,7 @@ def test_engines_never_straddle_nodes():
 
 
 def kvrl_plan(config, *overrides):
-    cmd = [sys.executable, "-m", "rl.cli", "plan", "--config", str(config), *overrides]
+    cmd = [sys.executable, "-m", "kvrl", "plan", "--config", str(config), *overrides]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rl.config import ConfigError, load_config
 from rl.trainer import RLConfig
+from runkit.config import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ["configs/tiny/rl.yaml", "configs/kimi-vl-a3b/rl-1x8.yaml", "configs/kimi-vl-a3b/rl-4x8.yaml"]
@@ -36,11 +36,11 @@ def test_shipped_configs_say_why_they_make_their_passes(name):
 
 
 def test_the_demo_config_chooses_its_passes():
-    from rl.demo import PROFILES, DemoPaths, rl_config
+    from kvrl.demo import PROFILES, DemoPaths, rl_config
 
     trainer = rl_config(PROFILES["full"], DemoPaths(ROOT / "runs" / "unused"))["trainer"]
     assert trainer["epochs_per_iteration"] == 2 and trainer["optimizer_steps_per_iteration"] == 1
-    source = (ROOT / "rl" / "demo.py").read_text()
+    source = (ROOT / "kvrl" / "demo.py").read_text()
     assert "departure from eq. 3" in source and "tau term of eq. 3" in source
 
 

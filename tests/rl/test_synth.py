@@ -8,9 +8,9 @@ import datasets
 import pytest
 from PIL import Image
 
+from corpus.problems import load_problems
+from corpus.synth import CELL, COLOURS, HASTY_THINKING, MAX_RECHECKS, RECHECK, SynthProblem, synthesize
 from rewards import verify_response
-from rl.data import load_problems
-from rl.synth import CELL, COLOURS, HASTY_THINKING, MAX_RECHECKS, RECHECK, SynthProblem, synthesize
 from sft.data import load_conversations
 
 

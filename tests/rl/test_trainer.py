@@ -26,7 +26,7 @@ def kvrl_rl(tiny_dir, out, *overrides, data=None):
     cmd = [
         sys.executable,
         "-m",
-        "rl.cli",
+        "kvrl",
         "rl",
         "--config",
         config,
@@ -128,8 +128,8 @@ def test_rl_runs_and_resume_is_exact(tiny_dir, tmp_path, signal_data):
 
 
 def test_unknown_keys_and_bad_values_name_the_key(tmp_path):
-    from rl.config import ConfigError, load_config
     from rl.trainer import RLConfig
+    from runkit.config import ConfigError, load_config
 
     path = ROOT / "configs/tiny/rl.yaml"
     cfg = load_config(RLConfig, path)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from rewards import verify_response
-from rl.tts import (
+from evaluation.curves import (
     CSV_COLUMNS,
     BudgetCut,
     Outcome,
@@ -25,7 +24,8 @@ from rl.tts import (
     pass_at_k,
     wilson_interval,
 )
-from rl.tts_eval import CurveConfig, generate_cuts, score_cuts, write_outputs
+from evaluation.tts import CurveConfig, generate_cuts, score_cuts, write_outputs
+from rewards import verify_response
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "configs/tiny/data/rl_train.jsonl"
@@ -161,7 +161,7 @@ def worker(tiny_dir):
 
 @pytest.fixture(scope="module")
 def problems():
-    from rl.data import load_problems
+    from corpus.problems import load_problems
 
     rows = load_problems(DATA).problems[::2]  # 16 problems, text and image ones
     assert any(p.images for p in rows) and any(not p.images for p in rows)
@@ -176,7 +176,7 @@ def truncate_runs(worker, problems):
     closes at position p is truncated under budget p and just in time under p + 1, where its answer
     ends exactly at the last token a per-budget generation has room for (budget + answer_tokens).
     """
-    from rl.tts_eval import eval_requests
+    from evaluation.tts import eval_requests
 
     requests = eval_requests(problems, worker.processor, 3)
     probe = CurveConfig(budgets=[max(BUDGETS)], answer_tokens=ANSWER, samples=2, seed=3)
@@ -223,7 +223,7 @@ def test_truncate_one_generation_equals_per_budget(truncate_runs, worker, proble
 
 @pytest.mark.slow
 def test_force_always_answers(worker, problems, truncate_runs):
-    from rl.tts_eval import curve_points, eval_requests
+    from evaluation.tts import curve_points, eval_requests
 
     _, _, truncated_cuts, _ = truncate_runs
     cfg = CurveConfig(budgets=BUDGETS, mode="force", answer_tokens=ANSWER, samples=2, seed=3)
@@ -257,7 +257,7 @@ def test_force_always_answers(worker, problems, truncate_runs):
 
 def run_cli(*args, cwd=ROOT, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "rl.cli", "eval", "tts", *args],
+        [sys.executable, "-m", "kvrl", "eval", "tts", *args],
         capture_output=True,
         text=True,
         timeout=900,
@@ -268,7 +268,7 @@ def run_cli(*args, cwd=ROOT, env=None):
 
 def test_cli_errors_name_the_flag(tmp_path, tiny_dir, capsys):
     """Bad flags fail before any engine starts, naming the flag."""
-    from rl.cli import main
+    from kvrl.cli import main
 
     args = ["eval", "tts", "--checkpoint", str(tiny_dir), "--data", str(DATA)]
     for argv, message in [
@@ -345,8 +345,8 @@ def test_rl_logs_curves(tiny_dir, tmp_path):
 
 
 def test_eval_budgets_must_fit_the_engine(tiny_dir, tmp_path):
-    from rl.config import load_config
     from rl.trainer import RLConfig, Trainer
+    from runkit.config import load_config
 
     overrides = [
         f"model={tiny_dir}",

@@ -9,7 +9,7 @@ import torch
 from vllm import SamplingParams
 
 from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
-from rl.logprobs import response_logprobs
+from learner.logprobs import response_logprobs
 from rollout.engine import to_samples
 from rollout.inputs import make_request
 from tests.conftest import gradient_image

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from kimivl import KimiVLForConditionalGeneration
-from rl.logprobs import response_logprobs
+from learner.logprobs import response_logprobs
 from rollout.engine import EngineConfig
 from rollout.prompts import chat_prompt
 from rollout.worker import RolloutRequest, RolloutWorker, SamplingConfig

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rl.data import DataError
+from corpus.problems import DataError
 from sft.data import load_conversations
 from tests.conftest import gradient_image
 

@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
+from learner.packing import collate_packed, packed_logits
 from sft.data import Conversation
 from sft.format import encode
 from sft.loss import sft_loss
-from sft.packing import collate_packed, pack, packed_logits
+from sft.packing import pack
 from tests.conftest import gradient_image
 
 

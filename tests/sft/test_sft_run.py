@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def kvrl(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in (ROOT, pythonpath) if p))
     proc = subprocess.run(
-        [sys.executable, "-m", "rl.cli", *args],
+        [sys.executable, "-m", "kvrl", *args],
         capture_output=True,
         text=True,
         timeout=900,

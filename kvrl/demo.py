@@ -42,8 +42,8 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from .plots import plot_training, read_metrics
-from .provenance import atomic_write, write_run_info
+from runkit.plots import plot_training, read_metrics
+from runkit.provenance import atomic_write, write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ class Profile:
     name: str
     train: int  # synthetic training problems (SFT traces; the RL pool is drawn from them)
     heldout: int  # held-out problems for every accuracy in the summary
-    hasty: float  # fraction of SFT traces that take the row-1 shortcut (rl/synth.py)
-    recheck: float  # chance that each pass of a stepwise SFT trace is followed by a recheck (rl/synth.py)
+    hasty: float  # fraction of SFT traces that take the row-1 shortcut (corpus/synth.py)
+    recheck: float  # chance that each pass of a stepwise SFT trace is followed by a recheck (corpus/synth.py)
     sft_schedule: list[dict]
     sft_batch_size: int
     rl_pool: int  # problems whose difficulty is measured and that RL samples from
@@ -366,7 +366,7 @@ def run_stage(name: str, argv: list[str], log_path: Path, progress=None) -> floa
         f.write(f"$ {command}\n")
         f.flush()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rl.cli", *argv], stdout=f, stderr=subprocess.STDOUT, env=env
+            [sys.executable, "-m", "kvrl", *argv], stdout=f, stderr=subprocess.STDOUT, env=env
         )
         try:
             while proc.poll() is None:

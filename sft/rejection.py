@@ -13,13 +13,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from corpus.problems import Problem, load_problems
+from evaluation.pass_rates import make_requests, sample_and_verify, sampling_params, write_rows
 from kimivl import KimiVLProcessor
 from rewards import VerifierPool
 from rollout.engine import EngineConfig, make_llm
 from sft.build import Candidate, keep, sft_row
-
-from .data import Problem, load_problems
-from .difficulty import make_requests, sample_and_verify, sampling_params, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def _image_refs(p: Problem, out: Path) -> list[str]:
 
 def build_sft_data(job: BuildJob) -> dict:
     """Run the job and write the dataset; returns a summary. Each problem samples from its own seed
-    (``rl.difficulty.problem_seed``), so its responses do not depend on its row or its neighbours."""
+    (``evaluation.pass_rates.problem_seed``), so its responses do not depend on its row or its neighbours."""
     out = Path(job.out)
     problems = load_problems(job.data).problems
     processor = KimiVLProcessor.from_pretrained(job.checkpoint)

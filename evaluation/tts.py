@@ -6,11 +6,11 @@ Used by ``kvrl eval tts`` (checkpoints on disk, one in-process vLLM engine each)
 a ``verify`` function (a verifier pool), so the curve is computed the same way in both.
 
 Every prompt ends with ``◁think▷``: each response starts inside its thinking section, as a
-Kimi-VL-Thinking response does, so the budget always applies. Per budget b (see ``rl.tts``):
+Kimi-VL-Thinking response does, so the budget always applies. Per budget b (see ``evaluation.curves``):
 
 - ``truncate``: a thinking section still open after b tokens scores 0 (the report's reading). ONE
   generation with room for ``max(budgets) + answer_tokens`` tokens serves every budget: each is a cut
-  of the same token stream (:func:`rl.tts.cut_at_budget`), the answer bounded to ``answer_tokens``
+  of the same token stream (:func:`evaluation.curves.cut_at_budget`), the answer bounded to ``answer_tokens``
   after ``◁/think▷``. ``naive=True`` generates per budget instead (the baseline; same result).
 - ``force``: budget forcing with the rollout worker's two-phase thinking budget: at b tokens
   ``◁/think▷`` is appended and the model answers in at most ``answer_tokens`` more (one generation
@@ -35,12 +35,19 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
+from corpus.problems import Problem
+from evaluation.curves import (
+    CSV_COLUMNS,
+    BudgetCut,
+    CurvePoint,
+    Outcome,
+    curve_point,
+    cut_at_budget,
+    format_budget,
+)
 from rewards import THINK_CLOSE, THINK_OPEN, Task, Verdict
 from rollout.worker import RolloutRequest, RolloutResult, SamplingConfig
-
-from .data import Problem
-from .provenance import atomic_write
-from .tts import CSV_COLUMNS, BudgetCut, CurvePoint, Outcome, curve_point, cut_at_budget, format_budget
+from runkit.provenance import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -371,7 +378,8 @@ def plot_curves(points: Sequence[CurvePoint], path: Path, title: str) -> Path:
 def write_outputs(
     out: Path, points: Sequence[CurvePoint], meta: dict[str, Any], title: str
 ) -> dict[str, Path]:
-    """``tts.csv`` (columns ``rl.tts.CSV_COLUMNS``), ``tts.json`` (``meta`` + ``points``) and ``tts.png``."""
+    """``tts.csv`` (columns ``evaluation.curves.CSV_COLUMNS``), ``tts.json`` (``meta`` + ``points``)
+    and ``tts.png``."""
     out.mkdir(parents=True, exist_ok=True)
     rows = [p.row() for p in points]
     tmp = out / "tts.csv.tmp"
@@ -475,10 +483,9 @@ def _eval_checkpoint(job: TTSJob, checkpoint: str, problems, verify: Verify) -> 
 
 def run_tts_job(job: TTSJob) -> dict[str, Any]:
     """Curves for every checkpoint -> ``tts.csv/json/png`` under ``job.out`` and a wandb line plot."""
+    from corpus.problems import load_problems
     from rewards import VerifierPool
-
-    from .data import load_problems
-    from .tracking import Tracker, TrackingConfig
+    from runkit.tracking import Tracker, TrackingConfig
 
     problems = load_problems(job.data).problems[: job.max_samples]
     cfg = job.curve
@@ -522,7 +529,7 @@ class TrainingCurves:
     ``tts_curves.jsonl`` (one object per eval: iteration, seconds, points)."""
 
     def __init__(self, cfg: EvalConfig, data: str, processor, run_dir: Path, seed: int, verifier: str):
-        from .data import load_problems
+        from corpus.problems import load_problems
 
         self.cfg, self.processor, self.verifier = cfg, processor, verifier
         self.curve = cfg.curve(seed)

@@ -1,7 +1,7 @@
 """Test-time scaling math: budgets, cutting a response at a thinking budget, and the points of a curve.
 
 Pure functions of token ids and counts (no vLLM, no Ray), used by ``kvrl eval tts`` and by the RL
-driver's periodic curves (``rl.tts_eval``). A curve is accuracy against the thinking budget, as in the
+driver's periodic curves (``evaluation.tts``). A curve is accuracy against the thinking budget, as in the
 Kimi-VL report's Fig. 13 (max thinking tokens 1K ... 16K).
 
 Budget semantics (both modes): a response *closes its thinking within budget b* when ``◁/think▷``

@@ -1,4 +1,4 @@
-"""One DeepSpeed learner rank: teacher-forced log-probs, loss steps, weight export. No Ray here.
+"""One DeepSpeed learner rank: teacher-forced log-probs, steps on a given loss, weight export. No Ray here.
 
 ``actors/learner.py`` runs N of these as Ray actors (gloo on CPU, NCCL on GPU). Every method that
 touches ZeRO-partitioned parameters is collective: all ranks call it, with the same number of
@@ -10,22 +10,23 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from sft.format import SFTExample
-from sft.loss import sft_loss
-from sft.packing import collate_packed, packed_logits
-
-from .batch import Collated, Experience, by_length, collate, micro_batches
-from .logprobs import head_logprobs
-from .losses import LossInputs, Mean, combine, get_loss
+from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
+from learner.experience import Collated, Experience, by_length, collate, micro_batches
+from learner.logprobs import head_logprobs
+from learner.loss import LossFn, LossInputs, Mean, combine
+from learner.packing import SFTExample, collate_packed, packed_logits
 
 log = logging.getLogger(__name__)
+
+# The loss of a packed teacher-forced batch: (logits, targets, loss_mask, normalizer) -> (loss, sums).
+TokenLossFn = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 
 # Files of a Kimi-VL directory besides the weights, copied into exported checkpoints.
 ASSET_FILES = (
@@ -128,9 +129,7 @@ class Learner:
         world_size: int = 1,
         state_dir: str | None = None,
     ):
-        import deepspeed
-
-        from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
+        import deepspeed  # lazy: the driver imports this module for its config types only
 
         self.cfg, self.rank, self.world_size, self.model_path = cfg, rank, world_size, str(model_path)
         device = _device_kind()
@@ -194,21 +193,20 @@ class Learner:
     def train_step(
         self,
         samples: Sequence[Experience],
-        loss_name: str,
-        loss_kwargs: dict[str, Any],
+        loss_fn: LossFn,
         global_batch: int,
         lr: float | None = None,
     ) -> dict[str, Mean]:
         """One optimizer step over this rank's samples, accumulated over micro-batches.
 
-        Each sample carries its advantage, computed on the driver over its whole group. ``global_batch``
-        is the number of real samples over all ranks: each rank's loss is divided by
+        ``loss_fn(inputs, normalizer) -> (loss, metrics)`` runs on each micro-batch (``rl/losses.py``:
+        ``PolicyLoss.bound``). Each sample carries its advantage, computed on the driver over its whole
+        group. ``global_batch`` is the number of real samples over all ranks: each rank's loss is divided by
         global_batch / world_size, and DeepSpeed averages gradients over ranks, so the step's gradient is
         that of the batch mean however the batch is split. ``lr``: this step's learning rate (default:
         leave the optimizer's as it is). Metrics come back as sums with counts (:class:`Mean`): entropy
         and ``kl`` per trained token, ``log_ratio_sq`` per sample, ``loss`` and ``grad_norm`` per rank.
         """
-        loss_fn = get_loss(loss_name).loss
         if lr is not None:
             self.set_lr(lr)
         self.engine.train()
@@ -223,7 +221,7 @@ class Learner:
             self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
             logprobs, entropy = self._response_logprobs(batch)
             inputs = LossInputs(logprobs, batch.old_logprobs, batch.response_mask, batch.advantages)
-            loss, metrics = loss_fn(inputs, normalizer, **loss_kwargs)
+            loss, metrics = loss_fn(inputs, normalizer)
             loss_sum += float(self._backward(loss, logprobs, k, bad).detach())
             parts.append({**metrics, **policy_metrics(inputs, entropy)})
         if not self._step(bad):
@@ -265,10 +263,11 @@ class Learner:
             group["lr"] = lr
 
     def sft_step(
-        self, rows: Sequence[Sequence[SFTExample]], total_targets: int, lr: float
+        self, rows: Sequence[Sequence[SFTExample]], total_targets: int, lr: float, loss_fn: TokenLossFn
     ) -> dict[str, float]:
-        """One optimizer step on packed rows; the gradient is that of the token mean over ``total_targets``
-        (the step's target tokens over all ranks): each rank divides its summed NLL by
+        """One optimizer step on packed rows with ``loss_fn(logits, targets, loss_mask, normalizer) ->
+        (loss, {"nll_sum", "tokens"})`` (``sft/loss.py``); the gradient is that of the token mean over
+        ``total_targets`` (the step's target tokens over all ranks): each rank divides its summed NLL by
         total_targets / world_size, and DeepSpeed averages the ranks' gradients."""
         self.set_lr(lr)
         self.engine.train()
@@ -279,7 +278,7 @@ class Learner:
             batch = collate_packed(mb, self.pad_id).to(self.device)
             self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
             logits = packed_logits(self.engine, batch)
-            loss, metrics = sft_loss(logits, batch.targets, batch.loss_mask, normalizer)
+            loss, metrics = loss_fn(logits, batch.targets, batch.loss_mask, normalizer)
             self._backward(loss, logits, k, bad)
             for name in totals:
                 totals[name] += metrics[name]
@@ -288,13 +287,13 @@ class Learner:
         return {**totals, "skipped": 0.0, "grad_norm": float(self.engine.get_global_grad_norm() or 0.0)}
 
     @torch.no_grad()
-    def sft_eval(self, rows: Sequence[Sequence[SFTExample]]) -> dict[str, float]:
-        """Summed NLL and target count over ``rows`` (collective under ZeRO-3)."""
+    def sft_eval(self, rows: Sequence[Sequence[SFTExample]], loss_fn: TokenLossFn) -> dict[str, float]:
+        """Summed NLL and target count over ``rows`` by ``loss_fn`` (collective under ZeRO-3)."""
         self.engine.eval()
         totals = {"nll_sum": 0.0, "tokens": 0.0}
         for mb in micro_batches(list(rows), self.cfg.micro_batch_size):
             batch = collate_packed(mb, self.pad_id).to(self.device)
-            _, metrics = sft_loss(packed_logits(self.engine, batch), batch.targets, batch.loss_mask, 1.0)
+            _, metrics = loss_fn(packed_logits(self.engine, batch), batch.targets, batch.loss_mask, 1.0)
             for name in totals:
                 totals[name] += metrics[name]
         return totals

@@ -17,14 +17,13 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from corpus.problems import DataError, Problem, load_problems
 from curriculum import difficulty_from_outcomes, easy_to_hack
 from kimivl import ImageInputError, KimiVLProcessor
 from rewards import Task, VerifierPool
 from rollout.engine import EngineConfig, make_llm
 from rollout.inputs import make_request
 from rollout.prompts import chat_prompt
-
-from .data import DataError, Problem, load_problems
 
 log = logging.getLogger(__name__)
 
@@ -63,50 +62,6 @@ class DifficultyJob:
         return data.with_name(f"{data.stem}.difficulty{suffix}")
 
 
-# Job settings an RL config supplies, and the key each comes from; a command-line flag overrides them.
-# The thinking budget is left out on purpose: difficulty is the pass rate of free thinking.
-FROM_RL_CONFIG = {
-    "max_tokens": "rollout.sampling.max_tokens",
-    "max_model_len": "rollout.max_model_len",
-    "temperature": "rollout.sampling.temperature",
-    "top_p": "rollout.sampling.top_p",
-    "verifier": "rewards.verifier",
-    "seed": "trainer.seed",
-}
-
-
-def job_from_settings(checkpoint: str, data: str, config: str | Path | None = None, **given) -> DifficultyJob:
-    """A job from the command line's settings (``None``: not given) over an RL config's over the defaults.
-
-    ``config`` is an RL YAML (``kvrl rl --config``); the keys in :data:`FROM_RL_CONFIG` come from it
-    unless given. A missing file or a bad key raises ``rl.config.ConfigError`` naming it.
-    """
-    values = {name: v for name, v in given.items() if v is not None}
-    sources = {name: "flag" for name in FROM_RL_CONFIG if name in values}
-    if config is not None:
-        from .config import load_config
-        from .trainer import RLConfig
-
-        cfg = load_config(RLConfig, config)
-        for name, key in FROM_RL_CONFIG.items():
-            if name not in values:
-                value = cfg
-                for part in key.split("."):
-                    value = getattr(value, part)
-                values[name], sources[name] = value, f"{key} of {config}"
-        if cfg.rollout.sampling.thinking_budget is not None:
-            log.info(
-                "difficulty: rollout.sampling.thinking_budget=%d of %s is not applied: problems are "
-                "measured thinking freely up to max_tokens",
-                cfg.rollout.sampling.thinking_budget,
-                config,
-            )
-    job = DifficultyJob(checkpoint=checkpoint, data=data, **values)
-    settings = (f"{name}={getattr(job, name)!r} ({sources.get(name, 'default')})" for name in FROM_RL_CONFIG)
-    log.info("difficulty: %s", ", ".join(settings))
-    return job
-
-
 def problem_seed(seed: int, problem_id: str, tag: str) -> int:
     """The sampling seed of one problem: from the job's seed and the problem's id, so each problem has
     its own stream, the same wherever its row is in the file. ``tag`` keeps apart the stream of each
@@ -116,7 +71,7 @@ def problem_seed(seed: int, problem_id: str, tag: str) -> int:
 
 def sampling_params(job, problems: list[Problem], n: int, tag: str) -> list:
     """One ``vllm.SamplingParams`` per problem (``llm.generate`` takes a list), each with its own seed.
-    ``job``: a ``DifficultyJob`` or ``rl.rejection.BuildJob`` (temperature, top_p, max_tokens, seed)."""
+    ``job``: a ``DifficultyJob`` or ``sft.rejection.BuildJob`` (temperature, top_p, max_tokens, seed)."""
     from vllm import SamplingParams
 
     return [

@@ -22,16 +22,15 @@ from pathlib import Path
 from tqdm import tqdm
 
 from actors.placement import ResourceConfig
+from learner.rank import LearnerConfig
+from runkit.config import to_dict
+from runkit.provenance import write_run_info
+from runkit.tracking import Tracker, TrackingConfig
 from sft.data import Conversation, load_conversations
-from sft.format import SFTExample, encode
+from sft.format import SFTExample, encode_all
+from sft.loss import sft_loss
 from sft.packing import pack
 from sft.schedule import LRPhase, lr_at, phase_steps
-
-from .config import to_dict
-from .data import DataError
-from .learner import LearnerConfig
-from .provenance import write_run_info
-from .tracking import Tracker, TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -100,21 +99,6 @@ class SFTConfig:
             raise ValueError("schedule needs at least one phase")
 
 
-def encode_all(processor, convs: list[Conversation], cfg: SFTDataConfig, desc: str) -> list[SFTExample]:
-    """Tokenize conversations; too-long or unusable ones fail naming the row, or are skipped."""
-    out = []
-    for conv in tqdm(convs, desc=f"tokenizing {desc}", unit="conv", leave=False):
-        try:
-            out.append(encode(processor, conv, cfg.max_length))
-        except ValueError as e:
-            if not cfg.skip_bad_rows:
-                raise DataError(f"{desc}: {e}") from e
-            log.warning("skipping %s: %s", desc, e)
-    if not out:
-        raise DataError(f"{desc}: no usable conversations")
-    return out
-
-
 class SFTTrainer:
     def __init__(self, cfg: SFTConfig):
         from kimivl import KimiVLProcessor
@@ -129,8 +113,14 @@ class SFTTrainer:
             raise FileNotFoundError(f"model: {cfg.model} is not a directory (make one with `kvrl tiny`)")
         self.processor = KimiVLProcessor.from_pretrained(cfg.model)
         train, held = self._split()
-        self.train = encode_all(self.processor, train, cfg.data, cfg.data.path)
-        self.held_out = encode_all(self.processor, held, cfg.data, "held-out") if held else []
+        self.train = encode_all(
+            self.processor, train, cfg.data.max_length, cfg.data.skip_bad_rows, cfg.data.path
+        )
+        self.held_out = (
+            encode_all(self.processor, held, cfg.data.max_length, cfg.data.skip_bad_rows, "held-out")
+            if held
+            else []
+        )
         lengths = [len(e) for e in self.train]
         self.rows = [[self.train[i] for i in b] for b in pack(lengths, cfg.data.pack_length)]
         self.eval_rows = [
@@ -209,7 +199,7 @@ class SFTTrainer:
     def train_step(self, step: int) -> dict:
         lr = lr_at(step, self.cfg.schedule, self.steps_per_epoch)
         start = time.perf_counter()
-        m = self.learners.sft_step(self.batch(step), lr)
+        m = self.learners.sft_step(self.batch(step), lr, sft_loss)
         seconds = time.perf_counter() - start
         return {
             "iteration": step + 1,
@@ -227,7 +217,7 @@ class SFTTrainer:
         """Token-mean NLL of the held-out split (empty dict without one)."""
         if not self.eval_rows:
             return {}
-        m = self.learners.sft_eval(self.eval_rows)
+        m = self.learners.sft_eval(self.eval_rows, sft_loss)
         return {"eval_loss": m["nll_sum"] / max(m["tokens"], 1.0)}
 
     def close(self) -> None:

@@ -1,0 +1,50 @@
+"""``kvrl bench``: side-by-side benchmarks (``benchmarks/``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="side-by-side benchmarks; JSON (benchmark, kvrl, baseline, ratio, unit) + docs/benchmarks.md",
+    )
+    from benchmarks import BENCHMARKS
+
+    bench.add_argument(
+        "name", choices=list(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items())
+    )
+    bench.add_argument("--quick", action="store_true", help="the smallest size only")
+    bench.add_argument("--repeats", type=int, default=3, help="timed repeats per size (medians reported)")
+    bench.add_argument("--model", type=Path, help="Kimi-VL directory (default: a fresh tiny model)")
+    bench.add_argument("--out", type=Path, help="write the JSON result(s) here")
+    bench.add_argument(
+        "--table", type=Path, help="markdown table to add rows to (default: docs/benchmarks.md)"
+    )
+    bench.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks import run
+    from benchmarks.common import TABLE, record
+
+    if args.repeats < 1:
+        raise ValueError(f"--repeats must be >= 1, got {args.repeats}")
+    model = str(args.model) if args.model else None
+    results = run(args.name, quick=args.quick, repeats=args.repeats, model=model)
+    table = args.table or TABLE
+    record(results, args.out, table)
+    for r in results:
+        print(
+            f"{r['benchmark']:<8} {r['size']}: kvrl {r['kvrl']:.4g} {r['unit']} "
+            f"[{r['kvrl_min']:.4g}-{r['kvrl_max']:.4g}], baseline {r['baseline']:.4g} "
+            f"[{r['baseline_min']:.4g}-{r['baseline_max']:.4g}], ratio {r['ratio']:.2f}x"
+        )
+    print(
+        f"kvrl bench: {len(results)} result(s)"
+        + (f" in {args.out}" if args.out else "")
+        + f"; rows added to {table}"
+    )
+    return 0

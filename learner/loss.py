@@ -1,0 +1,49 @@
+"""What a loss callable receives and returns on a learner rank.
+
+The learner runs any ``loss_fn(inputs: LossInputs, normalizer: float) -> (loss, metrics)`` it is handed
+(``rl/losses.py`` holds the RL ones, ``sft/loss.py`` the SFT one); metrics are :class:`Mean` s, so
+micro-batches, ranks and steps add up to exact means.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Mean:
+    """A metric kept as (sum, count), so micro-batches, ranks and steps combine into the exact mean."""
+
+    total: float
+    count: float
+
+    def __add__(self, other: Mean) -> Mean:
+        return Mean(self.total + other.total, self.count + other.count)
+
+    def __float__(self) -> float:
+        return self.total / self.count if self.count else 0.0
+
+
+def combine(parts: list[dict[str, Mean]]) -> dict[str, Mean]:
+    """Sum of metric dicts, key by key (keys missing from a part count as empty)."""
+    out: dict[str, Mean] = {}
+    for part in parts:
+        for name, value in part.items():
+            out[name] = out[name] + value if name in out else value
+    return out
+
+
+@dataclass(frozen=True)
+class LossInputs:
+    """One micro-batch as a loss sees it."""
+
+    logprobs: torch.Tensor  # (B, T) log pi_theta of the sampled tokens (with grad)
+    old_logprobs: torch.Tensor  # (B, T) log pi_theta_i: the policy that sampled them
+    response_mask: torch.Tensor  # (B, T) 1 on tokens the policy chose; 0 on padding and forced tokens
+    advantages: torch.Tensor  # (B,) from ``PolicyLoss.advantages`` over whole groups
+
+
+LossFn = Callable[..., tuple[torch.Tensor, dict[str, Mean]]]
