@@ -16,7 +16,7 @@ PHASES = ("time_rollout", "time_reward", "time_learn", "time_sync")
 def kvrl_iterations(model: str, overrides: list[str], repeats: int) -> list[dict[str, float]]:
     """``repeats`` timed iterations (after one warm-up) of the tiny RL config with ``overrides``:
     per iteration ``time_iteration``, the four phase times and the generated tokens."""
-    from rl.trainer import RLConfig, Trainer
+    from rl.trainer import RLConfig, train
     from runkit.config import load_config
 
     out = Path(tempfile.mkdtemp(prefix="kvrl-bench-iter-")) / "run"
@@ -33,7 +33,7 @@ def kvrl_iterations(model: str, overrides: list[str], repeats: int) -> list[dict
             *overrides,
         ],
     )
-    Trainer(cfg).fit()
+    train(cfg)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
     return [
         {

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from corpus.rows import DataError, image_entry, read_rows
+from corpus.rows import PROMPTS, DataError, data_file, image_entry, read_rows
 from curriculum import DifficultyError, check_difficulty
 from rewards import UnknownVerifier, resolve_verifier
 
@@ -90,12 +90,11 @@ def parse_row(raw: Any, source: Path, row: int, check_images: bool = True) -> Pr
 
 
 def load_problems(path: str | Path, skip_bad_rows: bool = False, check_images: bool = True) -> ProblemSet:
-    """Read and validate a prompt dataset (see the module docstring)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"dataset {str(path)!r} does not exist")
+    """Read and validate a prompt dataset (see the module docstring). A path that does not exist, a folder
+    of several data files, or a file of SFT conversations raises a :class:`DataError` before any row."""
+    path = data_file(path, PROMPTS)
     problems, skipped, seen = [], Counter(), {}
-    for row, raw in read_rows(path):
+    for row, raw in read_rows(path, PROMPTS):
         try:
             problem = parse_row(raw, path, row, check_images)
             if problem.id in seen:

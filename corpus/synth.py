@@ -37,6 +37,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from runkit.tokens import THINK_CLOSE, THINK_OPEN
+
 CELL, GRID = 28, 3
 HASTY_THINKING = "About the same in each row:"
 RECHECK = "Let me check again."
@@ -112,8 +114,8 @@ class SynthProblem:
 
     def response(self, hasty: bool = False, rechecks: int = 0) -> str:
         if hasty:
-            return f"◁think▷{self.hasty_thinking()}◁/think▷The answer is {self.hasty_answer}."
-        return f"◁think▷{self.thinking(rechecks)}◁/think▷The answer is {self.answer}."
+            return f"{THINK_OPEN}{self.hasty_thinking()}{THINK_CLOSE}The answer is {self.hasty_answer}."
+        return f"{THINK_OPEN}{self.thinking(rechecks)}{THINK_CLOSE}The answer is {self.answer}."
 
     def render(self) -> Image.Image:
         image = Image.new("RGB", (CELL * GRID, CELL * GRID), (255, 255, 255))

@@ -114,7 +114,8 @@ def cut_at_budget(
     response is truncated: its first ``budget`` tokens are kept and it has no answer. ``ended`` says the
     stream stopped at an end-of-turn token (last in ``token_ids``), which then is not a thinking token.
     This depends only on the first ``budget + answer_tokens`` tokens, so one generation at the largest
-    budget serves every smaller one (``tests/rl/test_tts.py`` checks it against per-budget generation).
+    budget serves every smaller one (``tests/evaluation/test_tts.py`` checks it against per-budget
+    generation).
     """
     if budget < 1 or answer_tokens < 0:
         raise ValueError(f"need budget >= 1 and answer_tokens >= 0, got {budget}, {answer_tokens}")

@@ -20,25 +20,27 @@ from pathlib import Path
 from corpus.problems import DataError, Problem, load_problems
 from curriculum import difficulty_from_outcomes, easy_to_hack
 from kimivl import ImageInputError, KimiVLProcessor
-from rewards import Task, VerifierPool
+from rewards import DEFAULT_VERIFIER, Task, VerifierPool
 from rollout.engine import EngineConfig, make_llm
 from rollout.inputs import make_request
 from rollout.prompts import chat_prompt
+from runkit.files import replacing
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class DifficultyJob:
+@dataclass(kw_only=True)
+class SampleJob:
+    """What every offline sample-and-verify job shares: k samples per problem of ``data`` from
+    ``checkpoint``, verified in ``workers`` sandboxed processes."""
+
     checkpoint: str
     data: str
-    out: str | None = None  # default: <data stem>.difficulty<suffix> beside the data
     k: int = 10
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 1024
-    verifier: str = "math"  # for rows without a verifier column
-    no_think_tries: int = 0  # > 0: drop problems solved without thinking in this many tries
+    verifier: str = DEFAULT_VERIFIER  # for rows without a verifier column
     max_model_len: int = 4096
     seed: int = 0
     workers: int = 2
@@ -46,6 +48,15 @@ class DifficultyJob:
     def __post_init__(self):
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
+
+
+@dataclass(kw_only=True)
+class DifficultyJob(SampleJob):
+    out: str | None = None  # default: <data stem>.difficulty<suffix> beside the data
+    no_think_tries: int = 0  # > 0: drop problems solved without thinking in this many tries
+
+    def __post_init__(self):
+        super().__post_init__()
         if self.no_think_tries < 0:
             raise ValueError(f"no_think_tries must be >= 0, got {self.no_think_tries}")
         if not 1 <= self.max_tokens < self.max_model_len:
@@ -122,16 +133,15 @@ def _pass_outcomes(llm, pool, problems, requests, params, default_verifier) -> l
 
 def write_rows(rows: list[dict], out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    if out.suffix == ".parquet":
-        import datasets
+    with replacing(out) as tmp:
+        if out.suffix == ".parquet":
+            import datasets  # lazy: only the parquet output needs it
 
-        datasets.Dataset.from_list(rows).to_parquet(str(tmp))
-    else:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(out)
+            datasets.Dataset.from_list(rows).to_parquet(str(tmp))
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def estimate_difficulty(job: DifficultyJob) -> dict:

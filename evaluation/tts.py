@@ -45,9 +45,9 @@ from evaluation.curves import (
     cut_at_budget,
     format_budget,
 )
-from rewards import THINK_CLOSE, THINK_OPEN, Task, Verdict
+from rewards import DEFAULT_VERIFIER, THINK_CLOSE, THINK_OPEN, Task, Verdict
 from rollout.worker import RolloutRequest, RolloutResult, SamplingConfig
-from runkit.provenance import atomic_write
+from runkit.files import atomic_write, replacing
 
 log = logging.getLogger(__name__)
 
@@ -285,7 +285,7 @@ def run_curve(
     verify: Verify,
     cfg: CurveConfig,
     label: str,
-    default_verifier: str = "math",
+    default_verifier: str = DEFAULT_VERIFIER,
     naive: bool = False,
 ) -> CurveResult:
     """One test-time scaling curve: generate (one batch of all prompts per generation), cut, score."""
@@ -382,12 +382,10 @@ def write_outputs(
     and ``tts.png``."""
     out.mkdir(parents=True, exist_ok=True)
     rows = [p.row() for p in points]
-    tmp = out / "tts.csv.tmp"
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with replacing(out / "tts.csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(CSV_COLUMNS))
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(out / "tts.csv")
     atomic_write(out / "tts.json", json.dumps({**meta, "points": rows}, indent=2) + "\n")
     plot_curves(points, out / "tts.png", title)
     return {"csv": out / "tts.csv", "json": out / "tts.json", "png": out / "tts.png"}
@@ -415,7 +413,7 @@ class TTSJob:
     curve: CurveConfig
     out: str = "runs/tts"
     max_samples: int | None = None  # the first N problems
-    verifier: str = "math"  # for rows without a verifier column
+    verifier: str = DEFAULT_VERIFIER  # for rows without a verifier column
     max_model_len: int | None = None  # default: longest prompt + largest budget + answer
     compare_naive: bool = False  # also generate per budget; check the curves match; time both
     wandb: Literal["offline", "online", "disabled"] = "offline"

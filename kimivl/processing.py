@@ -28,7 +28,6 @@ from .moonvit import MAX_GRID
 
 IMAGE_TOKEN = "<|media_pad|>"
 IMAGE_PLACEHOLDER = "<|media_start|>image<|media_content|><|media_pad|><|media_end|>"
-THINK_OPEN, THINK_CLOSE = "◁think▷", "◁/think▷"
 
 
 class ImageInputError(ValueError):

@@ -18,9 +18,11 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GenerationConfig, PreTrainedTokenizerFast
 
+from runkit.tokens import THINK_CLOSE, THINK_OPEN
+
 from .configuration import KimiVLConfig
 from .modeling import KimiVLForConditionalGeneration
-from .processing import THINK_CLOSE, THINK_OPEN, KimiVLImageProcessor, KimiVLProcessor
+from .processing import KimiVLImageProcessor, KimiVLProcessor
 
 log = logging.getLogger(__name__)
 

@@ -42,8 +42,10 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
+from runkit.config import ConfigError, build, read_yaml
+from runkit.files import atomic_write
 from runkit.plots import plot_training, read_metrics
-from runkit.provenance import atomic_write, write_run_info
+from runkit.provenance import write_run_info
 
 log = logging.getLogger(__name__)
 
@@ -53,28 +55,28 @@ STATE_FILE = "demo_state.json"
 
 @dataclass
 class Profile:
-    """The sizes of one demo run; ``full`` shows real learning, ``quick`` checks the plumbing,
-    ``length`` is ``full`` plus an RL run without the length reward to compare with."""
+    """The sizes of one demo run (``configs/demo/profiles.yaml``); ``full`` shows real learning,
+    ``quick`` checks the plumbing, ``length`` is ``full`` plus an RL run without the length reward."""
 
     name: str
-    train: int  # synthetic training problems (SFT traces; the RL pool is drawn from them)
-    heldout: int  # held-out problems for every accuracy in the summary
-    hasty: float  # fraction of SFT traces that take the row-1 shortcut (corpus/synth.py)
-    recheck: float  # chance that each pass of a stepwise SFT trace is followed by a recheck (corpus/synth.py)
+    train: int
+    heldout: int
+    hasty: float
+    recheck: float
     sft_schedule: list[dict]
     sft_batch_size: int
-    rl_pool: int  # problems whose difficulty is measured and that RL samples from
+    rl_pool: int
     difficulty_k: int
     rl_iterations: int
     rl_prompts: int
-    rl_samples: int  # responses per prompt (the OPMD group)
+    rl_samples: int
     rl_lr: float
     rl_eval_every: int
-    length_weight: float  # of k1.5's length reward, on after the first quarter of the iterations
-    tts_samples: int  # responses per held-out problem in the final curves
+    length_weight: float
+    tts_samples: int
     budgets: list[int] = field(default_factory=lambda: [32, 64, 96, 128, 192])
-    hidden_size: int = 64  # of the tiny model's text tower (kvrl tiny --hidden-size)
-    length_ablation: bool = False  # also run RL without the length reward (stage rl_nolength)
+    hidden_size: int = 64
+    length_ablation: bool = False
     seed: int = 0
 
     @property
@@ -82,52 +84,40 @@ class Profile:
         return tuple(s for s in STAGES if s != "rl_nolength" or self.length_ablation)
 
 
-FULL = Profile(
-    name="full",
-    train=8000,
-    heldout=256,
-    hasty=0.55,
-    recheck=0.0,
-    sft_schedule=[
-        {"epochs": 2, "warmup": 0.05, "peak_lr": 3.0e-3, "final_lr": 3.0e-4},
-        {"epochs": 1, "warmup": 0.1, "peak_lr": 1.0e-3, "final_lr": 1.0e-4},
-    ],
-    sft_batch_size=8,
-    rl_pool=512,
-    difficulty_k=4,
-    rl_iterations=16,
-    rl_prompts=64,
-    rl_samples=8,
-    rl_lr=2.0e-4,
-    rl_eval_every=8,
-    length_weight=0.1,
-    tts_samples=4,
-)
-PROFILES = {
-    "full": FULL,
-    # overthinking to remove (traces that re-check, no shortcut), and a length reward strong enough
-    # to matter; RL is run twice, with and without it
-    "length": replace(FULL, name="length", hasty=0.0, recheck=0.5, length_weight=0.5, length_ablation=True),
-    "quick": Profile(
-        name="quick",
-        train=240,
-        heldout=64,
-        hasty=0.4,
-        recheck=0.0,
-        sft_schedule=[{"epochs": 3, "warmup": 0.1, "peak_lr": 3.0e-3, "final_lr": 3.0e-4}],
-        sft_batch_size=4,
-        rl_pool=64,
-        difficulty_k=2,
-        rl_iterations=3,
-        rl_prompts=16,
-        rl_samples=4,
-        rl_lr=1.0e-4,
-        rl_eval_every=3,
-        length_weight=0.1,
-        tts_samples=1,
-        budgets=[32, 64, 128, 192],
-    ),
-}
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"  # profiles and stage templates
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    """``base`` with ``changes`` written over it, section by section."""
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = (
+            _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        )
+    return out
+
+
+def load_profiles(path: Path = CONFIGS / "profiles.yaml") -> dict[str, Profile]:
+    """Every profile of ``profiles.yaml``, checked against :class:`Profile` (a profile's ``base`` is
+    another profile it changes)."""
+    raw = read_yaml(path)
+    profiles: dict[str, Profile] = {}
+    for name, entry in raw.items():
+        entry = dict(entry)
+        base = entry.pop("base", None)
+        if base is not None:
+            if base not in raw:
+                raise ConfigError(f"{path}: {name}.base: no profile {base!r}")
+            entry = _merged({k: v for k, v in raw[base].items() if k != "base"}, entry)
+        try:
+            profiles[name] = build(Profile, {"name": name, **entry})
+        except ConfigError as e:
+            raise ConfigError(f"{path}: profile {name}: {e}") from e
+    return profiles
+
+
+PROFILES = load_profiles()
+FULL = PROFILES["full"]
 
 # The learning proof (full and length profiles; the issue's bars): accuracies are fractions.
 CHECKS = {
@@ -162,91 +152,51 @@ class DemoPaths:
 
 
 def sft_config(p: Profile, paths: DemoPaths) -> dict[str, Any]:
-    return {
-        "model": str(paths.model),
-        "data": {
-            "path": str(paths.data / "sft_train.jsonl"),
-            "eval_fraction": 0.03,
-            "max_length": 384,
-            "pack_length": 1024,
+    """``configs/demo/sft.yaml`` with the profile's sizes and the run's paths."""
+    return _merged(
+        read_yaml(CONFIGS / "sft.yaml"),
+        {
+            "model": str(paths.model),
+            "data": {"path": str(paths.data / "sft_train.jsonl")},
+            "trainer": {"output_dir": str(paths.sft), "seed": p.seed, "batch_size": p.sft_batch_size},
+            "schedule": p.sft_schedule,
+            "tracking": {"run_name": f"demo-{p.name}-sft"},
         },
-        "trainer": {
-            "output_dir": str(paths.sft),
-            "seed": p.seed,
-            "batch_size": p.sft_batch_size,
-            "eval_every": 50,
-        },
-        "schedule": p.sft_schedule,
-        "learner": {"zero_stage": 2, "micro_batch_size": 4},
-        "resources": {"learner_ranks": 2},
-        "tracking": {"wandb": "offline", "run_name": f"demo-{p.name}-sft"},
-    }
+    )
 
 
 def rl_config(p: Profile, paths: DemoPaths, stage: str = "rl") -> dict[str, Any]:
-    """The RL stage's config; ``stage="rl_nolength"``: the same run without the length reward."""
+    """``configs/demo/rl.yaml`` with the profile's sizes and the run's paths; ``stage="rl_nolength"``:
+    the same run without the length reward."""
     length_weight = 0.0 if stage == "rl_nolength" else p.length_weight
-    return {
-        "model": str(paths.sft_ckpt),
-        "data": {"path": str(paths.rl_train)},
-        "trainer": {
-            "iterations": p.rl_iterations,
-            "output_dir": str(paths.rl_runs[stage]),
-            "seed": p.seed,
-            "prompts_per_iteration": p.rl_prompts,
-            # 2 passes of 1 step over each iteration's samples: the second step trains on samples the
-            # first one moved, so the tau term of eq. 3 pulls towards the sampling policy (with one
-            # pass of one step it would do nothing), at 2 optimizer steps per iteration.
-            "optimizer_steps_per_iteration": 1,
-            "epochs_per_iteration": 2,
-            # k1.5 resets Adam every iteration; with 2 steps per iteration that makes every step one of
-            # Adam's first, which move each weight by ~lr: the 2-layer model then drifts, not learns.
-            "reset_optimizer": False,
-            # Groups with equal rewards carry no policy gradient: skipped to save learner time (a
-            # departure from eq. 3: their tau terms go, and 1/B counts only the kept samples; README).
-            "drop_zero_signal_groups": True,
-            "save_every": p.rl_iterations,
+    # k1.5 sec. 2.3.3: the length reward waits for a warm-up, so that it does not favour short answers
+    # before the model has learnt which ones are right; the learning rate warms up as long.
+    warmup = max(1, p.rl_iterations // 4)
+    return _merged(
+        read_yaml(CONFIGS / "rl.yaml"),
+        {
+            "model": str(paths.sft_ckpt),
+            "data": {"path": str(paths.rl_train)},
+            "trainer": {
+                "iterations": p.rl_iterations,
+                "output_dir": str(paths.rl_runs[stage]),
+                "seed": p.seed,
+                "prompts_per_iteration": p.rl_prompts,
+                "save_every": p.rl_iterations,
+            },
+            "learner": {"lr": p.rl_lr, "warmup_steps": warmup},
+            "rollout": {"sampling": {"n": p.rl_samples, "max_tokens": max(p.budgets)}},
+            "rewards": {"length": {"weight": length_weight, "warmup_iterations": warmup}},
+            "curriculum": {"ramp_iterations": max(1, p.rl_iterations // 3)},
+            "tracking": {"run_name": f"demo-{p.name}-{stage.replace('_', '-')}"},
+            "eval": {
+                "tts_every": p.rl_eval_every,
+                "data": str(paths.heldout),
+                "max_samples": p.heldout,
+                "budgets": p.budgets,
+            },
         },
-        "loss": {"name": "opmd", "tau": 1.0},
-        "learner": {
-            "zero_stage": 2,
-            "lr": p.rl_lr,
-            "warmup_steps": max(1, p.rl_iterations // 4),
-            "micro_batch_size": 16,
-        },
-        "rollout": {
-            "max_model_len": 1024,
-            "max_num_seqs": 64,
-            "chunk_size": 8,
-            "sampling": {"n": p.rl_samples, "temperature": 1.0, "max_tokens": max(p.budgets)},
-        },
-        "rewards": {
-            "verifier": "math",
-            "workers": 1,
-            # k1.5 sec. 2.3.3: the length reward waits for a warm-up, so that it does not favour short
-            # answers before the model has learnt which ones are right.
-            "length": {"weight": length_weight, "warmup_iterations": max(1, p.rl_iterations // 4)},
-        },
-        # k1.5 sec. 2.3.4: easy problems first (difficulty measured by the SFT model: those it never
-        # solved in k tries wait), all of them after a third of the run; within the admitted pool,
-        # prioritized by 1 - success rate.
-        "curriculum": {
-            "schedule": "smooth",
-            "start_difficulty": 0.8,
-            "ramp_iterations": max(1, p.rl_iterations // 3),
-            "prioritized": True,
-            "floor": 0.05,
-        },
-        "resources": {"rollout_actors": 2, "learner_ranks": 2},
-        "tracking": {"wandb": "offline", "run_name": f"demo-{p.name}-{stage.replace('_', '-')}"},
-        "eval": {
-            "tts_every": p.rl_eval_every,
-            "data": str(paths.heldout),
-            "max_samples": p.heldout,
-            "budgets": p.budgets,
-            "answer_tokens": 16,
-        },
-    }
+    )
 
 
 def _argv(command: str, **flags: Any) -> list[str]:
@@ -334,24 +284,56 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "(no log)"
 
 
-_BAR = re.compile(r"([^\r\n|]{1,40}?):\s*(\d+%)\|[^|]*\|\s*(\d+/\d+)")
+# A tqdm bar as drawn in a log: each draw follows a \r or \n and starts with the whole description.
+_BAR = re.compile(r"(?P<desc>[^|]+?):\s*(?P<pct>\d+%)\|[^|]*\|\s*(?P<count>\d+/(?P<total>\d+))")
+# A line logged in kvrl's format (kvrl.cli.main): "2026-01-31 12:00:00,000 INFO name: message".
+_LOGGED = re.compile(r"\d{4}-\d\d-\d\d [\d:,]+ (?:INFO|WARNING) [\w.]+: (?P<message>.+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # colours and cursor moves (Ray's prefixes, nested bars)
+_LABEL = 48  # characters of a label at most
+
+
+def _label(text: str, keep_end: bool) -> str:
+    """``text`` cut to :data:`_LABEL` characters: in the middle (``tokenizing …/data/sft_train.jsonl``,
+    a path's end tells most) or at the end."""
+    if len(text) <= _LABEL:
+        return text
+    if not keep_end:
+        return text[: _LABEL - 1] + "…"
+    head = text.split(" ", 1)[0][: _LABEL // 2]
+    return f"{head} …{text[len(text) - (_LABEL - len(head) - 2) :]}"
 
 
 def last_progress(log_path: Path) -> str | None:
-    """The outermost running tqdm bar in the end of a stage's log (of the unfinished ones, the one with
-    the most steps: RL iterations, not one iteration's phases), shortened: ``"SFT steps 77% 266/344"``."""
+    """What a stage is doing, from the end of its log: the outermost running tqdm bar (of the unfinished
+    ones, the one with the most steps: RL iterations, not one iteration's phases), e.g. ``"SFT steps 77%
+    266/344"``. With none running, the newest of the last finished bar (``"tokenizing held-out done"``)
+    and the last line kvrl logged (what a stage says between two bars, e.g. while Ray starts)."""
     try:
+        size = log_path.stat().st_size
         with open(log_path, "rb") as f:
-            f.seek(max(0, log_path.stat().st_size - 16384))
+            f.seek(max(0, size - 16384))
             tail = f.read().decode("utf-8", errors="replace")
     except OSError:
         return None
-    latest = {desc.strip(): (pct, count) for desc, pct, count in _BAR.findall(tail)}  # last one wins
-    running = {d: v for d, v in latest.items() if v[0] != "100%"} or latest
-    if not running:
-        return None
-    desc, (pct, count) = max(running.items(), key=lambda kv: int(kv[1][1].split("/")[1]))
-    return f"{desc} {pct} {count}"
+    segments = re.split(r"[\r\n]", tail)
+    if size > 16384:
+        segments = segments[1:]  # the tail may start inside a line: its first letters are cut off
+    bars: dict[str, tuple[int, str, str, int]] = {}  # description -> (segment, percent, count, total)
+    note: tuple[int, str] | None = None
+    for i, segment in enumerate(segments):
+        text = _ANSI.sub("", segment).strip()
+        if bar := _BAR.match(text):
+            bars[bar["desc"].strip()] = (i, bar["pct"], bar["count"], int(bar["total"]))  # last one wins
+        elif logged := _LOGGED.match(text):
+            note = (i, logged["message"])
+    running = {d: v for d, v in bars.items() if v[1] != "100%"}
+    if running:
+        desc, (_, pct, count, _) = max(running.items(), key=lambda kv: kv[1][3])
+        return f"{_label(desc, keep_end=True)} {pct} {count}"
+    done = max(bars.items(), key=lambda kv: kv[1][0], default=None)
+    if note is not None and (done is None or note[0] > done[1][0]):
+        return _label(note[1], keep_end=False)
+    return f"{_label(done[0], keep_end=True)} done" if done else None
 
 
 def run_stage(name: str, argv: list[str], log_path: Path, progress=None) -> float:

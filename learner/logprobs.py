@@ -6,13 +6,20 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 
-def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """log p(targets) from logits, in fp32.
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p(targets) and the log-normalizer of each row, in fp32: the one log-softmax gather of kvrl
+    (RL log-probs, entropies and the SFT loss all go through it).
 
-    logits: (B, T, V); targets: (B, T) -> (B, T). ``logits[:, t]`` must already predict ``targets[:, t]``.
+    logits: (..., V) with ``logits[..., i]`` predicting ``targets[...]``; targets: (...) -> two (...).
     """
     logits = logits.float()
-    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    lse = torch.logsumexp(logits, dim=-1)
+    return logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse, lse
+
+
+def gather_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log p(targets): logits (B, T, V), targets (B, T) -> (B, T), fp32."""
+    return token_logprobs(logits, targets)[0]
 
 
 def head_logprobs(
@@ -47,8 +54,7 @@ def head_logprobs(
 
 def _head_chunk(hidden, targets, head):
     logits = head(hidden).float()
-    lse = torch.logsumexp(logits, dim=-1)
-    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - lse
+    logprobs, lse = token_logprobs(logits, targets)
     with torch.no_grad():
         entropy = lse - (logits.softmax(-1) * logits).sum(-1)
     return logprobs, entropy

@@ -22,6 +22,7 @@ from learner.experience import Collated, Experience, by_length, collate, micro_b
 from learner.logprobs import head_logprobs
 from learner.loss import LossFn, LossInputs, Mean, combine
 from learner.packing import SFTExample, collate_packed, packed_logits
+from runkit.files import replacing
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,27 @@ class LearnerConfig:
     # Log-probs from logits of this many response positions at a time (0: all at once); the rest are
     # recomputed in backward. Bounds the (positions x vocabulary) logits on long responses.
     logits_chunk: int = 2048
+
+
+def learner_layout(ranks: int, zero_stage: int) -> dict[str, int]:
+    """What DeepSpeed's saved state depends on: it loads back only into the same ranks and ZeRO stage."""
+    return {"learner_ranks": ranks, "zero_stage": zero_stage}
+
+
+def learner_state_dir(ckpt: Path, saved: dict[str, int] | None, now: dict[str, int]) -> str | None:
+    """The checkpoint to load the full training state from, or None (then the optimizer starts afresh
+    from the checkpoint's weights). A state saved with another layout is an error naming the keys."""
+    if not (Path(ckpt) / STATE_DIR).is_dir():
+        log.warning("%s has no %s: the optimizer starts afresh (resume is not exact)", ckpt, STATE_DIR)
+        return None
+    if saved is not None and saved != now:
+        keys = {"learner_ranks": "resources.learner_ranks", "zero_stage": "learner.zero_stage"}
+        diffs = ", ".join(f"{keys[k]}={saved[k]} (this run: {now[k]})" for k in keys if saved[k] != now[k])
+        raise ValueError(
+            f"trainer.resume: {Path(ckpt) / STATE_DIR} was written with {diffs}; resume with the same "
+            f"values, or delete {STATE_DIR} to continue from the weights with a fresh optimizer"
+        )
+    return str(ckpt)
 
 
 def _device_kind() -> str:
@@ -346,24 +368,13 @@ class Learner:
 
         The directory appears whole or not at all: it is written beside and renamed into place.
         """
-        out = Path(out_dir)
-        tmp = out.with_name(out.name + ".tmp")
-        try:
-            with self._gathered():
-                if self.rank == 0:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    self.engine.module.save_pretrained(tmp)
-            if self.rank != 0:
+        if self.rank != 0:
+            with self._gathered():  # every rank takes part in gathering the weights
                 return None
+        with replacing(out_dir) as tmp, self._gathered():
+            self.engine.module.save_pretrained(tmp)
             for name in ASSET_FILES:
                 src = Path(self.model_path) / name
                 if src.exists():
                     shutil.copy2(src, tmp / name)
-        except BaseException:  # a full disk: leave no half-written directory taking up space
-            if self.rank == 0:
-                shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-        return str(out)
+        return str(out_dir)

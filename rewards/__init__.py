@@ -13,10 +13,11 @@ from .length import LengthPenalty, length_reward, total_rewards
 from .registry import ENTRY_POINT_GROUP, UnknownVerifier, resolve_verifier
 from .sandbox import Task, VerifierPool
 from .verdict import Verdict, verify_response
-from .verifiers import BUILTIN_VERIFIERS, RejectedInput
+from .verifiers import BUILTIN_VERIFIERS, DEFAULT_VERIFIER, RejectedInput
 
 __all__ = [
     "BUILTIN_VERIFIERS",
+    "DEFAULT_VERIFIER",
     "ENTRY_POINT_GROUP",
     "THINK_CLOSE",
     "THINK_OPEN",

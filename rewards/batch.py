@@ -9,9 +9,27 @@ from pathlib import Path
 from .sandbox import Task, VerifierPool
 from .verdict import Verdict
 
+ROWS = '{"response", "answer"[, "verifier"]} objects'
+
+
+def jsonl_file(path: str | Path) -> Path:
+    """``path`` checked to be a file: one that does not exist (``FileNotFoundError``) or a folder
+    (``ValueError``) raises a one-line error naming it and what was expected (a folder's: its jsonl files)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; expected a jsonl file of {ROWS}")
+    if path.is_dir():
+        names = sorted(p.name for p in path.glob("*.jsonl") if p.is_file())
+        if not names:
+            raise ValueError(f"{path} is a folder with no .jsonl files; expected a jsonl file of {ROWS}")
+        listed = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+        raise ValueError(f"{path} is a folder holding {listed}; give one jsonl file of {ROWS}")
+    return path
+
 
 def read_tasks(path: str | Path, default_verifier: str) -> Iterator[tuple[int, Task | str]]:
     """(line number, Task) per good line, (line number, reason) per malformed one; blank lines skipped."""
+    path = jsonl_file(path)
     with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():

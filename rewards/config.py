@@ -8,6 +8,7 @@ from .extract import DEFAULT_MAX_CHARS
 from .length import LengthPenalty
 from .registry import resolve_verifier
 from .sandbox import VerifierPool
+from .verifiers import DEFAULT_VERIFIER
 
 
 @dataclass
@@ -16,7 +17,7 @@ class RewardConfig:
     ``package.module:function`` or a ``kvrl.verifiers`` entry point. ``cpu_time_s`` is the CPU time one
     verifier call may use; unset means ``max(60, 10 * timeout_s)``."""
 
-    verifier: str = "math"
+    verifier: str = DEFAULT_VERIFIER
     workers: int = 2
     timeout_s: float = 10.0
     memory_mb: int = 2048

@@ -15,7 +15,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-THINK_OPEN, THINK_CLOSE = "◁think▷", "◁/think▷"
+from runkit.tokens import THINK_CLOSE, THINK_OPEN
+
 DEFAULT_MAX_CHARS = 20_000
 
 _ANSWER_IS = re.compile(r"answer\s+is\s*[:：]?\s*(.+)", re.IGNORECASE)

@@ -31,6 +31,7 @@ from multiprocessing.connection import Connection, wait
 
 from .extract import DEFAULT_MAX_CHARS
 from .verdict import Verdict
+from .verifiers import DEFAULT_VERIFIER
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class Task:
 
     response: str
     gold: str
-    verifier: str = "math"
+    verifier: str = DEFAULT_VERIFIER
 
 
 NETWORK_DISABLED = "network access is disabled in the verifier sandbox"
@@ -121,7 +122,7 @@ def _worker_main(conn: Connection, memory_bytes: int, max_chars: int, cpu_s: int
     from .registry import resolve_verifier
     from .verdict import verify_response
 
-    resolve_verifier("math")
+    resolve_verifier(DEFAULT_VERIFIER)
     from math_verify import parse  # noqa: F401  (import sympy & co. before the first timed call)
 
     conn.send(("ready", network))

@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 
 from .extract import DEFAULT_MAX_CHARS, extract
 from .registry import Verifier, resolve_verifier
+from .verifiers import DEFAULT_VERIFIER
 
 EXTRACTED_SHOWN = 1000  # characters of the extracted answer kept in a Verdict
 
@@ -28,7 +29,7 @@ class Verdict:
 
 
 def verify_response(
-    response: str, gold: str, verifier: str | Verifier = "math", max_chars: int = DEFAULT_MAX_CHARS
+    response: str, gold: str, verifier: str | Verifier = DEFAULT_VERIFIER, max_chars: int = DEFAULT_MAX_CHARS
 ) -> Verdict:
     """Extract the answer from ``response`` and check it. Never raises for bad model output: a refusal
     or an exception inside the verifier gives ``correct=False`` with the reason in ``error``.

@@ -39,6 +39,8 @@ _EXPONENT_DIGITS = re.compile(r"(?:\^|\*\*)\s*\{?\s*\(?\s*(\d{4,})")
 # a power inside an exponent: 9^{9^9}, 9^9^9, 9**9**9, 2^(3^4)
 _POWER_TOWER = re.compile(r"\^\s*[{(][^{}()]*\^|\^\s*\w+\s*\^|\*\*\s*[\w.]+\s*\*\*|\*\*\s*\([^()]*\*\*")
 
+DEFAULT_VERIFIER = "math"  # for rows without a verifier column, wherever rows are scored
+
 
 def screen(text: str, max_chars: int = MATH_MAX_CHARS, max_depth: int = MATH_MAX_DEPTH) -> str:
     """Refuse text that is too long, too deeply nested, suspicious, or a power with a huge exponent."""
@@ -165,7 +167,7 @@ def verify_number(prediction: str, gold: str) -> bool:
 
 
 BUILTIN_VERIFIERS = {
-    "math": verify_math,
+    DEFAULT_VERIFIER: verify_math,
     "choice": verify_choice,
     "exact": verify_exact,
     "number": verify_number,

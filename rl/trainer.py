@@ -8,33 +8,37 @@ an iteration; each step is a short method below it.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
-import shutil
 import time
 import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import ray
 from tqdm import tqdm
 
+from actors.learner import LearnerGroup
 from actors.memory import rss_mb
-from actors.placement import ResourceConfig
+from actors.placement import ResourceConfig, place, start_ray
 from actors.plan import PlanConfig
-from actors.rollout import ACTOR_FAILURES, RolloutUnavailable
+from actors.reward import RewardActor
+from actors.rollout import ACTOR_FAILURES, RolloutPool, RolloutUnavailable
 from corpus.problems import DataConfig, DataError, Problem, load_problems
 from curriculum import CurriculumConfig, CurriculumSampler
 from evaluation.tts import EvalConfig, TrainingCurves, wandb_series
+from kimivl import KimiVLProcessor
 from learner.experience import Experience
-from learner.rank import STATE_DIR, LearnerConfig
-from rewards import RewardConfig, Task, total_rewards
+from learner.rank import LearnerConfig, learner_layout, learner_state_dir
+from rewards import RewardConfig, Task, Verdict, total_rewards
 from rl.losses import assign_advantages, combine, get_loss
-from rollout.engine import EngineConfig
-from rollout.worker import RolloutRequest, SamplingConfig
+from rollout.engine import EngineConfig, Sample
+from rollout.prompts import chat_prompt
+from rollout.worker import RolloutRequest, RolloutResult, SamplingConfig
+from runkit import lifecycle
 from runkit.config import to_dict
+from runkit.lifecycle import Checkpoints, RunStopped
+from runkit.plots import plot_training, read_metrics
 from runkit.provenance import write_run_info
 from runkit.tracking import Tracker, TrackingConfig
 
@@ -143,75 +147,53 @@ class RLConfig:
             )
 
 
-class TrainingStopped(RuntimeError):
-    pass
+@dataclass
+class Rollout:
+    """One sampled response as the driver carries it from rollout through scoring, the sampler, the
+    learner batch and the log: the iteration's samples are flattened once, here."""
+
+    problem: Problem
+    group: int  # the index of its prompt in the iteration: the samples of one prompt share it
+    sample: Sample
+    verdict: Verdict | None = None
+    reward: float = 0.0
 
 
-class ActorLost(TrainingStopped):
-    """An actor (or its node) died; ``checkpoint`` is the one to continue from, if any was written."""
-
-    def __init__(self, message: str, checkpoint: Path | None):
-        super().__init__(message)
-        self.checkpoint = checkpoint
+def flatten(problems: list[Problem], results: list[RolloutResult]) -> list[Rollout]:
+    return [
+        Rollout(p, g, s) for g, (p, r) in enumerate(zip(problems, results, strict=True)) for s in r.samples
+    ]
 
 
 def train(cfg: RLConfig, on_start=None) -> Trainer:
-    """Build a :class:`Trainer` and fit it; when an actor dies, start again from the last checkpoint,
-    up to ``trainer.max_restarts`` times. ``on_start(trainer)`` runs before each fit (the CLI prints)."""
-    restarts = 0
-    while True:
-        trainer = Trainer(cfg)
-        if on_start is not None:
-            on_start(trainer)
-        try:
-            trainer.fit()
-            return trainer
-        except ActorLost as e:
-            if restarts == cfg.trainer.max_restarts or e.checkpoint is None:
-                raise
-            restarts += 1
-            log.warning(
-                "restart %d of %d from %s after: %s", restarts, cfg.trainer.max_restarts, e.checkpoint, e
-            )
-            cfg = replace(cfg, trainer=replace(cfg.trainer, resume=str(e.checkpoint)))
+    """Run ``cfg`` through the shared lifecycle (``runkit/lifecycle.py``): checkpoints, resume, SIGTERM,
+    and restarts from the last checkpoint after a lost actor, up to ``trainer.max_restarts`` times."""
 
+    def build(resume: str | None) -> Trainer:
+        return Trainer(replace(cfg, trainer=replace(cfg.trainer, resume=resume)))
 
-def resolve_resume(path: str) -> Path:
-    """A checkpoint directory (with trainer_state.json) from a checkpoint or run directory."""
-    p = Path(path)
-    if (p / "trainer_state.json").exists():
-        return p
-    latest = p / "checkpoints" / "latest"
-    if latest.exists():
-        return p / "checkpoints" / latest.read_text().strip()
-    raise FileNotFoundError(f"trainer.resume: {path} is neither a checkpoint nor a run directory with one")
+    return lifecycle.run(build, cfg.trainer.resume, cfg.trainer.max_restarts, on_start)
 
 
 class Trainer:
-    def __init__(self, cfg: RLConfig):
-        from kimivl import KimiVLProcessor
+    """The RL driver. Building one reads the data, the checkpoint to resume from and the processor;
+    :meth:`start` starts Ray and the actors (``lifecycle.run`` calls it, then :meth:`fit`, then
+    :meth:`close`)."""
 
+    actor_failures = (*ACTOR_FAILURES, RolloutUnavailable)
+
+    def __init__(self, cfg: RLConfig):
         self.cfg, t = cfg, cfg.trainer
         self.run_dir = Path(t.output_dir)
+        self.checkpoints = Checkpoints(self.run_dir, t.keep_checkpoints, passthrough=self.actor_failures)
         state, self.learner_state = None, None
         if t.resume:
-            ckpt = resolve_resume(t.resume)
-            state = json.loads((ckpt / "trainer_state.json").read_text())
+            ckpt, state = lifecycle.resume_point(t.resume)
             self.model_path = str(ckpt)
-            if (ckpt / STATE_DIR).is_dir():
-                check_learner_layout(ckpt, state.get("learner"), cfg)
-                self.learner_state = str(ckpt)
-            else:
-                log.warning(
-                    "%s has no %s: the optimizer starts afresh (resume is not exact)", ckpt, STATE_DIR
-                )
+            self.learner_state = learner_state_dir(ckpt, state.get("learner"), self.learner_layout())
         else:
             self.model_path = cfg.model
-            if (self.run_dir / "metrics.jsonl").exists():
-                raise FileExistsError(
-                    f"trainer.output_dir: {self.run_dir} already holds a run; continue it with "
-                    f"trainer.resume={self.run_dir}, or choose another trainer.output_dir"
-                )
+            lifecycle.check_fresh(self.run_dir)
         if not Path(self.model_path).is_dir():
             raise FileNotFoundError(
                 f"model: {self.model_path} is not a directory (make one with `kvrl tiny --out DIR`)"
@@ -220,29 +202,30 @@ class Trainer:
         self.problems, self.rows_skipped = data.problems, sum(data.skipped.values())
         self.processor = KimiVLProcessor.from_pretrained(self.model_path)
         self.sampler = CurriculumSampler(self._difficulties(), cfg.curriculum, seed=t.seed)
-        self.start = 0
+        self.start_at = 0
         if state is not None:
             self.sampler.load_state_dict(state["sampler"])
-            self.start = state["iteration"] + 1
+            self.start_at = state["iteration"] + 1
+        self.resumed = state is not None
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0) if state else 0
         self.step = state.get("step", 0) if state else 0  # optimizer steps taken so far
         self._index = {p.id: i for i, p in enumerate(self.problems)}
         self._images: dict[str, dict] = {}
+        self.curves = self._make_curves()
+        self._eval_row: dict = {}
+        self.tracker = self.pool = self.learners = self.reward = self.placement = None
+
+    def learner_layout(self) -> dict[str, int]:
+        return learner_layout(self.cfg.resources.learner_ranks, self.cfg.learner.zero_stage)
+
+    def start(self) -> None:
+        """Provenance and tracking, then Ray (a local cluster unless RAY_ADDRESS names one), placement,
+        rollout pool, learners, rewards."""
+        cfg = self.cfg
         write_run_info(self.run_dir, to_dict(cfg))
         self.tracker = Tracker(
-            self.run_dir, cfg.tracking, to_dict(cfg), resume_at=self.start if state is not None else None
+            self.run_dir, cfg.tracking, to_dict(cfg), resume_at=self.start_at if self.resumed else None
         )
-        self.curves, self._eval_row = self._make_curves(), {}
-        self._start_actors()
-
-    def _start_actors(self) -> None:
-        """Ray (a local cluster unless RAY_ADDRESS names one), placement, rollout pool, learners, rewards."""
-        from actors.learner import LearnerGroup
-        from actors.placement import place, start_ray
-        from actors.reward import RewardActor
-        from actors.rollout import RolloutPool
-
-        cfg = self.cfg
         self.cluster = start_ray(cfg.resources)
         self.placement = place(cfg.resources)
         engine = EngineConfig(
@@ -288,54 +271,35 @@ class Trainer:
     # -- the iteration ---------------------------------------------------------------------------
 
     def fit(self) -> None:
-        try:
-            for it in tqdm(range(self.start, self.cfg.trainer.iterations), desc="RL iterations", unit="it"):
-                phase, start = _Phases(it), time.perf_counter()
-                problems = self.sample(it)
-                results, t_rollout = phase("rollout", self.rollout, problems, it)
-                (correct, rewards, verdicts), t_reward = phase("reward", self.score, problems, results, it)
-                self.update_sampler(problems, results, correct)
-                batch = self.experiences(problems, results, rewards)
-                learn, t_learn = phase("learn", self.learn, batch)
-                _, t_sync = phase("sync", self.sync)
-                phase("eval", self.evaluate, it)
-                times = dict(
-                    time_rollout=t_rollout,
-                    time_reward=t_reward,
-                    time_learn=t_learn,
-                    time_sync=t_sync,
-                    time_iteration=time.perf_counter() - start,  # sample to eval; checkpoints excluded
-                )
-                self.log(it, problems, results, verdicts, rewards, learn, times)
-                phase("checkpoint", self.checkpoint, it)
-                phase.close()
-        except (*ACTOR_FAILURES, RolloutUnavailable) as e:
-            raise ActorLost(
-                f"an actor died and the run cannot go on without it ({_reason(e)}); its node may be lost. "
-                + self.resume_hint(),
-                self.last_checkpoint(),
-            ) from e
-        finally:
-            self.close()
-
-    def last_checkpoint(self) -> Path | None:
-        latest = self.run_dir / "checkpoints" / "latest"
-        return latest.parent / latest.read_text().strip() if latest.exists() else None
+        for it in tqdm(range(self.start_at, self.cfg.trainer.iterations), desc="RL iterations", unit="it"):
+            phase, start = _Phases(it), time.perf_counter()
+            problems = self.sample(it)
+            rollouts, t_rollout = phase("rollout", self.rollout, problems, it)
+            _, t_reward = phase("reward", self.score, rollouts, it)
+            self.update_sampler(rollouts)
+            learn, t_learn = phase("learn", self.learn, self.experiences(rollouts))
+            _, t_sync = phase("sync", self.sync)
+            phase("eval", self.evaluate, it)
+            times = dict(
+                time_rollout=t_rollout,
+                time_reward=t_reward,
+                time_learn=t_learn,
+                time_sync=t_sync,
+                time_iteration=time.perf_counter() - start,  # sample to eval; checkpoints excluded
+            )
+            self.log(it, problems, rollouts, learn, times)
+            phase("checkpoint", self.checkpoint, it)
+            phase.close()
 
     def resume_hint(self) -> str:
         """Where a stopped run can continue from, for the messages that stop it."""
-        last = self.last_checkpoint()
-        if last is None:
-            return "No checkpoint was written yet."
-        return f"The last checkpoint is {last}: continue with trainer.resume={self.run_dir}"
+        return self.checkpoints.resume_hint()
 
     def sample(self, it: int) -> list[Problem]:
         n = min(self.cfg.trainer.prompts_per_iteration, len(self.problems))
         return [self.problems[i] for i in self.sampler.sample(n, it)]
 
-    def rollout(self, problems: list[Problem], it: int):
-        from rollout.prompts import chat_prompt
-
+    def rollout(self, problems: list[Problem], it: int) -> list[Rollout]:
         seed = self.cfg.trainer.seed
         requests = [
             RolloutRequest(
@@ -346,47 +310,41 @@ class Trainer:
             )
             for p in problems
         ]
-        return self.pool.generate(requests, self.cfg.rollout.sampling)
+        return flatten(problems, self.pool.generate(requests, self.cfg.rollout.sampling))
 
-    def score(self, problems, results, it: int):
-        import ray
-
+    def score(self, rollouts: list[Rollout], it: int) -> None:
+        """Verdicts from the reward actor, then rewards (correctness and length, over whole groups)."""
         default = self.cfg.rewards.verifier
-        tasks = [
-            Task(s.text, p.answer, p.verifier or default)
-            for p, r in zip(problems, results, strict=True)
-            for s in r.samples
-        ]
+        tasks = [Task(r.sample.text, r.problem.answer, r.problem.verifier or default) for r in rollouts]
         verdicts = ray.get(self.reward.verify.remote(tasks))
-        correct = [float(v.correct) for v in verdicts]
-        lengths = [len(s.response_token_ids) for r in results for s in r.samples]
-        groups = [g for g, r in enumerate(results) for _ in r.samples]
-        rewards = total_rewards([bool(c) for c in correct], lengths, groups, it, self.cfg.rewards.length)
-        return correct, rewards, verdicts
+        rewards = total_rewards(
+            [v.correct for v in verdicts],
+            [len(r.sample.response_token_ids) for r in rollouts],
+            [r.group for r in rollouts],
+            it,
+            self.cfg.rewards.length,
+        )
+        for r, v, reward in zip(rollouts, verdicts, rewards, strict=True):
+            r.verdict, r.reward = v, reward
 
-    def update_sampler(self, problems, results, correct) -> None:
+    def update_sampler(self, rollouts: list[Rollout]) -> None:
         self.sampler.update(
-            [self._index[p.id] for p, r in zip(problems, results, strict=True) for _ in r.samples], correct
+            [self._index[r.problem.id] for r in rollouts], [float(r.verdict.correct) for r in rollouts]
         )
 
-    def experiences(self, problems, results, rewards) -> list[Experience]:
-        out, k = [], 0
-        for g, (p, r) in enumerate(zip(problems, results, strict=True)):
-            images = self._pixel_inputs(p)
-            for s in r.samples:
-                out.append(
-                    Experience(
-                        s.prompt_token_ids,
-                        s.response_token_ids,
-                        rewards[k],
-                        g,
-                        s.logprobs,
-                        forced=list(s.forced),
-                        **images,
-                    )
-                )
-                k += 1
-        return out
+    def experiences(self, rollouts: list[Rollout]) -> list[Experience]:
+        return [
+            Experience(
+                r.sample.prompt_token_ids,
+                r.sample.response_token_ids,
+                r.reward,
+                r.group,
+                r.sample.logprobs,
+                forced=list(r.sample.forced),
+                **self._pixel_inputs(r.problem),
+            )
+            for r in rollouts
+        ]
 
     def learn(self, batch: list[Experience]) -> dict[str, float]:
         """Old log-probs (learner or rollout), advantages over whole groups, then the optimizer steps."""
@@ -421,7 +379,7 @@ class Trainer:
         self.step += len(results) - int(skipped)
         self.nonfinite_in_a_row = self.nonfinite_in_a_row + 1 if skipped else 0
         if self.nonfinite_in_a_row >= cfg.trainer.max_nonfinite_in_a_row:
-            raise TrainingStopped(
+            raise RunStopped(
                 f"{self.nonfinite_in_a_row} optimizer steps in a row had a NaN/inf loss; "
                 "lower the learning rate or check the rewards"
             )
@@ -443,8 +401,6 @@ class Trainer:
     def evaluate(self, it: int) -> None:
         """Every ``eval.tts_every`` iterations, a test-time scaling curve of the weights just synced, on
         the rollout pool; its ``tts/budget_<b>`` accuracies go into this iteration's metrics row."""
-        import ray
-
         self._eval_row = {}
         if self.curves is None or not self.curves.due(it, self.cfg.trainer.iterations):
             return
@@ -455,24 +411,27 @@ class Trainer:
         title = f"test-time scaling ({self.cfg.eval.mode}) over training"
         self.tracker.log_line_plot("tts/curves", series, title=title, xname="log2 thinking budget", step=it)
 
-    def log(self, it, problems, results, verdicts, rewards, learn, times) -> None:
-        samples = [s for r in results for s in r.samples]
-        lengths = [len(s.response_token_ids) for s in samples]
-        gen_tokens = sum(lengths)
+    def log(
+        self, it: int, problems: list[Problem], rollouts: list[Rollout], learn: dict, times: dict
+    ) -> None:
+        lengths = [len(r.sample.response_token_ids) for r in rollouts]
+        gen_tokens, n = sum(lengths), len(rollouts)
         row = {
             "iteration": it,
             "step": self.step,
-            "reward_mean": sum(rewards) / len(rewards),
-            "accuracy": sum(v.correct for v in verdicts) / len(verdicts),
-            "response_len_mean": gen_tokens / len(samples),
+            "reward_mean": sum(r.reward for r in rollouts) / n,
+            "accuracy": sum(r.verdict.correct for r in rollouts) / n,
+            "response_len_mean": gen_tokens / n,
             "response_len_max": max(lengths),
-            "truncation_rate": sum(s.finish_reason == "length" for s in samples) / len(samples),
+            "truncation_rate": sum(r.sample.finish_reason == "length" for r in rollouts) / n,
             "kl": learn.get("kl", float("nan")),
             "entropy": learn.get("entropy", float("nan")),
             **times,
             "rollout_tokens_per_s": gen_tokens / max(times["time_rollout"], 1e-9),
             "sync_time": times["time_sync"],
-            "scored_zero_with_error": sum(not v.correct and v.error is not None for v in verdicts),
+            "scored_zero_with_error": sum(
+                not r.verdict.correct and r.verdict.error is not None for r in rollouts
+            ),
             "data_rows_skipped": self.rows_skipped,
             **{k: v for k, v in learn.items() if k not in ("kl", "entropy")},
             **self.sampler.metrics([self._index[p.id] for p in problems], it),
@@ -480,16 +439,15 @@ class Trainer:
             **self.memory(),
         }
         self.tracker.log(row)
-        owners = [p for p, r in zip(problems, results, strict=True) for _ in r.samples]
         table = [
             {
-                "problem": p.id,
-                "response": s.text[:2000],
-                "answer": p.answer,
-                "correct": v.correct,
-                "reward": rw,
+                "problem": r.problem.id,
+                "response": r.sample.text[:2000],
+                "answer": r.problem.answer,
+                "correct": r.verdict.correct,
+                "reward": r.reward,
             }
-            for p, s, v, rw in zip(owners, samples, verdicts, rewards, strict=True)
+            for r in rollouts
         ]
         self.tracker.log_samples(it, table)
         log.info(
@@ -503,8 +461,6 @@ class Trainer:
 
     def memory(self) -> dict[str, float]:
         """Host RSS in MiB of the driver and of every actor (a leak shows as a line that keeps rising)."""
-        import ray
-
         row = {"rss_mb/driver": rss_mb(children=False)}  # its children are Ray's own daemons
         row.update({f"rss_mb/rollout_{i}": v for i, v in enumerate(self.pool.rss_mb())})
         row.update({f"rss_mb/learner_{i}": v for i, v in enumerate(self.learners.rss_mb())})
@@ -512,65 +468,45 @@ class Trainer:
         return row
 
     def checkpoint(self, it: int) -> None:
-        """HF checkpoint + trainer_state.json, appearing whole or not at all, then ``latest`` updated."""
+        """HF weights, DeepSpeed's full training state and trainer_state.json, whole or not at all."""
         last = it == self.cfg.trainer.iterations - 1
         if (it + 1) % self.cfg.trainer.save_every and not last:
             return
-        root = self.run_dir / "checkpoints"
-        name = f"iter_{it:05d}"
-        partial = root / f"{name}.partial"
-        shutil.rmtree(partial, ignore_errors=True)
-        try:
-            self.learners.export_hf(str(partial))
-            self.learners.save_state(str(partial))  # optimizer + fp32 master weights: exact resume
-            state = {
-                "iteration": it,
-                "step": self.step,
-                "sampler": self.sampler.state_dict(),
-                "seed": self.cfg.trainer.seed,
-                "nonfinite_in_a_row": self.nonfinite_in_a_row,
-                "learner": learner_layout(self.cfg),
-            }
-            (partial / "trainer_state.json").write_text(json.dumps(state))
-            final = root / name
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(partial, final)
-            tmp = root / "latest.tmp"
-            tmp.write_text(name)
-            os.replace(tmp, root / "latest")
-        except Exception as e:
-            # a full disk, a failing mount, SIGTERM: the previous checkpoint stays as it was
-            shutil.rmtree(partial, ignore_errors=True)
-            if isinstance(e, (*ACTOR_FAILURES, TrainingStopped)):
-                raise
-            raise TrainingStopped(
-                f"checkpoint {name} could not be written ({_reason(e)}). {self.resume_hint()}"
-            ) from e
-        old = sorted(p for p in root.glob("iter_*") if p.is_dir() and not p.name.endswith(".partial"))
-        for stale in old[: -self.cfg.trainer.keep_checkpoints]:
-            shutil.rmtree(stale, ignore_errors=True)
+
+        def fill(folder: Path) -> None:
+            self.learners.export_hf(str(folder))
+            self.learners.save_state(str(folder))  # optimizer + fp32 master weights: exact resume
+
+        state = {
+            "iteration": it,
+            "step": self.step,
+            "sampler": self.sampler.state_dict(),
+            "seed": self.cfg.trainer.seed,
+            "nonfinite_in_a_row": self.nonfinite_in_a_row,
+            "learner": self.learner_layout(),
+        }
+        self.checkpoints.write(f"iter_{it:05d}", fill, state)
 
     def close(self) -> None:
-        self.tracker.finish()
-        self.plot()
-        import ray
-
+        """Flush tracking, plot, and shut every actor down; safe after a partial :meth:`start`."""
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.plot()
         closers = (
-            self.pool.shutdown,
-            self.learners.shutdown,
-            lambda: ray.kill(self.reward),
-            self.placement.remove,
+            self.pool and self.pool.shutdown,
+            self.learners and self.learners.shutdown,
+            self.reward and (lambda: ray.kill(self.reward)),
+            self.placement and self.placement.remove,
         )
-        for closer in closers:
+        for closer in filter(None, closers):
             try:
                 closer()
             except Exception as e:  # keep closing the rest
                 log.warning("shutdown: %s", e)
+        self.tracker = self.pool = self.learners = self.reward = self.placement = None
 
     def plot(self) -> None:
         """``training.png``: reward, accuracy and length over the iterations so far."""
-        from runkit.plots import plot_training, read_metrics
-
         try:
             if self.tracker.metrics_path.exists():
                 plot_training(read_metrics(self.tracker.metrics_path), self.run_dir / "training.png")
@@ -608,33 +544,6 @@ class _Phases:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def _reason(e: BaseException) -> str:
-    """``Type: first line`` of an error; for an error raised inside an actor, of the original one."""
-    cause = getattr(e, "cause", None)  # ray.exceptions.RayTaskError keeps the actor's exception here
-    e = cause if isinstance(cause, BaseException) else e
-    text = str(e).strip()
-    actor = re.search(r"class_name: (\w+)", text)  # Ray's actor errors name the actor's class
-    where = f" in {actor.group(1)}" if actor else ""
-    return f"{type(e).__name__}{where}: {text.splitlines()[0]}" if text else type(e).__name__
-
-
-def learner_layout(cfg: RLConfig) -> dict[str, int]:
-    """What DeepSpeed's saved state depends on: it loads back only into the same ranks and ZeRO stage."""
-    return {"learner_ranks": cfg.resources.learner_ranks, "zero_stage": cfg.learner.zero_stage}
-
-
-def check_learner_layout(ckpt: Path, saved: dict[str, int] | None, cfg: RLConfig) -> None:
-    now = learner_layout(cfg)
-    if saved is None or saved == now:
-        return
-    keys = {"learner_ranks": "resources.learner_ranks", "zero_stage": "learner.zero_stage"}
-    diffs = ", ".join(f"{keys[k]}={saved[k]} (this run: {now[k]})" for k in keys if saved[k] != now[k])
-    raise ValueError(
-        f"trainer.resume: {ckpt / STATE_DIR} was written with {diffs}; resume with the same values, or "
-        f"delete {STATE_DIR} to continue from the weights with a fresh optimizer"
-    )
 
 
 def logprob_gaps(batch: list[Experience], learner_lps: list[list[float]]) -> dict[str, float]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kimivl.processing import THINK_CLOSE, THINK_OPEN
+from runkit.tokens import THINK_CLOSE, THINK_OPEN
 
 
 def chat_prompt(processor, question: str, num_images: int = 0, thinking: bool = True) -> str:

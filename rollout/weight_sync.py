@@ -9,7 +9,8 @@ repacking) and drops caches derived from the old weights (encoder outputs, multi
 One gap is closed here: on CPU, ``reload_weights`` leaves routed-expert weights in checkpoint
 layout, while vLLM's CPU MoE kernel reads them prepacked, so logits silently drift after a sync.
 The experts' own ``process_weights_after_loading`` is run again on each such layer
-(``tests/rollout/test_weight_sync.py`` checks rollout/learner parity after a sync).
+(``tests/actors/test_cycle.py::test_sample_score_learn_sync`` checks rollout/learner parity after a
+sync).
 """
 
 from __future__ import annotations

@@ -21,6 +21,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from runkit.tokens import THINK_CLOSE, THINK_OPEN
+
 from .engine import EngineConfig, Sample
 
 log = logging.getLogger(__name__)
@@ -97,8 +99,8 @@ class RolloutWorker:
         logging.getLogger("vllm.v1.worker.cpu_worker").addFilter(_QUIET)
         self.processor = KimiVLProcessor.from_pretrained(cfg.model)
         tok = self.processor.tokenizer
-        self.think_close = tok.convert_tokens_to_ids("◁/think▷")
-        self.think_open = tok.convert_tokens_to_ids("◁think▷")
+        self.think_close = tok.convert_tokens_to_ids(THINK_CLOSE)
+        self.think_open = tok.convert_tokens_to_ids(THINK_OPEN)
         self.image_token_id = tok.convert_tokens_to_ids("<|media_pad|>")
         self.weights_version = 0
 

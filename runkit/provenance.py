@@ -43,14 +43,6 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def atomic_write(path: str | Path, text: str) -> None:
-    """Write ``text`` beside ``path`` and rename: readers see the old file or the new one, never half."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def write_run_info(run_dir: str | Path, config: dict[str, Any] | None = None) -> Path:
     """Write ``run_info.json`` (config, git SHA, versions, command line, time) into ``run_dir``."""
     run_dir = Path(run_dir)

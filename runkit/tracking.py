@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from runkit.provenance import atomic_write
+from runkit.files import atomic_write
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from corpus.rows import DataError, image_entry, read_rows
+from corpus.rows import CONVERSATIONS, DataError, data_file, image_entry, read_rows
 from kimivl.processing import IMAGE_TOKEN
 
 log = logging.getLogger(__name__)
@@ -110,12 +110,11 @@ def parse_conversation(raw: Any, source: Path, row: int, check_images: bool = Tr
 def load_conversations(
     path: str | Path, skip_bad_rows: bool = False, check_images: bool = True
 ) -> ConversationSet:
-    """Read and validate an SFT dataset (see the module docstring)."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"dataset {str(path)!r} does not exist")
+    """Read and validate an SFT dataset (see the module docstring). A path that does not exist, a folder
+    of several data files, or a file of prompts raises a :class:`DataError` before any row."""
+    path = data_file(path, CONVERSATIONS)
     out, skipped = [], Counter()
-    for row, raw in read_rows(path):
+    for row, raw in read_rows(path, CONVERSATIONS):
         try:
             out.append(parse_conversation(raw, path, row, check_images))
         except DataError as e:

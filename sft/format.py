@@ -71,15 +71,21 @@ def encode(processor, conv: Conversation, max_length: int | None = None) -> SFTE
 def encode_all(
     processor, convs: list[Conversation], max_length: int, skip_bad_rows: bool, desc: str
 ) -> list[SFTExample]:
-    """Tokenize conversations; too-long or unusable ones fail naming the row, or are skipped."""
+    """Tokenize conversations; too-long or unusable ones fail naming the row, or are skipped.
+
+    The bar ends drawn at 100%: tqdm draws at most every 0.1 s, so the last item it drew is often short
+    of the end, and a bar left open at 97% reads (in a log, or ``kvrl demo``) as work still going on."""
     out = []
-    for conv in tqdm(convs, desc=f"tokenizing {desc}", unit="conv", leave=False):
-        try:
-            out.append(encode(processor, conv, max_length))
-        except ValueError as e:
-            if not skip_bad_rows:
-                raise DataError(f"{desc}: {e}") from e
-            log.warning("skipping %s: %s", desc, e)
+    with tqdm(total=len(convs), desc=f"tokenizing {desc}", unit="conv", leave=False) as bar:
+        for conv in convs:
+            try:
+                out.append(encode(processor, conv, max_length))
+            except ValueError as e:
+                if not skip_bad_rows:
+                    raise DataError(f"{desc}: {e}") from e
+                log.warning("skipping %s: %s", desc, e)
+            bar.update()
+        bar.refresh()  # the 100% line (leave=False then clears it on a terminal)
     if not out:
         raise DataError(f"{desc}: no usable conversations")
     return out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from learner.logprobs import token_logprobs
+
 
 def sft_loss(
     logits: torch.Tensor, targets: torch.Tensor, loss_mask: torch.Tensor, normalizer: float
@@ -17,7 +19,6 @@ def sft_loss(
     Only masked rows of the logits are taken through the log-softmax (memory: N x V, not B x L x V).
     """
     keep = loss_mask > 0
-    rows = logits[keep].float()  # (N, V)
-    nll = torch.logsumexp(rows, dim=-1) - rows.gather(-1, targets[keep][:, None]).squeeze(-1)  # (N,)
-    nll_sum = nll.sum()
+    logprobs, _ = token_logprobs(logits[keep], targets[keep])  # (N,) from (N, V) rows
+    nll_sum = -logprobs.sum()
     return nll_sum / normalizer, {"nll_sum": float(nll_sum.detach()), "tokens": float(keep.sum())}

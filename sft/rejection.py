@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from corpus.problems import Problem, load_problems
-from evaluation.pass_rates import make_requests, sample_and_verify, sampling_params, write_rows
+from evaluation.pass_rates import SampleJob, make_requests, sample_and_verify, sampling_params, write_rows
 from kimivl import KimiVLProcessor
 from rewards import VerifierPool
 from rollout.engine import EngineConfig, make_llm
@@ -23,24 +23,14 @@ from sft.build import Candidate, keep, sft_row
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class BuildJob:
-    checkpoint: str
-    data: str
+@dataclass(kw_only=True)
+class BuildJob(SampleJob):
     out: str
     k: int = 8
-    shortest: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_tokens: int = 1024
-    verifier: str = "math"  # for rows without a verifier column
-    max_model_len: int = 4096
-    seed: int = 0
-    workers: int = 2
+    shortest: bool = False  # keep only the shortest correct response per problem (k1.5)
 
     def __post_init__(self):
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
+        super().__post_init__()
         if Path(self.out).suffix not in (".jsonl", ".parquet"):
             raise ValueError(f"--out {self.out}: write .jsonl or .parquet")
 

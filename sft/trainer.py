@@ -7,7 +7,9 @@ packed once; each epoch visits them in a fresh seeded order. The learning rate f
 
 Writes, under ``trainer.output_dir``: ``metrics.jsonl`` (one row per step; ``eval_loss`` on the
 held-out split at step 0, every ``eval_every`` steps and at the end), ``run_info.json``, a wandb run,
-and the HF checkpoint ``final/`` that ``kvrl rl`` and vLLM load.
+the HF checkpoint ``final/`` that ``kvrl rl`` and vLLM load, and every ``save_every`` steps a checkpoint
+``checkpoints/step_NNNNNN`` with the full training state, which ``trainer.resume`` continues from exactly
+(the run lifecycle, ``runkit/lifecycle.py``, is the one RL uses).
 """
 
 from __future__ import annotations
@@ -16,14 +18,19 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tqdm import tqdm
 
-from actors.placement import ResourceConfig
-from learner.rank import LearnerConfig
+from actors.learner import LearnerGroup
+from actors.placement import ResourceConfig, place, start_ray
+from actors.rollout import ACTOR_FAILURES
+from kimivl import KimiVLProcessor
+from learner.rank import LearnerConfig, learner_layout, learner_state_dir
+from runkit import lifecycle
 from runkit.config import to_dict
+from runkit.lifecycle import Checkpoints
 from runkit.provenance import write_run_info
 from runkit.tracking import Tracker, TrackingConfig
 from sft.data import Conversation, load_conversations
@@ -59,11 +66,19 @@ class SFTTrainerConfig:
     batch_size: int = 8  # packed rows per optimizer step, over all ranks
     max_steps: int = 0  # stop early after this many steps (0: run the whole schedule)
     eval_every: int = 10  # steps; 0: at the start and the end only
-    save_every: int = 0  # steps; 0: the final checkpoint only
+    # Steps between checkpoints (HF weights + DeepSpeed's full state, for exact resume); 0: none but final/.
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    resume: str | None = None  # a checkpoint directory, or a run directory (its latest checkpoint)
+    max_restarts: int = 0  # times a run whose actor died starts again from its last checkpoint by itself
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.max_steps < 0 or self.eval_every < 0 or self.save_every < 0:
-            raise ValueError("batch_size must be >= 1; max_steps, eval_every, save_every >= 0")
+        counts = (self.max_steps, self.eval_every, self.save_every, self.max_restarts)
+        if self.batch_size < 1 or self.keep_checkpoints < 1 or min(counts) < 0:
+            raise ValueError(
+                "batch_size and keep_checkpoints must be >= 1; max_steps, eval_every, save_every, "
+                "max_restarts >= 0"
+            )
 
 
 @dataclass
@@ -99,16 +114,34 @@ class SFTConfig:
             raise ValueError("schedule needs at least one phase")
 
 
-class SFTTrainer:
-    def __init__(self, cfg: SFTConfig):
-        from kimivl import KimiVLProcessor
+def train(cfg: SFTConfig, on_start=None) -> SFTTrainer:
+    """Run ``cfg`` through the shared lifecycle (``runkit/lifecycle.py``): checkpoints every
+    ``trainer.save_every`` steps, exact resume, SIGTERM, and restarts from the last checkpoint after a
+    lost actor, up to ``trainer.max_restarts`` times."""
 
+    def build(resume: str | None) -> SFTTrainer:
+        return SFTTrainer(replace(cfg, trainer=replace(cfg.trainer, resume=resume)))
+
+    return lifecycle.run(build, cfg.trainer.resume, cfg.trainer.max_restarts, on_start)
+
+
+class SFTTrainer:
+    """The SFT driver. Building one tokenizes and packs the data and reads the checkpoint to resume
+    from; :meth:`start` starts Ray and the learner group."""
+
+    actor_failures = ACTOR_FAILURES
+
+    def __init__(self, cfg: SFTConfig):
         self.cfg, t = cfg, cfg.trainer
         self.run_dir = Path(t.output_dir)
-        if (self.run_dir / "metrics.jsonl").exists():
-            raise FileExistsError(
-                f"trainer.output_dir: {self.run_dir} already holds a run; choose another trainer.output_dir"
-            )
+        self.checkpoints = Checkpoints(self.run_dir, t.keep_checkpoints, passthrough=ACTOR_FAILURES)
+        self.weights, self.learner_state, self.start_step = cfg.model, None, 0
+        if t.resume:
+            ckpt, state = lifecycle.resume_point(t.resume)
+            self.weights, self.start_step = str(ckpt), state["step"]
+            self.learner_state = learner_state_dir(ckpt, state.get("learner"), self.learner_layout())
+        else:
+            lifecycle.check_fresh(self.run_dir)
         if not Path(cfg.model).is_dir():
             raise FileNotFoundError(f"model: {cfg.model} is not a directory (make one with `kvrl tiny`)")
         self.processor = KimiVLProcessor.from_pretrained(cfg.model)
@@ -138,9 +171,27 @@ class SFTTrainer:
             100 * sum(lengths) / (len(self.rows) * cfg.data.pack_length),
             self.total_steps,
         )
+        self.tracker = self.learners = self.placement = self.final = None
+
+    def learner_layout(self) -> dict[str, int]:
+        return learner_layout(self.cfg.resources.learner_ranks, self.cfg.learner.zero_stage)
+
+    def start(self) -> None:
+        cfg = self.cfg
         write_run_info(self.run_dir, to_dict(cfg))
-        self.tracker = Tracker(self.run_dir, cfg.tracking, to_dict(cfg))
-        self._start_actors()
+        resumed = self.start_step + 1 if self.cfg.trainer.resume else None  # rows are numbered by step + 1
+        self.tracker = Tracker(self.run_dir, cfg.tracking, to_dict(cfg), resume_at=resumed)
+        resources = cfg.resources.placement()
+        log.info("starting Ray and %d learner ranks", resources.learner_ranks)
+        self.cluster = start_ray(resources)
+        self.placement = place(resources)
+        self.learners = LearnerGroup(
+            self.weights,
+            cfg.learner,
+            resources.learner_ranks,
+            self.placement.learner,
+            state_dir=self.learner_state,
+        )
 
     def _split(self) -> tuple[list[Conversation], list[Conversation]]:
         d = self.cfg.data
@@ -154,39 +205,45 @@ class SFTTrainer:
         keep = sorted(order[n_eval:])
         return [convs[i] for i in keep], [convs[i] for i in held]
 
-    def _start_actors(self) -> None:
-        from actors.learner import LearnerGroup
-        from actors.placement import place, start_ray
-
-        resources = self.cfg.resources.placement()
-        start_ray(resources)
-        self.placement = place(resources)
-        self.learners = LearnerGroup(
-            self.cfg.model, self.cfg.learner, resources.learner_ranks, self.placement.learner
-        )
-
     # -- the loop --------------------------------------------------------------------------------
 
     def fit(self) -> Path:
-        """Train through the schedule; returns the final HF checkpoint directory."""
+        """Train through the schedule from ``start_step``; returns the final HF checkpoint directory."""
         t = self.cfg.trainer
-        try:
+        if self.start_step == 0:
             self.tracker.log({"iteration": 0, **self.evaluate()})
-            bar = tqdm(range(self.total_steps), desc="SFT steps", unit="step")
-            for step in bar:
-                row = self.train_step(step)
-                done = step + 1
-                if (t.eval_every and done % t.eval_every == 0) or done == self.total_steps:
-                    row.update(self.evaluate())
-                self.tracker.log(row)
-                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
-                if t.save_every and done % t.save_every == 0 and done < self.total_steps:
-                    self.learners.export_hf(str(self.run_dir / "checkpoints" / f"step_{done:06d}"))
-            final = self.learners.export_hf(str(self.run_dir / "final"))
-            log.info("SFT done: checkpoint %s", final)
-            return Path(final)
-        finally:
-            self.close()
+        bar = tqdm(
+            range(self.start_step, self.total_steps),
+            desc="SFT steps",
+            unit="step",
+            initial=self.start_step,
+            total=self.total_steps,
+        )
+        for step in bar:
+            row = self.train_step(step)
+            done = step + 1
+            if (t.eval_every and done % t.eval_every == 0) or done == self.total_steps:
+                row.update(self.evaluate())
+            self.tracker.log(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}")
+            if t.save_every and done % t.save_every == 0:
+                self.checkpoint(done)
+        self.final = Path(self.learners.export_hf(str(self.run_dir / "final")))
+        log.info("SFT done: checkpoint %s", self.final)
+        return self.final
+
+    def checkpoint(self, done: int) -> None:
+        """HF weights, DeepSpeed's full training state and trainer_state.json after ``done`` steps."""
+
+        def fill(folder: Path) -> None:
+            self.learners.export_hf(str(folder))
+            self.learners.save_state(str(folder))
+
+        state = {"step": done, "seed": self.cfg.trainer.seed, "learner": self.learner_layout()}
+        self.checkpoints.write(f"step_{done:06d}", fill, state)
+
+    def resume_hint(self) -> str:
+        return self.checkpoints.resume_hint()
 
     def batch(self, step: int) -> list[list[SFTExample]]:
         """The packed rows of optimizer step ``step``: a slice of its epoch's seeded order."""
@@ -221,9 +278,14 @@ class SFTTrainer:
         return {"eval_loss": m["nll_sum"] / max(m["tokens"], 1.0)}
 
     def close(self) -> None:
-        self.tracker.finish()
-        for closer in (self.learners.shutdown, self.placement.remove):
+        """Flush tracking and shut the learners down; safe after a partial :meth:`start`."""
+        if self.tracker is not None:
+            self.tracker.finish()
+        for closer in filter(
+            None, (self.learners and self.learners.shutdown, self.placement and self.placement.remove)
+        ):
             try:
                 closer()
             except Exception as e:  # keep closing the rest
                 log.warning("shutdown: %s", e)
+        self.tracker = self.learners = self.placement = None

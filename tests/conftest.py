@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import ROOT
 
 
 def pytest_collection_modifyitems(config, items):
@@ -35,20 +33,32 @@ def own_ray_clusters():
         os.environ["RAY_ADDRESS"] = saved
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def single_rank():
-    """The environment of a one-rank process group in this process, for in-process ``Learner`` s
-    (DeepSpeed initializes it once; later learners in the session reuse it)."""
+    """A one-rank process group in this process, for in-process ``Learner`` s, for one test module: the
+    environment it sets is restored and the group destroyed afterwards, so nothing leaks into the rest
+    of the session."""
     import socket
+
+    import torch.distributed as dist
 
     with socket.socket() as s:
         s.bind(("", 0))
         port = s.getsockname()[1]
-    os.environ.update(
-        RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
-    )
+    env = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+    env["MASTER_PORT"] = str(port)
     if not torch.cuda.is_available():
-        os.environ["DS_ACCELERATOR"] = "cpu"
+        env["DS_ACCELERATOR"] = "cpu"
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
@@ -67,13 +77,6 @@ def llm(tiny_dir):
     engine.llm_engine.engine_core.shutdown()
 
 
-def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
-    """A deterministic RGB image with structure (so features differ between patches)."""
-    g = torch.Generator().manual_seed(seed)
-    arr = (torch.rand(height, width, 3, generator=g) * 255).to(torch.uint8).numpy()
-    return Image.fromarray(arr, "RGB")
-
-
 @pytest.fixture(scope="session")
 def signal_data(tmp_path_factory):
     """The tiny RL data with a verifier that accepts about half of any model's answers, so a random
@@ -89,3 +92,19 @@ def signal_data(tmp_path_factory):
             r["images"] = [str(ROOT / "configs/tiny/data" / im) for im in r.get("images", [])]
             f.write(json.dumps(r) + "\n")
     return folder
+
+
+@pytest.fixture
+def tiny_trainer(tiny_dir, tmp_path):
+    """Build an RL ``Trainer`` with the default config on the tiny model and configs/tiny/data, plus
+    ``key=value`` overrides: data, processor and sampler are real, no actor is started (tests hand it
+    stand-ins for the groups they exercise)."""
+    from rl.trainer import RLConfig, Trainer
+    from runkit.config import load_config
+
+    def build(*overrides: str) -> Trainer:
+        data = ROOT / "configs/tiny/data/rl_train.jsonl"
+        base = [f"model={tiny_dir}", f"data.path={data}", f"trainer.output_dir={tmp_path / 'run'}"]
+        return Trainer(load_config(RLConfig, None, [*base, *overrides]))
+
+    return build

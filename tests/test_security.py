@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 
 from rewards import RewardConfig
 from runkit.config import ConfigError, load_config
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ["rl", "rollout", "rewards", "actors", "curriculum", "sft", "kimivl", "benchmarks"]
 
 # Calls that execute text as code (or unpickle it): model outputs, datasets and configs reach these

@@ -39,8 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
-        print(f"kvrl {args.command}: error: {e}", file=sys.stderr)
+        print(f"kvrl {typed_command(args)}: error: {e}", file=sys.stderr)
         return 2
+
+
+def typed_command(args: argparse.Namespace) -> str:
+    """The command as typed, ``sft build``, ``eval tts``, ``data synth``, for messages."""
+    words = [args.command.replace("-", " ")]  # sft-build is typed `kvrl sft build`
+    words += [getattr(args, f"{args.command}_command", None) or ""]  # eval_command, data_command
+    return " ".join(words).strip()
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from rewards import DEFAULT_VERIFIER
+
 
 def add_parser(sub) -> None:
     evaluate = sub.add_parser("eval", help="evaluations of checkpoints (`kvrl eval tts`: test-time scaling)")
@@ -35,7 +37,9 @@ def add_parser(sub) -> None:
     tts.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
     tts.add_argument("--seed", type=int, default=0)
     tts.add_argument("--max-samples", type=int, help="evaluate the first N problems only")
-    tts.add_argument("--verifier", default="math", help="verifier for rows without a verifier column")
+    tts.add_argument(
+        "--verifier", default=DEFAULT_VERIFIER, help="verifier for rows without a verifier column"
+    )
     tts.add_argument("--max-model-len", type=int, help="engine context (default: what the run needs)")
     tts.add_argument(
         "--compare-naive",

@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from kvrl.cli.training import run_training
 
 
 def add_parser(sub) -> None:
@@ -27,37 +28,16 @@ def add_parser(sub) -> None:
 
 
 def _cmd_rl(args: argparse.Namespace) -> int:
-    import signal
-
-    from rl.trainer import RLConfig, TrainingStopped, train
+    from rl.trainer import RLConfig, train  # lazy, as in every runner: Ray and vLLM load only to run
     from runkit.config import load_config
 
-    cfg = load_config(RLConfig, args.config, args.overrides)
-    current = []
-
-    def started(trainer) -> None:
-        current[:] = [trainer]
-        # After ray.init, whose crash handler would otherwise take SIGTERM and abort the driver.
-        signal.signal(signal.SIGTERM, terminated)
-        # First thing in the job log of `ray job submit`: where the run writes, and on which cluster.
-        print(f"kvrl rl: run dir {trainer.run_dir.resolve()}; {trainer.cluster}", flush=True)
-
-    def terminated(signum, frame) -> None:
-        # Pre-emption or `ray job stop`: stop between two Python steps, so the actors are shut down and a
-        # checkpoint being written is either whole (renamed into place) or removed.
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
-        raise TrainingStopped(f"SIGTERM received. {current[0].resume_hint()}")
-
-    try:
-        trainer = train(cfg, on_start=started)
-    except TrainingStopped as e:
-        print(f"kvrl rl: stopped: {e}", file=sys.stderr)
-        return 1
-    print(
-        f"kvrl rl: done; metrics in {trainer.run_dir / 'metrics.jsonl'}, "
-        f"checkpoints in {trainer.run_dir / 'checkpoints'}"
-    )
-    return 0
+    code, trainer = run_training("rl", train, load_config(RLConfig, args.config, args.overrides))
+    if trainer is not None:
+        print(
+            f"kvrl rl: done; metrics in {trainer.run_dir / 'metrics.jsonl'}, "
+            f"checkpoints in {trainer.run_dir / 'checkpoints'}"
+        )
+    return code
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:

@@ -6,6 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from kvrl.cli.training import run_training
+from rewards import DEFAULT_VERIFIER
+
 
 def add_parser(sub) -> None:
     sft = sub.add_parser(
@@ -34,20 +37,21 @@ def add_parser(sub) -> None:
     build.add_argument(
         "--max-tokens", type=int, default=1024, help="max new tokens per sample (default 1024)"
     )
-    build.add_argument("--verifier", default="math", help="verifier for rows without a verifier column")
+    build.add_argument(
+        "--verifier", default=DEFAULT_VERIFIER, help="verifier for rows without a verifier column"
+    )
     build.add_argument("--seed", type=int, default=0)
     build.set_defaults(func=_cmd_sft_build)
 
 
 def _cmd_sft(args: argparse.Namespace) -> int:
-    from runkit.config import load_config
-    from sft.trainer import SFTConfig, SFTTrainer
+    from runkit.config import load_config  # lazy, as in every runner: Ray and torch load only to run
+    from sft.trainer import SFTConfig, train
 
-    cfg = load_config(SFTConfig, args.config, args.overrides)
-    trainer = SFTTrainer(cfg)
-    final = trainer.fit()
-    print(f"kvrl sft: done; metrics in {trainer.run_dir / 'metrics.jsonl'}, checkpoint {final}")
-    return 0
+    code, trainer = run_training("sft", train, load_config(SFTConfig, args.config, args.overrides))
+    if trainer is not None:
+        print(f"kvrl sft: done; metrics in {trainer.run_dir / 'metrics.jsonl'}, checkpoint {trainer.final}")
+    return code
 
 
 def _cmd_sft_build(args: argparse.Namespace) -> int:

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from rewards import DEFAULT_VERIFIER
+
 
 def add_parser(sub) -> None:
     verify = sub.add_parser(
@@ -16,9 +18,9 @@ def add_parser(sub) -> None:
     )
     verify.add_argument(
         "--verifier",
-        default="math",
+        default=DEFAULT_VERIFIER,
         help="built-in (math, choice, exact, number), "
-        "package.module:function, or a kvrl.verifiers entry point (default math)",
+        f"package.module:function, or a kvrl.verifiers entry point (default {DEFAULT_VERIFIER})",
     )
     verify.add_argument("--answer", help="the gold answer")
     source = verify.add_mutually_exclusive_group()
@@ -38,9 +40,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     import time
 
     from rewards import Task, VerifierPool, resolve_verifier
-    from rewards.batch import verify_jsonl
+    from rewards.batch import jsonl_file, verify_jsonl
 
     resolve_verifier(args.verifier)  # an unknown name fails here, before any worker starts
+    if args.jsonl is not None:
+        jsonl_file(args.jsonl)  # so do a missing file and a folder
     with VerifierPool(workers=args.workers, timeout_s=args.timeout, memory_mb=args.memory_mb) as pool:
         if args.jsonl is not None:
             start = time.perf_counter()

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
+
 BIN = Path(sys.executable).parent
 TINY_RUN = [
     "trainer.iterations=2",
@@ -131,7 +132,8 @@ if __name__ == "__main__":
     cluster.wait_for_nodes()
     import ray
     from runkit.config import load_config
-    from rl.trainer import RLConfig, Trainer, TrainingStopped
+    from rl.trainer import RLConfig, Trainer, train
+    from runkit.lifecycle import RunStopped
 
     overrides = [
         f"model={tiny}", f"trainer.output_dir={out}", f"resources.ray_address={cluster.address}",
@@ -140,6 +142,7 @@ if __name__ == "__main__":
         *sys.argv[3:],
     ]
     trainer = Trainer(load_config(RLConfig, "configs/tiny/rl.yaml", overrides))
+    trainer.start()
     where = {
         "head": cluster.head_node.node_id,
         "learner_node": learner_node.node_id,
@@ -148,16 +151,16 @@ if __name__ == "__main__":
         "cluster": trainer.cluster,
     }
     trainer.fit()
+    trainer.close()
     print("WHERE " + json.dumps(where))
 
     # The learners' node is lost while a resumed run is up: it must stop with a clear message.
-    resumed = Trainer(load_config(RLConfig, "configs/tiny/rl.yaml", [*overrides, f"trainer.resume={out}",
-                                                                       "trainer.iterations=4"]))
-    cluster.remove_node(learner_node)
+    resumed = load_config(RLConfig, "configs/tiny/rl.yaml", [*overrides, f"trainer.resume={out}",
+                                                              "trainer.iterations=4"])
     try:
-        resumed.fit()
+        train(resumed, on_start=lambda _: cluster.remove_node(learner_node))
         print("STOPPED null")
-    except TrainingStopped as e:
+    except RunStopped as e:
         print("STOPPED " + json.dumps(str(e)))
     ray.shutdown()
     cluster.shutdown()

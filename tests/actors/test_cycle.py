@@ -22,7 +22,7 @@ from rl.losses import assign_advantages, get_loss
 from rollout.engine import EngineConfig
 from rollout.prompts import chat_prompt
 from rollout.worker import RolloutRequest, SamplingConfig
-from tests.conftest import gradient_image
+from tests.helpers import gradient_image
 
 log = logging.getLogger(__name__)
 TOLERANCE = 1e-3

@@ -11,7 +11,7 @@ from vllm import SamplingParams
 from kimivl import ImageInputError, KimiVLProcessor
 from kimivl.processing import IMAGE_PLACEHOLDER, KimiVLImageProcessor, load_image
 from rollout.inputs import make_request
-from tests.conftest import gradient_image
+from tests.helpers import gradient_image
 
 
 def png_bytes(img: Image.Image) -> bytes:

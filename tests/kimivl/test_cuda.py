@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
-from tests.conftest import gradient_image
+from tests.helpers import gradient_image
 
 pytestmark = pytest.mark.gpu
 

@@ -8,7 +8,7 @@ from safetensors import safe_open
 
 from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
 from kimivl.moonvit import merge_patches, rope_2d_angles
-from tests.conftest import gradient_image
+from tests.helpers import gradient_image
 
 
 @pytest.fixture(scope="module")

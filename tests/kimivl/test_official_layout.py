@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -21,9 +20,8 @@ from transformers import AutoConfig, AutoProcessor
 from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
 from kimivl.tiny import OFFICIAL_TEXT_FIELDS, TINY_VISION, write_official_layout
 from learner.logprobs import response_logprobs
-from tests.conftest import gradient_image
+from tests.helpers import ROOT, gradient_image
 
-ROOT = Path(__file__).resolve().parents[2]
 SHARDS = 3
 TOLERANCE = 1e-4  # fp32 engine and learner on the same bf16 weights, max abs log-prob difference
 
@@ -145,7 +143,7 @@ import json, sys
 from vllm import SamplingParams
 from rollout.engine import EngineConfig, make_llm, to_samples
 from rollout.inputs import make_request
-from tests.conftest import gradient_image
+from tests.helpers import gradient_image
 
 if __name__ == "__main__":
     model, out, prompts = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])

@@ -25,9 +25,8 @@ from transformers.convert_slow_tokenizer import TikTokenConverter, bytes_to_unic
 from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
 from kimivl.prepare import KIMI_PAT_STR, PrepareError, prepare_official
 from kimivl.tiny import write_official_layout
-from tests.conftest import gradient_image
+from tests.helpers import ROOT, gradient_image
 
-ROOT = Path(__file__).resolve().parents[2]
 NUM_RANKS = 768  # + the 256 special/reserved ids = 1024, the tiny model's vocab_size
 # Official ids (moonshotai/Kimi-VL-A3B-* tokenizer_config.json) minus 163584, the number of BPE ranks.
 OFFICIAL_OFFSETS = {
@@ -289,7 +288,7 @@ import json, sys
 from vllm import SamplingParams
 from rollout.engine import EngineConfig, make_llm
 from rollout.inputs import make_request
-from tests.conftest import gradient_image
+from tests.helpers import gradient_image
 
 if __name__ == "__main__":
     model, out, prompt = sys.argv[1], sys.argv[2], sys.argv[3]

@@ -6,13 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from kimivl.processing import (
-    IMAGE_PLACEHOLDER,
-    THINK_CLOSE,
-    THINK_OPEN,
-    KimiVLImageProcessor,
-    KimiVLProcessor,
-)
+from kimivl.processing import IMAGE_PLACEHOLDER, KimiVLImageProcessor, KimiVLProcessor
+from runkit.tokens import THINK_CLOSE, THINK_OPEN
 
 
 @pytest.fixture(scope="module")

@@ -7,14 +7,12 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from rewards import RewardConfig, Task, UnknownVerifier, VerifierPool, resolve_verifier
 from runkit.config import ConfigError, load_config
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
 
 PLUGIN = """
 import os

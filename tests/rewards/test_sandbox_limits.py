@@ -6,14 +6,12 @@ import os
 import select
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
 from rewards import RewardConfig, Task, VerifierPool
 from runkit.config import ConfigError, load_config
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
 
 PLUGIN = """
 import socket

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.rl.runs import assert_nothing_left, marked, start_rl, wait_until
-from tests.rl.test_trainer import ROOT
+from tests.helpers import ROOT, assert_nothing_left, marked, start_run, wait_until
 
 
 def latest(run: Path) -> str | None:
@@ -45,7 +44,7 @@ def loads_in_learner(ckpt: Path) -> None:
 @pytest.mark.fault
 def test_killed_learner_rank_stops_resumably_then_restarts_by_itself(tiny_dir, tmp_path):
     run, log = tmp_path / "run", tmp_path / "rl.log"
-    proc, marker = start_rl(tiny_dir, run, log, "trainer.iterations=3")
+    proc, marker = start_run("rl", tiny_dir, run, log, "trainer.iterations=3")
     wait_until(lambda: latest(run) is not None, proc, log)
     kill_learner_rank(marker)
     assert proc.wait(timeout=600) == 1
@@ -58,8 +57,8 @@ def test_killed_learner_rank_stops_resumably_then_restarts_by_itself(tiny_dir, t
     loads_in_learner(run / "checkpoints" / stopped_at)
 
     # Resumed with one restart allowed: a rank killed again is replaced from the last checkpoint.
-    proc, marker = start_rl(
-        tiny_dir, run, log, "trainer.iterations=4", f"trainer.resume={run}", "trainer.max_restarts=1"
+    proc, marker = start_run(
+        "rl", tiny_dir, run, log, "trainer.iterations=4", f"trainer.resume={run}", "trainer.max_restarts=1"
     )
     wait_until(lambda: latest(run) != stopped_at, proc, log)
     kill_learner_rank(marker)
@@ -74,7 +73,7 @@ def test_killed_learner_rank_stops_resumably_then_restarts_by_itself(tiny_dir, t
 @pytest.mark.fault
 def test_sigterm_while_a_checkpoint_is_written_keeps_a_whole_one(tiny_dir, tmp_path):
     run, log = tmp_path / "run", tmp_path / "rl.log"
-    proc, marker = start_rl(tiny_dir, run, log, "trainer.iterations=3")
+    proc, marker = start_run("rl", tiny_dir, run, log, "trainer.iterations=3")
     ckpts = run / "checkpoints"
     # the second checkpoint being written (iter_00001.partial, or the learner's .partial.tmp inside it)
     wait_until(lambda: any(ckpts.glob("iter_00001.partial*")), proc, log, poll_s=0.002)
@@ -87,7 +86,7 @@ def test_sigterm_while_a_checkpoint_is_written_keeps_a_whole_one(tiny_dir, tmp_p
     assert kept in ("iter_00000", "iter_00001")  # the one before, or this one if its rename came first
     loads_in_learner(ckpts / kept)
 
-    proc, marker = start_rl(tiny_dir, run, log, "trainer.iterations=3", f"trainer.resume={run}")
+    proc, marker = start_run("rl", tiny_dir, run, log, "trainer.iterations=3", f"trainer.resume={run}")
     assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
     assert iterations(run) == [0, 1, 2]
     assert not list(ckpts.glob("*.partial*"))
@@ -95,10 +94,10 @@ def test_sigterm_while_a_checkpoint_is_written_keeps_a_whole_one(tiny_dir, tmp_p
 
 
 @pytest.mark.fault
-def test_full_disk_on_checkpoint_keeps_the_previous_one(tiny_dir, tmp_path):
+def test_full_disk_on_checkpoint_keeps_the_previous_one(tiny_dir, tiny_trainer, tmp_path):
     import shutil
 
-    from rl.trainer import RLConfig, Trainer, TrainingStopped, resolve_resume
+    from runkit.lifecycle import RunStopped, resume_point
 
     run = tmp_path / "run"
     root = run / "checkpoints"
@@ -112,16 +111,15 @@ def test_full_disk_on_checkpoint_keeps_the_previous_one(tiny_dir, tmp_path):
             (Path(out_dir) / "model.safetensors").write_bytes(b"\0" * 4096)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    trainer = Trainer.__new__(Trainer)
-    trainer.cfg, trainer.run_dir, trainer.learners = RLConfig(), run, FullDisk()
-    trainer.cfg.trainer.iterations = 5
-    with pytest.raises(TrainingStopped) as stopped:
+    trainer = tiny_trainer("trainer.iterations=5")
+    trainer.learners = FullDisk()
+    with pytest.raises(RunStopped) as stopped:
         trainer.checkpoint(1)
     message = str(stopped.value)
     assert message.startswith("checkpoint iter_00001 could not be written (OSError: [Errno 28] No space left")
     assert f"The last checkpoint is {root / 'iter_00000'}: continue with trainer.resume={run}" in message
     assert sorted(p.name for p in root.iterdir()) == ["iter_00000", "latest"]  # nothing half-written left
-    assert resolve_resume(str(run)) == root / "iter_00000"
+    assert resume_point(run)[0] == root / "iter_00000"
     loads_in_learner(root / "iter_00000")
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from learner.experience import Experience
 from rl.losses import Mean
-from rl.trainer import RLConfig, Trainer, optimizer_steps
+from rl.trainer import Trainer, optimizer_steps
 
 
 class RecordingGroup:
@@ -30,13 +30,16 @@ class RecordingGroup:
         return self.step_metrics[len(self.steps) - 1]
 
 
-def trainer_with(group, **trainer_keys) -> Trainer:
-    trainer = Trainer.__new__(Trainer)  # no actors: only learn() runs
-    trainer.cfg = RLConfig()
-    for key, value in trainer_keys.items():
-        setattr(trainer.cfg.trainer, key, value)
-    trainer.learners, trainer.nonfinite_in_a_row, trainer.step = group, 0, 0
-    return trainer
+@pytest.fixture
+def trainer_with(tiny_trainer):
+    """A Trainer whose learner group is ``group`` (no actors: only learn() runs)."""
+
+    def build(group, **trainer_keys) -> Trainer:
+        trainer = tiny_trainer(*(f"trainer.{k}={v}" for k, v in trainer_keys.items()))
+        trainer.learners = group
+        return trainer
+
+    return build
 
 
 def two_groups() -> list[Experience]:
@@ -52,7 +55,7 @@ def two_groups() -> list[Experience]:
 OK = {"skipped": 0.0}
 
 
-def test_logprob_gap_leaves_out_forced_tokens():
+def test_logprob_gap_leaves_out_forced_tokens(trainer_with):
     # learner: the forced ◁/think▷ has log-prob -6 under the policy; vLLM reports a 0.0 placeholder there.
     # Sampled tokens differ by at most 0.01 (sample 0 token 2: |-2.0 - -2.01|).
     learner = [[-1.0, -6.0, -2.01], [-1.5], [-0.5], [-0.7]]
@@ -62,7 +65,7 @@ def test_logprob_gap_leaves_out_forced_tokens():
     assert metrics["rollout_learner_logprob_gap_mean"] == pytest.approx(0.01 / 5)
 
 
-def test_passes_times_steps_with_advantages_from_whole_groups():
+def test_passes_times_steps_with_advantages_from_whole_groups(trainer_with):
     learner = [[-1.0, -6.0, -2.0], [-1.5], [-0.5], [-0.7]]
     group = RecordingGroup(learner, [OK] * 4)
     trainer = trainer_with(group, optimizer_steps_per_iteration=2, epochs_per_iteration=2)
@@ -75,7 +78,7 @@ def test_passes_times_steps_with_advantages_from_whole_groups():
     assert [[e.group_id for e in s] for s in optimizer_steps(two_groups(), 3, 2)] == [[0, 0], [1, 1]] * 2
 
 
-def test_step_metrics_are_weighted_by_their_counts():
+def test_step_metrics_are_weighted_by_their_counts(trainer_with):
     # step 1: entropy 2.0 over 1 token; step 2: entropy 5.0 over 3 tokens -> (2 + 15) / 4 = 4.25
     steps = [
         {"skipped": Mean(0.0, 2.0), "entropy": Mean(2.0, 1.0), "loss": Mean(-1.0, 2.0)},

@@ -1,4 +1,5 @@
-"""The shipped RL configs load, choose their passes on purpose, and sample the policy itself."""
+"""The shipped RL configs load, choose their passes on purpose and sample the policy itself; bad keys and
+values in them are named."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import pytest
 
 from rl.trainer import RLConfig
 from runkit.config import ConfigError, load_config
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ["configs/tiny/rl.yaml", "configs/kimi-vl-a3b/rl-1x8.yaml", "configs/kimi-vl-a3b/rl-4x8.yaml"]
 
 
@@ -40,8 +41,9 @@ def test_the_demo_config_chooses_its_passes():
 
     trainer = rl_config(PROFILES["full"], DemoPaths(ROOT / "runs" / "unused"))["trainer"]
     assert trainer["epochs_per_iteration"] == 2 and trainer["optimizer_steps_per_iteration"] == 1
-    source = (ROOT / "kvrl" / "demo.py").read_text()
-    assert "departure from eq. 3" in source and "tau term of eq. 3" in source
+    template = ROOT / "configs/demo/rl.yaml"
+    assert "tau term of eq. 3" in comment_above(template, "optimizer_steps_per_iteration")
+    assert "departure from eq. 3" in comment_above(template, "drop_zero_signal_groups")
 
 
 @pytest.mark.parametrize(
@@ -75,3 +77,18 @@ def test_resume_with_other_learner_ranks_names_the_keys_before_anything_starts(t
     )
     with pytest.raises(ValueError, match=r"written with resources.learner_ranks=2 \(this run: 4\)"):
         Trainer(cfg)
+
+
+def test_unknown_keys_and_bad_values_name_the_key(tmp_path):
+    path = ROOT / "configs/tiny/rl.yaml"
+    cfg = load_config(RLConfig, path)
+    assert cfg.trainer.iterations == 3 and cfg.rollout.sampling.n == 4 and cfg.learner.zero_stage == 2
+    for override, message in [
+        (["trainer.iteratons=3"], "unknown config key 'trainer.iteratons'"),
+        (["trainer.iterations=three"], "trainer.iterations: expected an integer"),
+        (["learner.zero_stage=4"], "learner.zero_stage: 4 is not one of"),
+        (["loss.name=ppo9"], "unknown loss 'ppo9'"),
+        (["rollout.sampling.top_p=1.5"], "top_p must be in"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(RLConfig, path, override)

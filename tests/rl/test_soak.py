@@ -8,8 +8,7 @@ import secrets
 
 import pytest
 
-from tests.rl.runs import assert_nothing_left, start_rl
-from tests.rl.test_trainer import ROOT
+from tests.helpers import ROOT, assert_nothing_left, start_run
 
 ITERATIONS, SETTLED, GROWTH = 50, 5, 1.10
 BAD_ROWS = [
@@ -37,7 +36,8 @@ def test_fifty_iterations_hold_memory_flat_and_leave_nothing(tiny_dir, tmp_path)
     secret_env = {name: secrets.token_hex(16) for name in names}
 
     run, log = tmp_path / "run", tmp_path / "rl.log"
-    proc, marker = start_rl(
+    proc, marker = start_run(
+        "rl",
         tiny_dir,
         run,
         log,

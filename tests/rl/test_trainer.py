@@ -1,52 +1,15 @@
-"""`kvrl rl` end to end on the tiny model: exact resume, the checkpoint served by vLLM, config errors."""
+"""`kvrl rl` end to end on the tiny model: exact resume, the checkpoint served by vLLM; the lr warm-up."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-FAST = [
-    "trainer.prompts_per_iteration=4",
-    "rollout.sampling.n=2",
-    "rollout.sampling.max_tokens=16",
-    "rollout.chunk_size=8",
-    "tracking.wandb=offline",
-]
-
-
-def kvrl_rl(tiny_dir, out, *overrides, data=None):
-    data_path = data / "train.jsonl" if data else ROOT / "configs/tiny/data/rl_train.jsonl"
-    config = str(ROOT / "configs/tiny/rl.yaml")
-    cmd = [
-        sys.executable,
-        "-m",
-        "kvrl",
-        "rl",
-        "--config",
-        config,
-        f"model={tiny_dir}",
-        f"trainer.output_dir={out}",
-        f"data.path={data_path}",
-        *FAST,
-        *overrides,
-    ]
-    pythonpath = os.pathsep.join([str(ROOT)] + ([str(data)] if data else []))
-    proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": pythonpath},
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+from tests.helpers import ROOT, kvrl_rl
 
 
 def problems_at(out, iteration):
@@ -125,24 +88,6 @@ def test_rl_runs_and_resume_is_exact(tiny_dir, tmp_path, signal_data):
     for key in ("loss", "reward_mean", "kl", "response_len_mean", "entropy"):
         assert abs(straight[2][key] - resumed[2][key]) <= 1e-5, (key, straight[2][key], resumed[2][key])
     assert_loads_in_vllm(ckpt)  # the RL checkpoint serves in vLLM as written
-
-
-def test_unknown_keys_and_bad_values_name_the_key(tmp_path):
-    from rl.trainer import RLConfig
-    from runkit.config import ConfigError, load_config
-
-    path = ROOT / "configs/tiny/rl.yaml"
-    cfg = load_config(RLConfig, path)
-    assert cfg.trainer.iterations == 3 and cfg.rollout.sampling.n == 4 and cfg.learner.zero_stage == 2
-    for override, message in [
-        (["trainer.iteratons=3"], "unknown config key 'trainer.iteratons'"),
-        (["trainer.iterations=three"], "trainer.iterations: expected an integer"),
-        (["learner.zero_stage=4"], "learner.zero_stage: 4 is not one of"),
-        (["loss.name=ppo9"], "unknown loss 'ppo9'"),
-        (["rollout.sampling.top_p=1.5"], "top_p must be in"),
-    ]:
-        with pytest.raises(ConfigError, match=message):
-            load_config(RLConfig, path, override)
 
 
 def test_lr_warms_up_linearly_over_optimizer_steps():

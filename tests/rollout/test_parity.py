@@ -12,7 +12,7 @@ from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
 from learner.logprobs import response_logprobs
 from rollout.engine import to_samples
 from rollout.inputs import make_request
-from tests.conftest import gradient_image
+from tests.helpers import gradient_image
 
 log = logging.getLogger(__name__)
 

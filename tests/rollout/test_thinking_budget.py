@@ -13,7 +13,7 @@ from learner.logprobs import response_logprobs
 from rollout.engine import EngineConfig
 from rollout.prompts import chat_prompt
 from rollout.worker import RolloutRequest, RolloutWorker, SamplingConfig
-from tests.conftest import gradient_image
+from tests.helpers import gradient_image
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 
 from corpus.problems import DataError
 from sft.data import load_conversations
-from tests.conftest import gradient_image
+from tests.helpers import gradient_image
 
 GOOD = {
     "id": "ok",

@@ -5,28 +5,11 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def kvrl(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(str(p) for p in (ROOT, pythonpath) if p))
-    proc = subprocess.run(
-        [sys.executable, "-m", "kvrl", *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        env=env,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return proc
+from tests.helpers import ROOT, kvrl
 
 
 @pytest.fixture(scope="module")

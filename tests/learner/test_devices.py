@@ -11,11 +11,11 @@ learner moves their output with ``.to(self.device)``.
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
+
 RANK_MODULES = ["learner/rank.py", "learner/logprobs.py", "learner/loss.py", "rl/losses.py", "sft/loss.py"]
 FACTORIES = {
     "arange",

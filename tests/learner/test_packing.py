@@ -11,7 +11,7 @@ from sft.data import Conversation
 from sft.format import encode
 from sft.loss import sft_loss
 from sft.packing import pack
-from tests.conftest import gradient_image
+from tests.helpers import gradient_image
 
 
 def conv(cid: str, question: str, answer: str, images=(), system: str | None = None) -> Conversation:

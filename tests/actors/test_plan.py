@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from actors.placement import ResourceConfig
 from actors.plan import GIB, ModelShape, PlanError, learner_memory, model_shape, place_gpus, rollout_memory
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 A3B = ROOT / "configs" / "kimi-vl-a3b"
 SHAPE = ModelShape(
     params=10**9,

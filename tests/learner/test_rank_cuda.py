@@ -1,7 +1,7 @@
 """The learner rank on CUDA: DeepSpeed ZeRO-2/3 over NCCL in bf16 takes an RL step and an SFT step,
 saves and reloads its full training state, and exports weights that load again.
 
-Run where a GPU is lent: ``python -m pytest tests/rl/test_learner_cuda.py tests/kimivl/test_cuda.py``."""
+Run where a GPU is lent: ``python -m pytest tests/learner/test_rank_cuda.py tests/kimivl/test_cuda.py``."""
 
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -26,8 +25,8 @@ from evaluation.curves import (
 )
 from evaluation.tts import CurveConfig, generate_cuts, score_cuts, write_outputs
 from rewards import verify_response
+from tests.helpers import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "configs/tiny/data/rl_train.jsonl"
 REQUIRED = ["checkpoint", "budget", "mode", "accuracy", "ci_low", "ci_high", "mean_thinking_tokens"]
 REQUIRED.append("truncation_rate")
@@ -320,7 +319,7 @@ def test_cli_end_to_end(tiny_dir, tmp_path):
 
 @pytest.mark.slow
 def test_rl_logs_curves(tiny_dir, tmp_path):
-    from tests.rl.test_trainer import kvrl_rl
+    from tests.helpers import kvrl_rl
 
     out = tmp_path / "run"
     metrics = kvrl_rl(

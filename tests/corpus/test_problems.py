@@ -7,7 +7,7 @@ import json
 import pytest
 
 from corpus.problems import DataError, load_problems
-from tests.conftest import gradient_image
+from tests.helpers import gradient_image
 
 
 def write_jsonl(path, rows):

@@ -13,9 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.conftest import gradient_image
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT, RecordingLLM, gradient_image
 
 
 def run(tiny_dir, data, tmp_path, *extra):
@@ -184,20 +182,6 @@ def test_problem_seed_is_per_problem_and_per_kind_of_try():
     assert problem_seed(0, "p0", "difficulty") != problem_seed(1, "p0", "difficulty")
 
 
-class RecordingLLM:
-    """Stands in for vllm.LLM: records each request's SamplingParams, answers "4" every time."""
-
-    def __init__(self):
-        self.calls = []
-
-    def generate(self, requests, params):
-        if not isinstance(params, list):  # one SamplingParams for the whole batch
-            params = [params] * len(requests)
-        self.calls.append(list(zip(requests, params, strict=True)))
-        answer = SimpleNamespace(text="◁think▷◁/think▷4", token_ids=[1, 2, 3], finish_reason="stop")
-        return [SimpleNamespace(outputs=[answer] * sp.n) for sp in params]
-
-
 def seeds_by_problem(monkeypatch, tmp_path, rows, name) -> dict:
     """{(problem id, thinking): (seed, n)} of a `kvrl difficulty` run over ``rows`` in that order."""
     import evaluation.pass_rates
@@ -216,7 +200,9 @@ def seeds_by_problem(monkeypatch, tmp_path, rows, name) -> dict:
     monkeypatch.setattr(evaluation.pass_rates, "make_requests", make_requests)
     data = tmp_path / f"{name}.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    summary = estimate_difficulty(DifficultyJob("ckpt", str(data), k=3, no_think_tries=2, seed=5, workers=1))
+    summary = estimate_difficulty(
+        DifficultyJob(checkpoint="ckpt", data=str(data), k=3, no_think_tries=2, seed=5, workers=1)
+    )
     assert summary["problems"] == len(rows)
     return {request: (sp.seed, sp.n) for call in llm.calls for request, sp in call}
 
@@ -232,26 +218,3 @@ def test_each_problem_samples_from_its_own_seed_wherever_its_row(monkeypatch, tm
     assert [n for _, n in thinking] == [3, 3, 3] and [n for _, n in no_think] == [2, 2, 2]
     seeds = [seed for seed, _ in thinking + no_think]
     assert len(set(seeds)) == 6, seeds  # no two problems, and no two kinds of try, share a stream
-
-
-def test_sft_build_samples_each_problem_from_its_own_seed(monkeypatch, tmp_path):
-    """``kvrl sft build`` (rejection sampling) seeds each problem as ``kvrl difficulty`` does; it once
-    gave every problem the job's seed, so all of them drew the same random stream."""
-    import sft.rejection
-    from evaluation.pass_rates import problem_seed
-    from sft.rejection import BuildJob, build_sft_data
-
-    llm = RecordingLLM()
-    monkeypatch.setattr(sft.rejection, "make_llm", lambda cfg: llm)
-    monkeypatch.setattr(sft.rejection, "KimiVLProcessor", SimpleNamespace(from_pretrained=lambda path: None))
-    monkeypatch.setattr(sft.rejection, "make_requests", lambda problems, *_: [p.id for p in problems])
-    rows = [{"id": f"p{i}", "question": f"What is {i}+4?", "answer": "4"} for i in range(3)]
-    data = tmp_path / "prompts.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    job = BuildJob("ckpt", str(data), str(tmp_path / "sft.jsonl"), k=2, seed=5, workers=1)
-    assert build_sft_data(job)["written"] == 6
-    ((*calls,),) = llm.calls
-    assert {pid: (sp.seed, sp.n) for pid, sp in calls} == {
-        f"p{i}": (problem_seed(5, f"p{i}", "sft-build"), 2) for i in range(3)
-    }
-    assert len({sp.seed for _, sp in calls}) == 3
