@@ -34,6 +34,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kimivl import KimiVLConfig, KimiVLForConditionalGeneration
+
 GIB = 1024**3
 ADAM_STATE_BYTES = 8  # exp_avg and exp_avg_sq in fp32
 MASTER_BYTES = 4  # fp32 master weights, kept when training in 16 bits
@@ -75,8 +77,6 @@ class ModelShape:
 def model_shape(path: str | Path) -> ModelShape:
     """Count a Kimi-VL config's parameters exactly, on the meta device (no memory, no weights)."""
     import torch
-
-    from kimivl import KimiVLConfig, KimiVLForConditionalGeneration
 
     path = Path(path)
     file = path / "config.json" if path.is_dir() else path

@@ -36,7 +36,7 @@ class RolloutActor:
     def __init__(self, cfg: EngineConfig):
         # Several engines share the node's cores; don't let each pin threads to all of them.
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
-        from rollout.worker import RolloutWorker
+        from rollout.worker import RolloutWorker  # after the variable above: vLLM reads it as it loads
 
         self.worker = RolloutWorker(cfg)
 

@@ -8,6 +8,9 @@ import logging
 import tempfile
 from pathlib import Path
 
+from rl.trainer import RLConfig, train
+from runkit.config import load_config
+
 log = logging.getLogger(__name__)
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "rl.yaml"
 PHASES = ("time_rollout", "time_reward", "time_learn", "time_sync")
@@ -16,8 +19,6 @@ PHASES = ("time_rollout", "time_reward", "time_learn", "time_sync")
 def kvrl_iterations(model: str, overrides: list[str], repeats: int) -> list[dict[str, float]]:
     """``repeats`` timed iterations (after one warm-up) of the tiny RL config with ``overrides``:
     per iteration ``time_iteration``, the four phase times and the generated tokens."""
-    from rl.trainer import RLConfig, train
-    from runkit.config import load_config
 
     out = Path(tempfile.mkdtemp(prefix="kvrl-bench-iter-")) / "run"
     cfg = load_config(

@@ -11,6 +11,14 @@ import logging
 import tempfile
 from pathlib import Path
 
+from actors.placement import ResourceConfig, place
+from actors.rollout import RolloutPool
+from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
+from kimivl.tiny import make_tiny
+from rollout.engine import EngineConfig
+from rollout.prompts import chat_prompt
+from rollout.worker import RolloutRequest, SamplingConfig
+
 from .common import result, timed
 
 log = logging.getLogger(__name__)
@@ -20,8 +28,6 @@ IMAGES = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "data" / "im
 def prompts(processor, count: int) -> list[tuple[str, str, list]]:
     """(id, prompt, images): every other prompt carries one of the tiny data's images."""
     from PIL import Image
-
-    from rollout.prompts import chat_prompt
 
     pictures = [Image.open(p).convert("RGB") for p in sorted(IMAGES.glob("*.png"))]
     out = []
@@ -42,8 +48,6 @@ def run(
     n: int = 4,
     max_tokens: int = 64,
 ) -> list[dict]:
-    from kimivl import KimiVLProcessor
-    from kimivl.tiny import make_tiny
 
     model = model or str(make_tiny(Path(tempfile.mkdtemp(prefix="kvrl-bench-rollout-")) / "tiny"))
     processor = KimiVLProcessor.from_pretrained(model)
@@ -73,11 +77,6 @@ def run(
 def _kvrl(model, batch, repeats, engines, n, max_tokens) -> tuple[list[float], list[int]]:
     import ray
 
-    from actors.placement import ResourceConfig, place
-    from actors.rollout import RolloutPool
-    from rollout.engine import EngineConfig
-    from rollout.worker import RolloutRequest, SamplingConfig
-
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2 * engines + 4, include_dashboard=False)
@@ -105,8 +104,6 @@ def _kvrl(model, batch, repeats, engines, n, max_tokens) -> tuple[list[float], l
 
 def _hf_generate(model, processor, batch, repeats, n, max_tokens) -> tuple[list[float], list[int]]:
     import torch
-
-    from kimivl import KimiVLForConditionalGeneration
 
     policy = KimiVLForConditionalGeneration.from_pretrained(model, dtype=torch.float32).eval()
     stop = set(policy.generation_config.eos_token_id or [])

@@ -14,6 +14,9 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from kimivl.tiny import make_tiny
+
+from .common import result
 from .iteration import PHASES, kvrl_iterations
 
 log = logging.getLogger(__name__)
@@ -23,9 +26,6 @@ LENGTH = [(64, 64), (64, 256), (64, 1024)]
 
 
 def run(quick: bool = False, repeats: int = 3, model: str | None = None) -> list[dict]:
-    from kimivl.tiny import make_tiny
-
-    from .common import result
 
     model = model or str(make_tiny(Path(tempfile.mkdtemp(prefix="kvrl-bench-scale-")) / "tiny"))
     points = [("batch", s, t) for s, t in BATCH] + [("length", s, t) for s, t in LENGTH[1:]]

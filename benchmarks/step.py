@@ -26,6 +26,13 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
+from kimivl.tiny import make_tiny
+from rewards import total_rewards, verify_response
+from rl.trainer import RLConfig
+from rollout.prompts import chat_prompt
+from runkit.config import load_config
+
 from .common import result
 from .iteration import CONFIG, PHASES, kvrl_iterations
 
@@ -43,7 +50,6 @@ def run(quick: bool = False, repeats: int = 3, model: str | None = None) -> list
         import trl
     except ImportError as e:
         raise RuntimeError(NEEDS_TRL) from e
-    from kimivl.tiny import make_tiny
 
     work = Path(tempfile.mkdtemp(prefix="kvrl-bench-step-"))
     model = str(model or make_tiny(work / "tiny"))
@@ -149,10 +155,6 @@ def _trl_iterations(
     import torch
     from trl import GRPOTrainer
 
-    from kimivl import KimiVLProcessor
-    from rl.trainer import RLConfig
-    from runkit.config import load_config
-
     rewards_cfg = load_config(RLConfig, CONFIG, []).rewards  # its default verifier and length reward
     processor = KimiVLProcessor.from_pretrained(model)
     clock = _Clock()
@@ -227,8 +229,6 @@ def _dataset(processor, data: Path, default_verifier: str):
     """The problems as TRL prompts: already chat-formatted strings, so TRL applies no template of its own."""
     import datasets
 
-    from rollout.prompts import chat_prompt
-
     rows = [json.loads(line) for line in data.read_text().splitlines() if line.strip()]
     return datasets.Dataset.from_list(
         [
@@ -244,7 +244,6 @@ def _dataset(processor, data: Path, default_verifier: str):
 
 def _reward(n: int, penalty, clock: _Clock):
     """kvrl's reward as a TRL reward function: the verifier's verdict + the k1.5 length reward."""
-    from rewards import total_rewards, verify_response
 
     def reward(completions, completion_ids, answer, verifier, trainer_state, **_):
         start = time.perf_counter()
@@ -271,8 +270,6 @@ def _policy(model: str):
     ``<|media_pad|>`` is a plain token here, as in kvrl's engines and learner (its ``image_token_mask``).
     """
     import torch
-
-    from kimivl import KimiVLForConditionalGeneration
 
     class TRLKimiVL(KimiVLForConditionalGeneration):
         @functools.wraps(KimiVLForConditionalGeneration.forward)  # generate checks kwargs against it

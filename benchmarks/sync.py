@@ -11,6 +11,13 @@ import logging
 import tempfile
 from pathlib import Path
 
+from actors.learner import LearnerGroup
+from actors.placement import ResourceConfig, place
+from actors.rollout import RolloutActor, RolloutPool
+from kimivl.tiny import make_tiny
+from learner.rank import LearnerConfig
+from rollout.engine import EngineConfig
+
 from .common import result, timed
 
 log = logging.getLogger(__name__)
@@ -28,7 +35,6 @@ SIZES = {
 
 
 def run(quick: bool = False, repeats: int = 3, model: str | None = None, engines: int = 2) -> list[dict]:
-    from kimivl.tiny import make_tiny
 
     work = Path(tempfile.mkdtemp(prefix="kvrl-bench-sync-"))
     sizes = {"given": None} if model else ({"1x": SIZES["1x"]} if quick else SIZES)
@@ -45,12 +51,6 @@ def run(quick: bool = False, repeats: int = 3, model: str | None = None, engines
 
 def _one(size: str, model: str, repeats: int, engines: int, work: Path) -> dict:
     import ray
-
-    from actors.learner import LearnerGroup
-    from actors.placement import ResourceConfig, place
-    from actors.rollout import RolloutActor, RolloutPool
-    from learner.rank import LearnerConfig
-    from rollout.engine import EngineConfig
 
     started = not ray.is_initialized()
     if started:

@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from tqdm import tqdm
 
-from corpus.problems import Problem
+from corpus.problems import Problem, load_problems
 from evaluation.curves import (
     CSV_COLUMNS,
     BudgetCut,
@@ -45,9 +45,14 @@ from evaluation.curves import (
     cut_at_budget,
     format_budget,
 )
-from rewards import DEFAULT_VERIFIER, THINK_CLOSE, THINK_OPEN, Task, Verdict
-from rollout.worker import RolloutRequest, RolloutResult, SamplingConfig
+from kimivl import KimiVLProcessor
+from kimivl.processing import load_image
+from rewards import DEFAULT_VERIFIER, THINK_CLOSE, THINK_OPEN, Task, Verdict, VerifierPool
+from rollout.engine import EngineConfig
+from rollout.prompts import chat_prompt
+from rollout.worker import RolloutRequest, RolloutResult, RolloutWorker, SamplingConfig
 from runkit.files import atomic_write, replacing
+from runkit.tracking import Tracker, TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +169,6 @@ class CurveResult:
 
 def eval_prompt(processor, problem: Problem) -> str:
     """The chat prompt with ``◁think▷`` pre-filled: the response starts inside its thinking."""
-    from rollout.prompts import chat_prompt
 
     return chat_prompt(processor, problem.question, len(problem.images)) + THINK_OPEN
 
@@ -183,7 +187,6 @@ def eval_requests(problems: Sequence[Problem], processor, seed: int) -> list[Rol
 
 def prompt_lengths(problems: Sequence[Problem], processor) -> list[int]:
     """Prompt tokens of each eval prompt, image placeholders expanded (to size the engine's context)."""
-    from kimivl.processing import load_image
 
     lengths = []
     for p in problems:
@@ -457,9 +460,6 @@ def _compare_naive(problems, worker, cfg: CurveConfig) -> dict[str, Any]:
 
 
 def _eval_checkpoint(job: TTSJob, checkpoint: str, problems, verify: Verify) -> tuple[CurveResult, dict]:
-    from kimivl import KimiVLProcessor
-    from rollout.engine import EngineConfig
-    from rollout.worker import RolloutWorker
 
     cfg = job.curve
     max_len = job.max_model_len
@@ -481,9 +481,6 @@ def _eval_checkpoint(job: TTSJob, checkpoint: str, problems, verify: Verify) -> 
 
 def run_tts_job(job: TTSJob) -> dict[str, Any]:
     """Curves for every checkpoint -> ``tts.csv/json/png`` under ``job.out`` and a wandb line plot."""
-    from corpus.problems import load_problems
-    from rewards import VerifierPool
-    from runkit.tracking import Tracker, TrackingConfig
 
     problems = load_problems(job.data).problems[: job.max_samples]
     cfg = job.curve
@@ -527,7 +524,6 @@ class TrainingCurves:
     ``tts_curves.jsonl`` (one object per eval: iteration, seconds, points)."""
 
     def __init__(self, cfg: EvalConfig, data: str, processor, run_dir: Path, seed: int, verifier: str):
-        from corpus.problems import load_problems
 
         self.cfg, self.processor, self.verifier = cfg, processor, verifier
         self.curve = cfg.curve(seed)

@@ -43,7 +43,7 @@ def patch_cpu_rotary_embedding() -> bool:
 
 
 def register() -> None:
-    from .registration import register as register_auto
+    from .registration import register as register_auto  # lazy: vLLM loads plugins in every process
 
     register_auto()
     from vllm.platforms import current_platform

@@ -119,7 +119,7 @@ def _worker_main(conn: Connection, memory_bytes: int, max_chars: int, cpu_s: int
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
     # SIGXCPU's default action dumps core; a core of a multi-GiB worker is not worth the disk.
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    from .registry import resolve_verifier
+    from .registry import resolve_verifier  # only now: verifiers load with the network cut, limits set
     from .verdict import verify_response
 
     resolve_verifier(DEFAULT_VERIFIER)

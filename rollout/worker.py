@@ -21,9 +21,11 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from kimivl import KimiVLProcessor
 from runkit.tokens import THINK_CLOSE, THINK_OPEN
 
-from .engine import EngineConfig, Sample
+from .engine import EngineConfig, Sample, make_llm, to_samples
+from .inputs import collapse_placeholders, make_request
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +90,6 @@ class RolloutWorker:
     def __init__(self, cfg: EngineConfig):
         # In-process engine: weight updates reach the model directly (see module docstring).
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-        from kimivl import KimiVLProcessor
-
-        from .engine import make_llm
-
         extra = dict(cfg.extra)
         extra.setdefault("worker_extension_cls", WORKER_EXTENSION)
         self.cfg = EngineConfig(**{**cfg.__dict__, "extra": extra})
@@ -118,8 +116,6 @@ class RolloutWorker:
         )
 
     def generate(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> list[RolloutResult]:
-        from .engine import to_samples
-        from .inputs import make_request
 
         vllm_requests = [make_request(r.prompt, r.images, self.processor.image_processor) for r in requests]
         budget = sampling.thinking_budget
@@ -142,8 +138,6 @@ class RolloutWorker:
         keep generating up to ``max_tokens``. Finished (end of turn): leave it, unless it ended inside
         its thinking and ``always_answer`` is set: then drop the end-of-turn token and force as above.
         """
-        from .engine import to_samples
-        from .inputs import collapse_placeholders
 
         follow, idx, room = [], [], []
         for j, s in enumerate(samples):

@@ -11,7 +11,7 @@ def add_parser(sub) -> None:
         "bench",
         help="side-by-side benchmarks; JSON (benchmark, kvrl, baseline, ratio, unit) + docs/benchmarks.md",
     )
-    from benchmarks import BENCHMARKS
+    from benchmarks import BENCHMARKS  # light: names and descriptions only
 
     bench.add_argument(
         "name", choices=list(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items())
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks import run
+    from benchmarks import run  # lazy: loads only when this command runs
     from benchmarks.common import TABLE, record
 
     if args.repeats < 1:

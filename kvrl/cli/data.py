@@ -35,7 +35,7 @@ def add_parser(sub) -> None:
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     import json
 
-    from corpus.synth import synthesize
+    from corpus.synth import synthesize  # lazy: loads only when this command runs
 
     print(json.dumps(synthesize(args.out, args.n, args.seed, args.heldout, args.hasty, args.recheck)))
     return 0

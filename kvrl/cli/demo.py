@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from kvrl.demo import DemoError, run_demo
+    from kvrl.demo import DemoError, run_demo  # lazy: loads only when this command runs
 
     profile = "quick" if args.quick else args.profile
     default = "runs/demo" if profile == "full" else f"runs/demo-{profile}"

@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
 def _cmd_difficulty(args: argparse.Namespace) -> int:
     import json
 
-    from evaluation.pass_rates import estimate_difficulty
+    from evaluation.pass_rates import estimate_difficulty  # lazy: loads only when this command runs
 
     # Flags left unset (None) come from --config's rollout, else from DifficultyJob's defaults.
     job = job_from_settings(

@@ -51,7 +51,7 @@ def add_parser(sub) -> None:
 
 
 def _cmd_eval_tts(args: argparse.Namespace) -> int:
-    from evaluation.curves import format_budget, parse_budgets
+    from evaluation.curves import format_budget, parse_budgets  # lazy: loads only when this command runs
     from evaluation.tts import CurveConfig, TTSJob, run_tts_job
 
     try:

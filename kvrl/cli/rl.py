@@ -41,7 +41,7 @@ def _cmd_rl(args: argparse.Namespace) -> int:
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from actors.plan import format_plan, make_plan
+    from actors.plan import format_plan, make_plan  # lazy: loads only when this command runs
     from rl.trainer import RLConfig
     from runkit.config import load_config
 

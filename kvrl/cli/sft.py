@@ -57,7 +57,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
 def _cmd_sft_build(args: argparse.Namespace) -> int:
     import json
 
-    from sft.rejection import BuildJob, build_sft_data
+    from sft.rejection import BuildJob, build_sft_data  # lazy: loads only when this command runs
 
     job = BuildJob(
         checkpoint=str(args.checkpoint),

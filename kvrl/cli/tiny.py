@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
 
 
 def _cmd_tiny(args: argparse.Namespace) -> int:
-    from kimivl.tiny import make_tiny
+    from kimivl.tiny import make_tiny  # lazy: loads only when this command runs
     from runkit.provenance import write_run_info
 
     widths = {}
@@ -49,7 +49,7 @@ def _cmd_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare(args: argparse.Namespace) -> int:
-    from kimivl.prepare import prepare_official
+    from kimivl.prepare import prepare_official  # lazy: loads only when this command runs
     from runkit.provenance import write_run_info
 
     out = prepare_official(args.model, args.out)

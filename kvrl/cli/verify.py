@@ -39,7 +39,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     import json
     import time
 
-    from rewards import Task, VerifierPool, resolve_verifier
+    from rewards import Task, VerifierPool, resolve_verifier  # lazy: loads only when this command runs
     from rewards.batch import jsonl_file, verify_jsonl
 
     resolve_verifier(args.verifier)  # an unknown name fails here, before any worker starts
