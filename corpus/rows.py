@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kimivl.processing import ImageInputError, load_image
+from runkit.files import jsonl_rows
 
 log = logging.getLogger(__name__)
 
@@ -187,19 +188,14 @@ def read_rows(path: Path, expected: Kind | None = None) -> Iterator[tuple[int, A
 def _read_jsonl(path: Path, expected: Kind | None) -> Iterator[tuple[int, Any]]:
     checked = expected is None
     try:
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield n, DataError(f"{path}, row {n}: not valid JSON ({e.msg})")
-                    continue
-                if not checked and isinstance(row, dict):
-                    check_kind(row, path, expected)
-                    checked = True
-                yield n, row
+        for n, row in jsonl_rows(path):
+            if isinstance(row, json.JSONDecodeError):
+                yield n, DataError(f"{path}, row {n}: not valid JSON ({row.msg})")
+                continue
+            if not checked and isinstance(row, dict):
+                check_kind(row, path, expected)
+                checked = True
+            yield n, row
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not UTF-8 text ({e.reason}); expected jsonl") from e
     except OSError as e:

@@ -6,6 +6,8 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
+from runkit.files import jsonl_rows
+
 from .sandbox import Task, VerifierPool
 from .verdict import Verdict
 
@@ -30,24 +32,19 @@ def jsonl_file(path: str | Path) -> Path:
 def read_tasks(path: str | Path, default_verifier: str) -> Iterator[tuple[int, Task | str]]:
     """(line number, Task) per good line, (line number, reason) per malformed one; blank lines skipped."""
     path = jsonl_file(path)
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield n, f"{path}:{n}: not valid JSON ({e.msg})"
-                continue
-            if not isinstance(row, dict):
-                yield n, f"{path}:{n}: expected a JSON object"
-                continue
-            missing = [k for k in ("response", "answer") if k not in row]
-            if missing:
-                yield n, f"{path}:{n}: missing key {missing[0]!r}"
-                continue
-            verifier = row.get("verifier") or default_verifier
-            yield n, Task(str(row["response"]), str(row["answer"]), str(verifier))
+    for n, row in jsonl_rows(path, errors="replace"):
+        if isinstance(row, json.JSONDecodeError):
+            yield n, f"{path}:{n}: not valid JSON ({row.msg})"
+            continue
+        if not isinstance(row, dict):
+            yield n, f"{path}:{n}: expected a JSON object"
+            continue
+        missing = [k for k in ("response", "answer") if k not in row]
+        if missing:
+            yield n, f"{path}:{n}: missing key {missing[0]!r}"
+            continue
+        verifier = row.get("verifier") or default_verifier
+        yield n, Task(str(row["response"]), str(row["answer"]), str(verifier))
 
 
 def verify_jsonl(path: str | Path, default_verifier: str, pool: VerifierPool) -> list[dict]:

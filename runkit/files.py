@@ -1,12 +1,15 @@
-"""Files and directories that appear whole or not at all: written beside their name, renamed into place."""
+"""Files and directories that appear whole or not at all (written beside their name, renamed into
+place), and jsonl read line by line."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def _remove(path: Path) -> None:
@@ -41,3 +44,16 @@ def atomic_write(path: str | Path, text: str) -> None:
     """``text`` into ``path`` through :func:`replacing`: readers see the old file or the new one."""
     with replacing(path) as partial:
         partial.write_text(text, encoding="utf-8")
+
+
+def jsonl_rows(path: str | Path, errors: str = "strict") -> Iterator[tuple[int, Any]]:
+    """(line number, object) per non-blank line of a jsonl file; a line that is not JSON comes as its
+    ``json.JSONDecodeError`` instead, for the caller to report with the file and line."""
+    with open(path, encoding="utf-8", errors=errors) as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line)
+            except json.JSONDecodeError as e:
+                yield n, e
