@@ -67,7 +67,9 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def load_config(schema: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """An error at a key that an override set, or set something inside, names the key alone; any other
+    """``schema`` from the YAML at ``path`` (optional) with dotted ``key=value`` overrides on top.
+
+    An error at a key that an override set, or set something inside, names the key alone; any other
     one starts with the file, so that the user knows which of the two to edit."""
     overrides = list(overrides or [])
     data = merge_overrides(read_yaml(path) if path is not None else {}, overrides)
