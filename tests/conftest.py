@@ -33,14 +33,22 @@ def own_ray_clusters():
         os.environ["RAY_ADDRESS"] = saved
 
 
-@pytest.fixture(scope="module")
-def single_rank():
-    """A one-rank process group in this process, for in-process ``Learner`` s, for one test module: the
-    environment it sets is restored and the group destroyed afterwards, so nothing leaks into the rest
-    of the session."""
-    import socket
-
+@pytest.fixture(scope="session")
+def process_group():
+    """The one-rank process group of in-process ``Learner`` s: DeepSpeed creates it on first use and
+    caches its groups, so it lives until the session ends, and is destroyed then."""
+    yield
     import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def single_rank(process_group):
+    """The environment of a one-rank process group, for one test module's in-process ``Learner`` s; it
+    is restored afterwards, so no rank variables reach later tests or the processes they start."""
+    import socket
 
     with socket.socket() as s:
         s.bind(("", 0))
@@ -52,8 +60,6 @@ def single_rank():
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield
-    if dist.is_initialized():
-        dist.destroy_process_group()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
