@@ -133,7 +133,8 @@ def data_file(path: str | Path, expected: Kind) -> Path:
     if len(names) > _LISTED:
         listed += f" and {len(names) - _LISTED} more"
     fitting = [f for f in files if kind_of(_columns(f) or ()) == expected]
-    fitting.sort(key=lambda f: ("train" not in f.name, len(f.parts), f.name))  # train files first
+    # train files first, then the plainest name: train.jsonl before train.difficulty.jsonl
+    fitting.sort(key=lambda f: ("train" not in f.name, len(f.parts), len(f.name), f.name))
     advice = f", e.g. {fitting[0]}" if fitting else f"; none of these holds {expected.name}"
     raise DataError(f"{path} is a folder holding {listed}; give one file of {expected}{advice}")
 

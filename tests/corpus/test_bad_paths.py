@@ -6,6 +6,7 @@ not exist, a folder of several data files (what ``kvrl data synth`` writes), and
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -44,11 +45,9 @@ def data(tmp_path) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    from kimivl.tiny import make_tiny
-
-    return make_tiny(tmp_path_factory.mktemp("tiny") / "ckpt", seed=0)
+@pytest.fixture
+def tiny(tiny_dir) -> Path:
+    return tiny_dir
 
 
 def guard(monkeypatch, processor: bool = True) -> None:
@@ -232,3 +231,11 @@ def test_demo_progress_after_the_last_bar(tmp_path):
     log_path.write_text(head + bar + filler + logged)
     assert log_path.stat().st_size - 16384 == len(head) + 3  # the tail starts at "iterations: ..."
     assert last_progress(log_path) == "checkpoint written"
+
+
+def test_a_mixed_folder_suggests_the_plainest_train_file(data):
+    from corpus import rows
+
+    write_jsonl(data["folder"] / "train.difficulty.jsonl", PROMPT_ROW)  # what kvrl difficulty writes
+    with pytest.raises(rows.DataError, match=re.escape(f"e.g. {data['prompts']}")):
+        rows.data_file(data["folder"], rows.PROMPTS)
