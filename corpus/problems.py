@@ -1,12 +1,7 @@
 """Prompt datasets: rows of ``id, question, answer`` with optional ``images``, ``difficulty``, ``verifier``.
 
-Files: ``.jsonl`` (read here line by line, so errors name the line), or anything ``datasets`` reads
-(parquet, csv, a ``save_to_disk`` directory ...; rows are then counted from 1). Image entries are
-paths (relative to the data file's folder), raw bytes, or ``{"bytes": ..., "path": ...}`` as
-``datasets.Image`` stores them.
-
-A bad row raises :class:`DataError` naming the file, the row and the reason, or, with
-``skip_bad_rows``, is skipped and counted by reason.
+Files and image entries are read as :mod:`corpus.rows` describes. A bad row raises :class:`DataError`
+naming the file, the row and the reason, or, with ``skip_bad_rows``, is skipped and counted by reason.
 """
 
 from __future__ import annotations

@@ -206,7 +206,6 @@ class Trainer:
         if state is not None:
             self.sampler.load_state_dict(state["sampler"])
             self.start_at = state["iteration"] + 1
-        self.resumed = state is not None
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0) if state else 0
         self.step = state.get("step", 0) if state else 0  # optimizer steps taken so far
         self._index = {p.id: i for i, p in enumerate(self.problems)}
@@ -224,7 +223,7 @@ class Trainer:
         cfg = self.cfg
         write_run_info(self.run_dir, to_dict(cfg))
         self.tracker = Tracker(
-            self.run_dir, cfg.tracking, to_dict(cfg), resume_at=self.start_at if self.resumed else None
+            self.run_dir, cfg.tracking, to_dict(cfg), resume_at=self.start_at if cfg.trainer.resume else None
         )
         self.cluster = start_ray(cfg.resources)
         self.placement = place(cfg.resources)
