@@ -21,7 +21,9 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 
 from actors.memory import rss_mb
 from rollout.engine import EngineConfig
-from rollout.worker import RolloutRequest, RolloutResult, SamplingConfig
+from rollout.schedule import RolloutQueue, ScheduleConfig, rollout_metrics
+from rollout.trajectory import RepeatConfig, Trajectory
+from rollout.worker import EngineStats, RolloutRequest, RolloutResult, SamplingConfig
 
 log = logging.getLogger(__name__)
 ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -42,6 +44,17 @@ class RolloutActor:
 
     def generate(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> list[RolloutResult]:
         return self.worker.generate(requests, sampling)
+
+    def extend(
+        self,
+        trajectories: list[Trajectory],
+        sampling: SamplingConfig,
+        max_new: int | None,
+        version: int,
+        repeat: RepeatConfig | None,
+    ) -> tuple[list[Trajectory], EngineStats]:
+        out = self.worker.extend(trajectories, sampling, max_new, version, repeat)
+        return out, self.worker.stats
 
     def update_weights(self, state: dict, version: int) -> float:
         return self.worker.update_weights(state, version)
@@ -134,6 +147,58 @@ class RolloutPool:
                     queue.appendleft((chunk, attempt + 1))
         self.inflight = 0
         return [results[r.request_id] for r in requests]
+
+    def extend(
+        self,
+        trajectories: Sequence[Trajectory],
+        sampling: SamplingConfig,
+        schedule: ScheduleConfig,
+        version: int,
+        repeat: RepeatConfig | None = None,
+    ) -> tuple[list[Trajectory], dict[str, float]]:
+        """Continue every trajectory until it finishes or spends its ``budget``, scheduled by
+        ``schedule`` (``rollout/schedule.py``); new tokens are marked as sampled by policy ``version``.
+
+        Returns the trajectories in the order given, and the rollout's metrics (lengths, tail time, busy
+        slots). A batch whose actor dies runs again on a fresh one, at most ``max_attempts`` times.
+        """
+        queue = RolloutQueue(trajectories, schedule, self.chunk_size, len(self.actors))
+        running: dict[ray.ObjectRef, tuple[int, list[Trajectory], int]] = {}
+        attempts: dict[str, int] = {}
+        total = EngineStats()
+        start = time.perf_counter()
+        while queue.pending() or running:
+            busy = {i for i, _, _ in running.values()}
+            for i in range(len(self.actors)):
+                if i in busy or not queue.pending():
+                    continue
+                batch = queue.take(self.cfg.max_num_seqs)
+                attempt = 1 + max(attempts.get(t.key, 0) for t in batch)
+                ref = self.actors[i].extend.remote(batch, sampling, queue.max_new, version, repeat)
+                running[ref] = (i, batch, attempt)
+            self.inflight = len(running)
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            i, batch, attempt = running.pop(ref)
+            try:
+                returned, stats = ray.get(ref)
+            except ACTOR_FAILURES as e:
+                self._replace(i)
+                if attempt >= self.max_attempts:
+                    keys = [t.key for t in batch]
+                    message = f"rollout trajectories {keys} killed {attempt} engines; giving up"
+                    raise RuntimeError(message) from e
+                attempts.update({t.key: attempt for t in batch})
+                queue.put_back(batch, None)
+                continue
+            total.add(stats)
+            queue.put_back(batch, returned)
+        self.inflight = 0
+        seconds = time.perf_counter() - start
+        slots = len(self.actors) * self.cfg.max_num_seqs
+        results = queue.results()
+        metrics = rollout_metrics(results, seconds, total.slot_seconds, slots)
+        metrics["rollout_engine_steps"] = float(total.steps)
+        return results, metrics
 
     def rss_mb(self) -> list[float]:
         """Host memory of each engine's actor, MiB."""

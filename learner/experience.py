@@ -24,6 +24,8 @@ class Experience:
     pixel_values: torch.Tensor | None = None
     image_grid_hws: torch.Tensor | None = None
     forced: list[int] = field(default_factory=list)  # response positions not sampled (thinking budget)
+    stale: int = 0  # leading response tokens an older policy sampled (partial rollouts)
+    loss_from: int = 0  # response positions before it carry no loss (masked older segments)
     advantage: float = 0.0  # from the loss's advantage function over the sample's whole group (driver)
 
 
@@ -68,6 +70,7 @@ def collate(samples: Sequence[Experience], pad_id: int) -> Collated:
         mask[b, :n] = 1
         for f in s.forced:  # tokens the budget inserted are not the policy's choice: no loss on them
             mask[b, f] = 0
+        mask[b, : s.loss_from] = 0
         if s.old_logprobs is not None:
             if len(s.old_logprobs) != n:
                 raise ValueError(f"sample {b}: {len(s.old_logprobs)} old log-probs for {n} response tokens")

@@ -32,9 +32,12 @@ from learner.experience import Experience
 from learner.rank import LearnerConfig, learner_layout, learner_state_dir
 from rewards import RewardConfig, Task, Verdict, total_rewards
 from rl.losses import assign_advantages, combine, get_loss
+from rl.partial import PartialBuffer, PartialConfig, group_key, parse_group
 from rollout.engine import EngineConfig, Sample
 from rollout.prompts import chat_prompt
-from rollout.worker import RolloutRequest, RolloutResult, SamplingConfig
+from rollout.schedule import ScheduleConfig
+from rollout.trajectory import REPEAT, RepeatConfig, Trajectory
+from rollout.worker import RolloutRequest, SamplingConfig
 from runkit import lifecycle
 from runkit.config import to_dict
 from runkit.lifecycle import Checkpoints, RunStopped
@@ -106,6 +109,9 @@ class RolloutConfig:
     tensor_parallel_size: int = 1  # GPUs per vLLM engine (resources.rollout_gpus must match)
     gpu_memory_utilization: float = 0.85  # of each engine GPU, for weights + KV cache (GPU only)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # Seer's divided, context-aware
+    partial: PartialConfig = field(default_factory=PartialConfig)  # k1.5's partial rollouts
+    repeat: RepeatConfig = field(default_factory=RepeatConfig)  # stop and penalize looping responses
     # true: allow sampling at temperature != 1 or top_p < 1. The loss still takes log-probs at
     # temperature 1, so it then trains on samples of another policy than the one it assumes (README).
     off_policy_sampling: bool = False
@@ -139,6 +145,12 @@ class RLConfig:
                         "itself (temperature 1, top_p 1), whose temperature-1 log-probs the loss uses. "
                         "Set rollout.off_policy_sampling=true to train on them anyway (README: sampling)"
                     )
+        chunked = self.rollout.partial.enabled or self.rollout.schedule.divided
+        if sampling.thinking_budget is not None and chunked:
+            raise ValueError(
+                "rollout.sampling.thinking_budget needs whole responses sampled in one piece: turn off "
+                "rollout.partial.enabled and rollout.schedule.divided, or drop the budget"
+            )
         tp, gpus = self.rollout.tensor_parallel_size, self.resources.rollout_gpus
         if tp < 1 or (gpus >= 1 and gpus != tp):
             raise ValueError(
@@ -153,16 +165,11 @@ class Rollout:
     learner batch and the log: the iteration's samples are flattened once, here."""
 
     problem: Problem
-    group: int  # the index of its prompt in the iteration: the samples of one prompt share it
+    group: int  # the index of its group among the iteration's complete groups: its samples share it
     sample: Sample
+    stale: int = 0  # leading response tokens an older policy sampled (partial rollouts)
     verdict: Verdict | None = None
     reward: float = 0.0
-
-
-def flatten(problems: list[Problem], results: list[RolloutResult]) -> list[Rollout]:
-    return [
-        Rollout(p, g, s) for g, (p, r) in enumerate(zip(problems, results, strict=True)) for s in r.samples
-    ]
 
 
 def train(cfg: RLConfig, on_start=None) -> Trainer:
@@ -201,14 +208,18 @@ class Trainer:
         data = load_problems(cfg.data.path, cfg.data.skip_bad_rows, cfg.data.check_images)
         self.problems, self.rows_skipped = data.problems, sum(data.skipped.values())
         self.processor = KimiVLProcessor.from_pretrained(self.model_path)
+        self._index = {p.id: i for i, p in enumerate(self.problems)}
         self.sampler = CurriculumSampler(self._difficulties(), cfg.curriculum, seed=t.seed)
         self.start_at = 0
         if state is not None:
             self.sampler.load_state_dict(state["sampler"])
             self.start_at = state["iteration"] + 1
         self.nonfinite_in_a_row = state.get("nonfinite_in_a_row", 0) if state else 0
+        self.buffer = PartialBuffer(cfg.rollout.partial)
+        if state is not None:
+            self.buffer.load_state_dict(state.get("partial", []), self._carried_request)
+        self._rollout_row: dict[str, float] = {}
         self.step = state.get("step", 0) if state else 0  # optimizer steps taken so far
-        self._index = {p.id: i for i, p in enumerate(self.problems)}
         self._images: dict[str, dict] = {}
         self.curves = self._make_curves()
         self._eval_row: dict = {}
@@ -299,17 +310,37 @@ class Trainer:
         return [self.problems[i] for i in self.sampler.sample(n, it)]
 
     def rollout(self, problems: list[Problem], it: int) -> list[Rollout]:
-        seed = self.cfg.trainer.seed
-        requests = [
-            RolloutRequest(
-                p.id,
-                chat_prompt(self.processor, p.question, len(p.images)),
-                p.images,
-                seed=zlib.crc32(f"{seed}:{it}:{p.id}".encode()),
-            )
-            for p in problems
+        """This iteration's new groups and the carried ones (partial rollouts) through the pool; the
+        groups complete now come back as one flat list, each group's samples together."""
+        fresh = [
+            Trajectory(self._request(p, it), j) for p in problems for j in range(self.cfg.rollout.sampling.n)
         ]
-        return flatten(problems, self.pool.generate(requests, self.cfg.rollout.sampling))
+        rc = self.cfg.rollout
+        trajectories, self._rollout_row = self.pool.extend(
+            self.buffer.schedule(fresh, it), rc.sampling, rc.schedule, it, rc.repeat
+        )
+        self._rollout_row["rollout_tokens"] = float(sum(t.born.count(it) for t in trajectories))
+        groups = self.buffer.collect(trajectories)
+        self._rollout_row["partial_carried"] = float(self.buffer.carried())
+        return [
+            Rollout(self.problems[self._index[parse_group(t.group)[0]]], g, t.to_sample(), t.stale_tokens(it))
+            for g, members in enumerate(groups)
+            for t in members
+        ]
+
+    def _request(self, p: Problem, it: int) -> RolloutRequest:
+        """The request of problem ``p``'s group started in iteration ``it`` (its seed fixed by both)."""
+        seed = zlib.crc32(f"{self.cfg.trainer.seed}:{it}:{p.id}".encode())
+        prompt = chat_prompt(self.processor, p.question, len(p.images))
+        return RolloutRequest(group_key(p.id, it), prompt, p.images, seed=seed)
+
+    def _carried_request(self, group: str) -> RolloutRequest:
+        problem_id, started = parse_group(group)
+        if problem_id not in self._index:
+            raise DataError(
+                f"{self.cfg.data.path}: the checkpoint continues problem {problem_id!r}, not in the data"
+            )
+        return self._request(self.problems[self._index[problem_id]], started)
 
     def score(self, rollouts: list[Rollout], it: int) -> None:
         """Verdicts from the reward actor, then rewards (correctness and length, over whole groups)."""
@@ -323,8 +354,9 @@ class Trainer:
             it,
             self.cfg.rewards.length,
         )
+        penalty = self.cfg.rollout.repeat.penalty
         for r, v, reward in zip(rollouts, verdicts, rewards, strict=True):
-            r.verdict, r.reward = v, reward
+            r.verdict, r.reward = v, reward - (penalty if r.sample.finish_reason == REPEAT else 0.0)
 
     def update_sampler(self, rollouts: list[Rollout]) -> None:
         self.sampler.update(
@@ -332,6 +364,7 @@ class Trainer:
         )
 
     def experiences(self, rollouts: list[Rollout]) -> list[Experience]:
+        mask = self.cfg.rollout.partial.old_segments == "mask"
         return [
             Experience(
                 r.sample.prompt_token_ids,
@@ -340,6 +373,8 @@ class Trainer:
                 r.group,
                 r.sample.logprobs,
                 forced=list(r.sample.forced),
+                stale=r.stale,
+                loss_from=r.stale if mask else 0,
                 **self._pixel_inputs(r.problem),
             )
             for r in rollouts
@@ -362,7 +397,8 @@ class Trainer:
             learner_lps = self.learners.logprobs(batch)
             metrics.update(logprob_gaps(batch, learner_lps))
             for e, lp in zip(batch, learner_lps, strict=True):
-                e.old_logprobs = lp
+                # an older policy's tokens keep its own log-probs as their reference (partial rollouts)
+                e.old_logprobs = e.old_logprobs[: e.stale] + lp[e.stale :]
         loss = get_loss(cfg.loss.name)
         assign_advantages(batch, loss, cfg.loss.kwargs())
         if cfg.trainer.reset_optimizer:
@@ -414,19 +450,24 @@ class Trainer:
         self, it: int, problems: list[Problem], rollouts: list[Rollout], learn: dict, times: dict
     ) -> None:
         lengths = [len(r.sample.response_token_ids) for r in rollouts]
-        gen_tokens, n = sum(lengths), len(rollouts)
+        n = max(len(rollouts), 1)  # with partial rollouts, an iteration may complete no group
+        nan = float("nan")
         row = {
             "iteration": it,
             "step": self.step,
-            "reward_mean": sum(r.reward for r in rollouts) / n,
-            "accuracy": sum(r.verdict.correct for r in rollouts) / n,
-            "response_len_mean": gen_tokens / n,
-            "response_len_max": max(lengths),
+            "reward_mean": sum(r.reward for r in rollouts) / n if rollouts else nan,
+            "accuracy": sum(r.verdict.correct for r in rollouts) / n if rollouts else nan,
+            "response_len_mean": sum(lengths) / n if rollouts else nan,
             "truncation_rate": sum(r.sample.finish_reason == "length" for r in rollouts) / n,
+            "repeat_stopped": sum(r.sample.finish_reason == REPEAT for r in rollouts),
+            "partial_stale_fraction": sum(r.stale for r in rollouts) / max(sum(lengths), 1),
+            **self._rollout_row,
             "kl": learn.get("kl", float("nan")),
             "entropy": learn.get("entropy", float("nan")),
             **times,
-            "rollout_tokens_per_s": gen_tokens / max(times["time_rollout"], 1e-9),
+            # tokens sampled in this iteration / rollout time; finished responses' tokens / rollout time
+            "rollout_tokens_per_s": self._rollout_row["rollout_tokens"] / max(times["time_rollout"], 1e-9),
+            "finished_tokens_per_s": sum(lengths) / max(times["time_rollout"], 1e-9),
             "sync_time": times["time_sync"],
             "scored_zero_with_error": sum(
                 not r.verdict.correct and r.verdict.error is not None for r in rollouts
@@ -483,6 +524,7 @@ class Trainer:
             "seed": self.cfg.trainer.seed,
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "learner": self.learner_layout(),
+            "partial": self.buffer.state_dict(),  # trajectories that continue in the next iteration
         }
         self.checkpoints.write(f"iter_{it:05d}", fill, state)
 
@@ -546,12 +588,13 @@ class _Phases:
 
 
 def logprob_gaps(batch: list[Experience], learner_lps: list[list[float]]) -> dict[str, float]:
-    """Largest and mean |rollout - learner| log-prob of sampled tokens (a forced one has no rollout value)."""
+    """Largest and mean |rollout - learner| log-prob of the tokens this policy sampled (a forced one has
+    no rollout value; an older policy's, in a partial rollout, is not this policy's)."""
     gaps = [
         abs(a - b)
         for e, lp in zip(batch, learner_lps, strict=True)
         for t, (a, b) in enumerate(zip(e.old_logprobs, lp, strict=True))
-        if t not in e.forced
+        if t >= e.stale and t not in e.forced
     ]
     return {
         "rollout_learner_logprob_gap_max": max(gaps, default=0.0),

@@ -43,6 +43,7 @@ class Sample:
     text: str
     finish_reason: str | None
     forced: list[int] = field(default_factory=list)  # indices of tokens a thinking budget forced in
+    finished_at: float | None = None  # wall clock (time.time()) of the engine step that finished it
 
 
 def on_cpu() -> bool:
@@ -81,14 +82,14 @@ def make_llm(cfg: EngineConfig):
 
 def to_samples(request_outputs) -> list[list[Sample]]:
     """vLLM ``RequestOutput``s -> per prompt, its n samples (log-probs of the sampled tokens)."""
-    result = []
-    for ro in request_outputs:
-        samples = []
-        for comp in ro.outputs:
-            ids = list(comp.token_ids)
-            if comp.logprobs is None:
-                raise ValueError("sampling params must request logprobs=0 to get sampled-token log-probs")
-            lps = [float(step[tok].logprob) for step, tok in zip(comp.logprobs, ids, strict=True)]
-            samples.append(Sample(list(ro.prompt_token_ids), ids, lps, comp.text, comp.finish_reason))
-        result.append(samples)
-    return result
+    return [[to_sample(ro, comp) for comp in ro.outputs] for ro in request_outputs]
+
+
+def to_sample(request_output, completion) -> Sample:
+    """One vLLM ``CompletionOutput`` of ``request_output`` as a :class:`Sample`."""
+    ids = list(completion.token_ids)
+    if completion.logprobs is None:
+        raise ValueError("sampling params must request logprobs=0 to get sampled-token log-probs")
+    lps = [float(step[tok].logprob) for step, tok in zip(completion.logprobs, ids, strict=True)]
+    prompt = list(request_output.prompt_token_ids)
+    return Sample(prompt, ids, lps, completion.text, completion.finish_reason)

@@ -24,8 +24,9 @@ from typing import Any
 from kimivl import KimiVLProcessor
 from runkit.tokens import THINK_CLOSE, THINK_OPEN
 
-from .engine import EngineConfig, Sample, make_llm, to_samples
+from .engine import EngineConfig, Sample, make_llm, to_sample
 from .inputs import collapse_placeholders, make_request
+from .trajectory import REPEAT, RepeatConfig, Trajectory, repeated_period
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,24 @@ class RolloutResult:
     samples: list[Sample]
 
 
+@dataclass
+class EngineStats:
+    """What one engine did over some calls. ``slot_seconds`` sums, over its steps, the step's seconds
+    times the sequences it held (at most ``max_num_seqs``): divided by ``seconds * max_num_seqs`` it is
+    the busy fraction of its sequence slots."""
+
+    seconds: float = 0.0
+    slot_seconds: float = 0.0
+    steps: int = 0
+    tokens: int = 0
+
+    def add(self, other: EngineStats) -> None:
+        self.seconds += other.seconds
+        self.slot_seconds += other.slot_seconds
+        self.steps += other.steps
+        self.tokens += other.tokens
+
+
 class RolloutWorker:
     def __init__(self, cfg: EngineConfig):
         # In-process engine: weight updates reach the model directly (see module docstring).
@@ -101,6 +120,7 @@ class RolloutWorker:
         self.think_open = tok.convert_tokens_to_ids(THINK_OPEN)
         self.image_token_id = tok.convert_tokens_to_ids("<|media_pad|>")
         self.weights_version = 0
+        self.stats = EngineStats()  # of the last call
 
     def _params(self, sampling: SamplingConfig, seed: int, n: int, max_tokens: int, stop_ids: list[int]):
         from vllm import SamplingParams
@@ -116,19 +136,141 @@ class RolloutWorker:
         )
 
     def generate(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> list[RolloutResult]:
-
+        """``sampling.n`` samples of each request; sample j of a request is seeded ``seed + j``."""
+        self.stats = EngineStats()
         vllm_requests = [make_request(r.prompt, r.images, self.processor.image_processor) for r in requests]
         budget = sampling.thinking_budget
         first_max = min(budget, sampling.max_tokens) if budget else sampling.max_tokens
         stops = [self.think_close] if budget else []
-        params = [self._params(sampling, r.seed, sampling.n, first_max, stops) for r in requests]
-        outputs = to_samples(self.llm.generate(vllm_requests, params, use_tqdm=False))
+        n = sampling.n
+        # One request per sample (as vLLM fans an n-sample request out itself, with the same seeds) so
+        # that each sample finishes with its own time stamp.
+        prompts = [v for v in vllm_requests for _ in range(n)]
+        params = [self._params(sampling, r.seed + j, 1, first_max, stops) for r in requests for j in range(n)]
+        flat = self._run(prompts, params)
         results = []
-        for req, vreq, samples in zip(requests, vllm_requests, outputs, strict=True):
+        for i, (req, vreq) in enumerate(zip(requests, vllm_requests, strict=True)):
+            samples = flat[i * n : (i + 1) * n]
             if budget:
                 samples = self._finish_answers(req, vreq, samples, sampling)
             results.append(RolloutResult(req.request_id, samples))
         return results
+
+    def extend(
+        self,
+        trajectories: list[Trajectory],
+        sampling: SamplingConfig,
+        max_new: int | None,
+        version: int,
+        repeat: RepeatConfig | None = None,
+    ) -> list[Trajectory]:
+        """Generate up to ``max_new`` more tokens (None: to the end) of every unfinished trajectory, and
+        no more than its own ``budget``.
+
+        New tokens are marked as sampled by policy ``version``. A trajectory finishes on its end-of-turn
+        token (``"stop"``), at ``sampling.max_tokens`` (``"length"``), or, with ``repeat``, when its tail
+        repeats one block (``"repeat"``); otherwise it comes back unfinished, to be continued.
+        """
+        if sampling.thinking_budget is not None:
+            return self._extend_budgeted(trajectories, sampling, max_new, version)
+        self.stats = EngineStats()
+        built: dict[str, dict] = {}  # one decoded request (images included) per group
+        prompts, params, todo = [], [], []
+        for t in trajectories:
+            room = sampling.max_tokens - len(t.response_ids)
+            if t.done or room <= 0:
+                t.finish_reason = t.finish_reason or "length"
+                continue
+            tokens = min(x for x in (room, max_new, t.budget) if x is not None)
+            if tokens <= 0:  # no budget left in this rollout
+                continue
+            if t.group not in built:
+                r = t.request
+                built[t.group] = make_request(r.prompt, r.images, self.processor.image_processor)
+            request = built[t.group]
+            if t.response_ids:  # a continuation: the prompt as tokens, then its images again
+                prompt_ids = collapse_placeholders(t.prompt_ids, self.image_token_id) + t.response_ids
+                continuation = {"prompt_token_ids": prompt_ids}
+                if "multi_modal_data" in request:
+                    continuation["multi_modal_data"] = request["multi_modal_data"]
+                request = continuation
+            prompts.append(request)
+            params.append(self._params(sampling, t.seed(), 1, tokens, []))
+            todo.append(t)
+        tok = self.processor.tokenizer
+        for t, s in zip(todo, self._run(prompts, params), strict=True):
+            if not t.prompt_ids:
+                t.prompt_ids = s.prompt_token_ids
+            t.extend(s.response_token_ids, s.logprobs, version)
+            t.text = tok.decode(t.response_ids, skip_special_tokens=True)
+            if s.finish_reason == "stop":
+                t.finish_reason = "stop"
+            elif len(t.response_ids) >= sampling.max_tokens:
+                t.finish_reason = "length"
+            elif (
+                repeat is not None
+                and repeat.enabled
+                and repeated_period(t.response_ids, repeat.max_period, repeat.min_repeats)
+            ):
+                t.finish_reason = REPEAT
+            if t.done:
+                t.finished_at = s.finished_at
+        return trajectories
+
+    def _extend_budgeted(
+        self, trajectories: list[Trajectory], sampling: SamplingConfig, max_new: int | None, version: int
+    ) -> list[Trajectory]:
+        """Whole groups under a thinking budget, through :meth:`generate` (which forces ``◁/think▷``)."""
+        groups: dict[str, list[Trajectory]] = {}
+        for t in trajectories:
+            groups.setdefault(t.group, []).append(t)
+        whole = all(sorted(t.sample for t in m) == list(range(sampling.n)) for m in groups.values())
+        fresh = all(not t.response_ids and t.budget is None for t in trajectories)
+        if max_new is not None or not whole or not fresh:
+            raise ValueError(
+                "a thinking budget needs whole groups sampled in one piece: no divided rollout, no partial "
+                "rollouts (rollout.schedule.divided, rollout.partial.enabled)"
+            )
+        results = self.generate([m[0].request for m in groups.values()], sampling)
+        for members, result in zip(groups.values(), results, strict=True):
+            for t in members:
+                s = result.samples[t.sample]
+                t.prompt_ids, t.forced = s.prompt_token_ids, list(s.forced)
+                t.extend(s.response_token_ids, s.logprobs, version)
+                t.text, t.finish_reason, t.finished_at = s.text, s.finish_reason or "length", s.finished_at
+        return trajectories
+
+    def _run(self, prompts: list[dict], params: list) -> list[Sample]:
+        """One sample per prompt (each ``params`` has n=1), stepping the engine here rather than in
+        ``LLM.generate``: each sample gets the time stamp of the step that finished it, and the busy
+        sequence slots are counted (``self.stats``)."""
+        if not prompts:
+            return []
+        engine = self.llm.llm_engine
+        ids = self.llm.enqueue(prompts, params, use_tqdm=False)
+        # enqueue returns vLLM's internal ids ("<counter>-<random>"); outputs carry the counter
+        where = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}
+        out: list[Sample | None] = [None] * len(ids)
+        slots, stats = self.cfg.max_num_seqs, self.stats
+        start = last = time.perf_counter()
+        while engine.has_unfinished_requests():
+            held = min(engine.get_num_unfinished_requests(), slots)
+            finished = [o for o in engine.step() if o.finished]
+            now = time.perf_counter()
+            stats.slot_seconds += held * (now - last)
+            stats.steps += 1
+            last = now
+            stamp = time.time()
+            for o in finished:
+                sample = to_sample(o, o.outputs[0])
+                sample.finished_at = stamp
+                stats.tokens += len(sample.response_token_ids)
+                out[where[o.request_id]] = sample
+        stats.seconds += last - start
+        missing = [i for i, s in enumerate(out) if s is None]
+        if missing:
+            raise RuntimeError(f"the engine returned no output for {len(missing)} of {len(out)} requests")
+        return out
 
     def _finish_answers(self, req, vreq, samples: list[Sample], sampling: SamplingConfig):
         """Continue each sample past the thinking-budget window.
@@ -170,14 +312,15 @@ class RolloutWorker:
         params = [
             self._params(sampling, answer_seed(req.seed, j), 1, n, []) for j, n in zip(idx, room, strict=True)
         ]
-        outs = to_samples(self.llm.generate(follow, params, use_tqdm=False))
+        outs = self._run(follow, params)
         tok = self.processor.tokenizer
-        for j, (cont,) in zip(idx, outs, strict=True):
+        for j, cont in zip(idx, outs, strict=True):
             s = samples[j]
             s.response_token_ids = s.response_token_ids + cont.response_token_ids
             s.logprobs = s.logprobs + cont.logprobs
             s.text = tok.decode(s.response_token_ids, skip_special_tokens=True)
             s.finish_reason = cont.finish_reason
+            s.finished_at = cont.finished_at
         return samples
 
     def shutdown(self) -> None:

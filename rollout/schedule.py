@@ -1,0 +1,152 @@
+"""Which trajectories an engine runs next, and for how many tokens: the rollout pool's scheduling policy.
+
+Pure logic (no Ray, no vLLM): ``actors/rollout.py`` asks a :class:`RolloutQueue` for work whenever an
+engine is idle and hands back what the engine returned. Three policies, each switchable, so that they can
+be compared (``kvrl bench longtail``):
+
+- **synchronous** (the default, and the baseline): a unit of work is ``chunk_size`` whole groups (every
+  sample of each prompt), handed out in arrival order, each run to its end on the engine that took it.
+- **divided** (Seer, arXiv 2511.14617, "divided rollout"): every sample is its own request, generated
+  ``chunk_tokens`` at a time; between chunks it comes back and goes to whichever engine is idle next, so
+  a few long responses end up spread over every engine instead of holding one.
+- **context-aware** (Seer, on top of divided): one probe sample per group runs first; the group's length
+  estimate is its probe's length so far (exact once the probe finishes), and the other samples then run
+  longest-estimated group first, approximating longest-job-first to cut the makespan.
+
+Partial rollouts (Kimi k1.5 sec. 2.6.2) are orthogonal: a trajectory's ``budget`` caps the tokens it may
+sample in this rollout; one that spends it comes back unfinished and leaves the queue (``paused``).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .trajectory import Trajectory
+
+
+@dataclass
+class ScheduleConfig:
+    divided: bool = False  # Seer's divided rollout: per-sample requests in chunks, re-dispatched
+    chunk_tokens: int = 256  # divided: tokens per chunk
+    context_aware: bool = False  # Seer: a probe per group first, then longest-estimated group first
+
+    def __post_init__(self):
+        if self.chunk_tokens < 1:
+            raise ValueError(f"rollout.schedule.chunk_tokens must be >= 1, got {self.chunk_tokens}")
+        if self.context_aware and not self.divided:
+            raise ValueError("rollout.schedule.context_aware needs rollout.schedule.divided=true")
+
+
+class RolloutQueue:
+    """The trajectories of one rollout, waiting, running or back. ``take`` hands out work; ``put_back``
+    returns what an engine did; ``results`` gives every trajectory in the order it came in."""
+
+    def __init__(
+        self, trajectories: Sequence[Trajectory], cfg: ScheduleConfig, chunk_size: int, engines: int
+    ):
+        if chunk_size < 1 or engines < 1:
+            raise ValueError(f"chunk_size and engines must be >= 1, got {chunk_size}, {engines}")
+        self.cfg, self.chunk_size, self.engines = cfg, chunk_size, engines
+        self.order = [t.key for t in trajectories]
+        self.latest = {t.key: t for t in trajectories}
+        self.waiting = [t.key for t in trajectories if not t.done and not t.paused]
+        self.running = 0
+        self.probes: set[str] = set()
+        if cfg.context_aware:
+            first: dict[str, str] = {}
+            for key in self.waiting:
+                first.setdefault(self.latest[key].group, key)
+            self.probes = set(first.values())
+
+    @property
+    def max_new(self) -> int | None:
+        """Tokens per call: a chunk when divided, else to the end (or the budget)."""
+        return self.cfg.chunk_tokens if self.cfg.divided else None
+
+    def pending(self) -> bool:
+        return bool(self.waiting)
+
+    def take(self, capacity: int) -> list[Trajectory]:
+        """Work for an idle engine that can hold ``capacity`` sequences (empty when none is waiting)."""
+        if not self.waiting:
+            return []
+        if not self.cfg.divided:
+            count = self._whole_groups()
+        else:
+            if self.cfg.context_aware:
+                self.waiting.sort(key=self._priority)
+            # an even share of what is left, so the engines that free up next get some too
+            count = min(capacity, max(1, math.ceil((len(self.waiting) + self.running) / self.engines)))
+        keys, self.waiting = self.waiting[:count], self.waiting[count:]
+        self.running += len(keys)
+        return [self.latest[k] for k in keys]
+
+    def put_back(self, sent: Sequence[Trajectory], returned: Sequence[Trajectory] | None) -> None:
+        """An engine returned ``returned`` for ``sent`` (None: it died, so ``sent`` runs again)."""
+        self.running -= len(sent)
+        if returned is None:
+            self.waiting[:0] = [t.key for t in sent]
+            return
+        again = []
+        for t in returned:
+            self.latest[t.key] = t
+            if not t.done and not t.paused:
+                again.append(t.key)
+        self.waiting[:0] = again  # work in progress first: it holds the tail
+
+    def results(self) -> list[Trajectory]:
+        return [self.latest[k] for k in self.order]
+
+    def _whole_groups(self) -> int:
+        """How many waiting keys make up the next ``chunk_size`` groups."""
+        groups: list[str] = []
+        for i, key in enumerate(self.waiting):
+            group = self.latest[key].group
+            if group not in groups:
+                if len(groups) == self.chunk_size:
+                    return i
+                groups.append(group)
+        return len(self.waiting)
+
+    def _priority(self, key: str) -> tuple[int, int]:
+        """Probes first; then by the group's estimated length, longest first (unknown: last)."""
+        if key in self.probes and not self.latest[key].response_ids:
+            return (0, 0)
+        return (1, -self._estimate(self.latest[key].group))
+
+    def _estimate(self, group: str) -> int:
+        """The group's length so far: the longest response any of its samples has (its probe's, early)."""
+        return max((len(t.response_ids) for t in self.latest.values() if t.group == group), default=0)
+
+
+def rollout_metrics(
+    trajectories: Sequence[Trajectory], seconds: float, slot_seconds: float, slots: int
+) -> dict[str, float]:
+    """What a user needs to see the long tail of one rollout (``metrics.jsonl``).
+
+    ``response_len_p50/p90/max`` over the responses that finished; ``rollout_tail_s``: seconds from the
+    moment 90% of them were done until the last one was; ``rollout_busy_fraction``: busy sequence-slot
+    seconds over ``seconds * slots`` (every engine's ``max_num_seqs``, for the whole rollout).
+    """
+    done = [t for t in trajectories if t.done]
+    lengths = sorted(len(t.response_ids) for t in done)
+    stamps = sorted(t.finished_at for t in done if t.finished_at is not None)
+    row = {
+        "response_len_p50": statistics.median(lengths) if lengths else 0.0,
+        "response_len_p90": _quantile(lengths, 0.9),
+        "response_len_p99": _quantile(lengths, 0.99),
+        "response_len_max": float(lengths[-1]) if lengths else 0.0,
+        "rollout_tail_s": stamps[-1] - stamps[math.ceil(0.9 * len(stamps)) - 1] if stamps else 0.0,
+        "rollout_busy_fraction": slot_seconds / (seconds * slots) if seconds > 0 and slots else 0.0,
+    }
+    return {k: float(v) for k, v in row.items()}
+
+
+def _quantile(sorted_values: Sequence[int], q: float) -> float:
+    """The nearest-rank quantile: the smallest value with at least ``q`` of the values at or below it."""
+    if not sorted_values:
+        return 0.0
+    return float(sorted_values[max(math.ceil(q * len(sorted_values)) - 1, 0)])

@@ -1,0 +1,163 @@
+"""A trajectory: one sampled response, carried across chunks, engines and RL iterations.
+
+Seer's divided rollout (arXiv 2511.14617) generates each sample of a group as its own request, a chunk
+of tokens at a time, and may send the next chunk to another engine; Kimi k1.5's partial rollouts
+(sec. 2.6.2) continue an unfinished response in the next iteration, under newer weights. Both need the
+same record: the prompt, the tokens so far with their log-probs, and for each token the policy version
+(the RL iteration whose weights sampled it), because the reference log-probs of a token are those of
+the policy that generated it.
+
+Seeds: the first segment of sample j uses ``seed + j``, exactly what vLLM gives sample j of an n-sample
+request, so a trajectory generated in one piece reproduces the synchronous pool's draws. A later
+segment uses a seed derived from (seed, j, tokens so far): it does not depend on which engine runs it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from .engine import Sample
+
+if TYPE_CHECKING:
+    from .worker import RolloutRequest
+
+# finish reasons beyond vLLM's "stop" and "length"
+REPEAT = "repeat"  # stopped early: its tail repeats one block (k1.5 sec. 2.6.2)
+
+
+@dataclass
+class Trajectory:
+    """One sample of one prompt. ``group`` is the prompt's request id; its samples share it."""
+
+    request: RolloutRequest
+    sample: int
+    prompt_ids: list[int] = field(default_factory=list)  # expanded, as the engine returned it
+    response_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)  # per response token, of the policy that sampled it
+    born: list[int] = field(default_factory=list)  # per response token: the policy version that sampled it
+    forced: list[int] = field(default_factory=list)  # positions a thinking budget forced in (not sampled)
+    finish_reason: str | None = None  # None while unfinished
+    finished_at: float | None = None  # wall clock (time.time()) of the step that finished it
+    text: str = ""
+    budget: int | None = None  # tokens it may still sample in this rollout (partial rollouts); None: no cap
+
+    @property
+    def group(self) -> str:
+        return self.request.request_id
+
+    @property
+    def key(self) -> str:
+        """``"{group}/{sample}"``: unique in a rollout, and what the engine's request names carry."""
+        return f"{self.group}/{self.sample}"
+
+    @property
+    def done(self) -> bool:
+        return self.finish_reason is not None
+
+    def seed(self) -> int:
+        if not self.response_ids:
+            return self.request.seed + self.sample
+        return zlib.crc32(f"{self.request.seed}:{self.sample}:{len(self.response_ids)}".encode())
+
+    def extend(self, ids: list[int], logprobs: list[float], version: int) -> None:
+        self.response_ids += ids
+        self.logprobs += logprobs
+        self.born += [version] * len(ids)
+        if self.budget is not None:
+            self.budget -= len(ids)
+
+    @property
+    def paused(self) -> bool:
+        """Unfinished with no budget left in this rollout: it waits for the next one."""
+        return not self.done and self.budget is not None and self.budget <= 0
+
+    def stale_tokens(self, version: int) -> int:
+        """How many leading tokens older policies than ``version`` sampled (a prefix: segments append)."""
+        return sum(1 for b in self.born if b < version)
+
+    def to_sample(self) -> Sample:
+        return Sample(
+            list(self.prompt_ids),
+            list(self.response_ids),
+            list(self.logprobs),
+            self.text,
+            self.finish_reason,
+            list(self.forced),
+            self.finished_at,
+        )
+
+    def state_dict(self) -> dict:
+        """Everything but the request (its prompt and images are rebuilt from the problem on resume)."""
+        return {
+            "group": self.group,
+            "sample": self.sample,
+            "prompt_ids": self.prompt_ids,
+            "response_ids": self.response_ids,
+            "logprobs": self.logprobs,
+            "born": self.born,
+            "forced": self.forced,
+            "finish_reason": self.finish_reason,
+            "text": self.text,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict, request: RolloutRequest) -> Trajectory:
+        if state["group"] != request.request_id:
+            raise ValueError(f"trajectory of group {state['group']!r} given request {request.request_id!r}")
+        lengths = {len(state[k]) for k in ("response_ids", "logprobs", "born")}
+        if len(lengths) != 1:
+            raise ValueError(
+                f"trajectory {state['group']}/{state['sample']}: token, log-prob and version "
+                "lists differ in length"
+            )
+        return cls(
+            request,
+            int(state["sample"]),
+            list(state["prompt_ids"]),
+            list(state["response_ids"]),
+            [float(x) for x in state["logprobs"]],
+            [int(x) for x in state["born"]],
+            [int(x) for x in state.get("forced", [])],
+            state.get("finish_reason"),
+            None,
+            state.get("text", ""),
+        )
+
+
+@dataclass
+class RepeatConfig:
+    """Stop a response whose last ``min_repeats`` blocks of some length up to ``max_period`` tokens are
+    identical (k1.5 sec. 2.6.2: repeated sequences are detected, stopped early and penalized).
+
+    A repeat is checked between chunks, so a looping response costs at most one chunk more. The defaults
+    leave kvrl's own traces alone: the demo task's re-checks repeat a block at most 4 times.
+    """
+
+    enabled: bool = True
+    max_period: int = 32
+    min_repeats: int = 8
+    penalty: float = 0.5  # subtracted from the reward of a stopped response
+
+    def __post_init__(self):
+        if self.max_period < 1 or self.min_repeats < 2:
+            raise ValueError(
+                f"rollout.repeat: max_period must be >= 1 and min_repeats >= 2, got {self.max_period}, "
+                f"{self.min_repeats}"
+            )
+        if self.penalty < 0:
+            raise ValueError(f"rollout.repeat.penalty must be >= 0, got {self.penalty}")
+
+
+def repeated_period(ids: list[int], max_period: int, min_repeats: int) -> int | None:
+    """The shortest p <= ``max_period`` such that the last ``min_repeats * p`` tokens are one p-token
+    block ``min_repeats`` times over, or None. E.g. [9, 1, 2, 1, 2, 1, 2] with min_repeats 3 -> 2."""
+    for p in range(1, max_period + 1):
+        span = p * min_repeats
+        if span > len(ids):
+            return None
+        block = ids[-p:]
+        if all(ids[-span + k * p : len(ids) - span + (k + 1) * p] == block for k in range(min_repeats - 1)):
+            return p
+    return None
