@@ -89,3 +89,44 @@ def test_step_metrics_are_weighted_by_their_counts(trainer_with):
         two_groups()
     )
     assert metrics["entropy"] == 4.25 and metrics["loss"] == 0.5 and metrics["skipped"] == 0.0
+
+
+class RecordingOld(RecordingGroup):
+    """Also records each sample's reference log-probs and loss mask start as train_step receives them."""
+
+    def train_step(self, samples, *args, **kwargs):
+        self.sent = [(list(s.old_logprobs), s.loss_from) for s in samples]
+        return super().train_step(samples, *args, **kwargs)
+
+
+def carried() -> list[Experience]:
+    # sample 0 continued a partial rollout: its first 2 tokens were sampled by the previous policy
+    # (rollout log-probs -1.0, -2.0), its last one by this one; sample 1 is all this policy's
+    return [
+        Experience([1], [2, 3, 4], reward=1.0, group_id=0, old_logprobs=[-1.0, -2.0, -3.0], stale=2),
+        Experience([1], [5], reward=0.0, group_id=0, old_logprobs=[-1.5]),
+    ]
+
+
+def test_older_policys_tokens_keep_their_rollout_logprobs_as_reference(trainer_with):
+    # the learner (this policy) scores the stale tokens -1.4 and -2.6; they must stay -1.0 and -2.0
+    learner = [[-1.4, -2.6, -3.001], [-1.5]]
+    group = RecordingOld(learner, [OK])
+    metrics = trainer_with(group).learn(carried())
+    assert group.sent == [([-1.0, -2.0, -3.001], 0), ([-1.5], 0)]
+    # the gap compares this policy's tokens only: |-3.0 - -3.001|, not the stale 0.6
+    assert metrics["rollout_learner_logprob_gap_max"] == pytest.approx(0.001)
+
+
+def test_masked_older_segments_carry_no_loss(tiny_trainer):
+    from rl.trainer import Rollout
+    from rollout.engine import Sample
+
+    trainer = tiny_trainer("rollout.partial.enabled=true", "rollout.partial.old_segments=mask")
+    problem = trainer.problems[0]
+    rollout = Rollout(problem, 0, Sample([1], [2, 3, 4], [-1.0, -2.0, -3.0], "x", "stop"), stale=2)
+    (e,) = trainer.experiences([rollout])
+    assert (e.stale, e.loss_from) == (2, 2)
+    from learner.experience import collate
+
+    assert collate([e], pad_id=0).response_mask.tolist() == [[0.0, 0.0, 1.0]]
