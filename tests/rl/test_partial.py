@@ -89,3 +89,40 @@ def test_bad_settings_name_the_key():
         PartialConfig(segment_tokens=0)
     with pytest.raises(ValueError, match="rollout.partial.old_segments"):
         PartialConfig(old_segments="drop")
+
+
+class ExportOnly:
+    """Stands in for the learner group at a checkpoint: the tiny model's files as the HF export."""
+
+    def __init__(self, model_dir):
+        self.model_dir = model_dir
+
+    def export_hf(self, folder: str) -> None:
+        import shutil
+
+        shutil.copytree(self.model_dir, folder, dirs_exist_ok=True)
+
+    def save_state(self, folder: str) -> None:
+        pass
+
+
+def test_a_resumed_trainer_continues_the_carried_trajectories(tiny_trainer, tiny_dir, tmp_path):
+    keys = ["rollout.partial.enabled=true", "trainer.iterations=4"]
+    trainer = tiny_trainer(*keys)
+    trainer.learners = ExportOnly(tiny_dir)
+    problem = trainer.problems[1]
+    carried = [Trajectory(trainer._request(problem, 0), j) for j in range(2)]
+    carried[0].extend([11, 12], [-0.1, -0.2], 0)
+    carried[0].finish_reason = "stop"
+    carried[1].extend([13, 14, 15], [-0.3, -0.4, -0.5], 0)
+    carried[1].prompt_ids = carried[0].prompt_ids = [1, 2]
+    trainer.buffer.waiting = carried
+    trainer.checkpoint(0)
+
+    resumed = tiny_trainer(*keys, f"trainer.resume={tmp_path / 'run'}")
+    assert resumed.start_at == 1
+    back = resumed.buffer.waiting
+    assert [t.state_dict() for t in back] == [t.state_dict() for t in carried]
+    # the request is rebuilt from the problem and the iteration that started the group: same prompt, seed
+    assert back[1].request == carried[1].request
+    assert back[1].seed() == carried[1].seed()
