@@ -85,9 +85,9 @@ def test_continuation_across_iterations_and_a_resume_loses_and_duplicates_nothin
 
 
 def test_bad_settings_name_the_key():
-    with pytest.raises(ValueError, match="rollout.partial.segment_tokens"):
+    with pytest.raises(ValueError, match=r"rollout\.partial\.segment_tokens"):
         PartialConfig(segment_tokens=0)
-    with pytest.raises(ValueError, match="rollout.partial.old_segments"):
+    with pytest.raises(ValueError, match=r"rollout\.partial\.old_segments"):
         PartialConfig(old_segments="drop")
 
 

@@ -44,7 +44,8 @@ def test_divided_shares_what_is_left_and_puts_unfinished_work_first():
     second = q.take(capacity=2)
     assert keys(second) == ["b/0", "b/1"]  # capped by the engine's slots
     # the first engine finishes two, one goes on: it is queued before the waiting b/2
-    q.put_back(first, [generate(first[0], 8, False), generate(first[1], 3, True), generate(first[2], 5, True)])
+    back = [generate(first[0], 8, False), generate(first[1], 3, True), generate(first[2], 5, True)]
+    q.put_back(first, back)
     assert q.waiting == ["a/0", "b/2"]
     # ceil((2 waiting + 2 running) / 2) = 2
     assert keys(q.take(capacity=64)) == ["a/0", "b/2"]
@@ -72,7 +73,7 @@ def test_context_aware_runs_one_probe_per_group_then_the_longest_group_first():
 
 
 def test_context_aware_needs_divided():
-    with pytest.raises(ValueError, match="rollout.schedule.context_aware needs rollout.schedule.divided"):
+    with pytest.raises(ValueError, match=r"context_aware needs rollout\.schedule\.divided"):
         ScheduleConfig(context_aware=True)
 
 
