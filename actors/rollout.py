@@ -198,6 +198,9 @@ class RolloutPool:
         results = queue.results()
         metrics = rollout_metrics(results, seconds, total.slot_seconds, slots)
         metrics["rollout_engine_steps"] = float(total.steps)
+        metrics["rollout_tokens_per_seq_step"] = total.tokens / max(total.seq_steps, 1)
+        if total.draft_tokens:
+            metrics["spec_acceptance"] = total.accepted_tokens / total.draft_tokens
         return results, metrics
 
     def rss_mb(self) -> list[float]:

@@ -112,6 +112,9 @@ class RolloutConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # Seer's divided, context-aware
     partial: PartialConfig = field(default_factory=PartialConfig)  # k1.5's partial rollouts
     repeat: RepeatConfig = field(default_factory=RepeatConfig)  # stop and penalize looping responses
+    # Seer's grouped speculative decoding: drafts from the prompt's other samples, at most this many
+    # tokens (0: off). The target model verifies every draft, so samples and log-probs stay the policy's.
+    speculative_tokens: int = 0
     # true: allow sampling at temperature != 1 or top_p < 1. The loss still takes log-probs at
     # temperature 1, so it then trains on samples of another policy than the one it assumes (README).
     off_policy_sampling: bool = False
@@ -145,6 +148,10 @@ class RLConfig:
                         "itself (temperature 1, top_p 1), whose temperature-1 log-probs the loss uses. "
                         "Set rollout.off_policy_sampling=true to train on them anyway (README: sampling)"
                     )
+        if self.rollout.speculative_tokens < 0:
+            raise ValueError(
+                f"rollout.speculative_tokens must be >= 0 (0: off), got {self.rollout.speculative_tokens}"
+            )
         chunked = self.rollout.partial.enabled or self.rollout.schedule.divided
         if sampling.thinking_budget is not None and chunked:
             raise ValueError(
@@ -245,6 +252,7 @@ class Trainer:
             max_num_seqs=cfg.rollout.max_num_seqs,
             tensor_parallel_size=cfg.rollout.tensor_parallel_size,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
+            speculative_tokens=cfg.rollout.speculative_tokens,
         )
         self.pool = RolloutPool(
             engine, cfg.resources.rollout_actors, self.placement.rollout, cfg.rollout.chunk_size

@@ -30,6 +30,8 @@ class EngineConfig:
     # KV-cache size on CPU (bytes); on GPU vLLM sizes it from gpu_memory_utilization.
     cpu_kv_cache_bytes: int = 1 << 30
     gpu_memory_utilization: float = 0.85
+    # grouped speculative decoding (rollout/speculation.py): the longest draft; 0 turns it off
+    speculative_tokens: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -75,6 +77,13 @@ def make_llm(cfg: EngineConfig):
         if cfg.tensor_parallel_size > 1:
             # Inside a Ray actor that holds the engine's GPUs: worker processes, not more Ray actors.
             kwargs.update(tensor_parallel_size=cfg.tensor_parallel_size, distributed_executor_backend="mp")
+    if cfg.speculative_tokens:
+        kwargs["speculative_config"] = {
+            "method": "custom_class",
+            "model": "rollout.speculation.GroupSpeculator",
+            "num_speculative_tokens": cfg.speculative_tokens,
+        }
+        kwargs["disable_log_stats"] = False  # vLLM counts drafted and accepted tokens only with stats on
     kwargs.update(cfg.extra)
     log.info("starting vLLM engine for %s (dtype=%s, cpu=%s)", cfg.model, dtype, cpu)
     return LLM(**kwargs)

@@ -97,12 +97,13 @@ class EngineStats:
     slot_seconds: float = 0.0
     steps: int = 0
     tokens: int = 0
+    seq_steps: int = 0  # sequences held, summed over steps: tokens / seq_steps is tokens per step
+    draft_tokens: int = 0  # speculative decoding: tokens proposed, and accepted by the target model
+    accepted_tokens: int = 0
 
     def add(self, other: EngineStats) -> None:
-        self.seconds += other.seconds
-        self.slot_seconds += other.slot_seconds
-        self.steps += other.steps
-        self.tokens += other.tokens
+        for name, value in other.__dict__.items():
+            setattr(self, name, getattr(self, name) + value)
 
 
 class RolloutWorker:
@@ -147,7 +148,8 @@ class RolloutWorker:
         # that each sample finishes with its own time stamp.
         prompts = [v for v in vllm_requests for _ in range(n)]
         params = [self._params(sampling, r.seed + j, 1, first_max, stops) for r in requests for j in range(n)]
-        flat = self._run(prompts, params)
+        keys = [f"{r.request_id}/{j}" for r in requests for j in range(n)]
+        flat = self._run(prompts, params, keys)
         results = []
         for i, (req, vreq) in enumerate(zip(requests, vllm_requests, strict=True)):
             samples = flat[i * n : (i + 1) * n]
@@ -198,7 +200,7 @@ class RolloutWorker:
             params.append(self._params(sampling, t.seed(), 1, tokens, []))
             todo.append(t)
         tok = self.processor.tokenizer
-        for t, s in zip(todo, self._run(prompts, params), strict=True):
+        for t, s in zip(todo, self._run(prompts, params, [t.key for t in todo]), strict=True):
             if not t.prompt_ids:
                 t.prompt_ids = s.prompt_token_ids
             t.extend(s.response_token_ids, s.logprobs, version)
@@ -240,17 +242,21 @@ class RolloutWorker:
                 t.text, t.finish_reason, t.finished_at = s.text, s.finish_reason or "length", s.finished_at
         return trajectories
 
-    def _run(self, prompts: list[dict], params: list) -> list[Sample]:
+    def _run(self, prompts: list[dict], params: list, keys: list[str]) -> list[Sample]:
         """One sample per prompt (each ``params`` has n=1), stepping the engine here rather than in
         ``LLM.generate``: each sample gets the time stamp of the step that finished it, and the busy
-        sequence slots are counted (``self.stats``)."""
+        sequence slots are counted (``self.stats``). Requests are named ``keys`` (``"{group}/{sample}"``):
+        grouped speculative decoding reads the group from the name (``rollout/speculation.py``)."""
         if not prompts:
             return []
         engine = self.llm.llm_engine
-        ids = self.llm.enqueue(prompts, params, use_tqdm=False)
-        # enqueue returns vLLM's internal ids ("<counter>-<random>"); outputs carry the counter
-        where = {rid.split("-", 1)[0]: i for i, rid in enumerate(ids)}
-        out: list[Sample | None] = [None] * len(ids)
+        where = {key: i for i, key in enumerate(keys)}
+        if len(where) != len(keys):
+            raise ValueError("engine request names must be unique within a call")
+        for key, prompt, param in zip(keys, prompts, params, strict=True):
+            engine.add_request(key, prompt, param)
+        drafted = self._spec_counts()
+        out: list[Sample | None] = [None] * len(keys)
         slots, stats = self.cfg.max_num_seqs, self.stats
         start = last = time.perf_counter()
         while engine.has_unfinished_requests():
@@ -258,6 +264,7 @@ class RolloutWorker:
             finished = [o for o in engine.step() if o.finished]
             now = time.perf_counter()
             stats.slot_seconds += held * (now - last)
+            stats.seq_steps += held
             stats.steps += 1
             last = now
             stamp = time.time()
@@ -267,10 +274,21 @@ class RolloutWorker:
                 stats.tokens += len(sample.response_token_ids)
                 out[where[o.request_id]] = sample
         stats.seconds += last - start
+        stats.draft_tokens, stats.accepted_tokens = (
+            b - a for a, b in zip(drafted, self._spec_counts(), strict=True)
+        )
         missing = [i for i, s in enumerate(out) if s is None]
         if missing:
             raise RuntimeError(f"the engine returned no output for {len(missing)} of {len(out)} requests")
         return out
+
+    def _spec_counts(self) -> tuple[int, int]:
+        """vLLM's running totals of drafted and accepted speculative tokens (0, 0 without speculation)."""
+        if self.llm.llm_engine.vllm_config.speculative_config is None:
+            return 0, 0
+        names = ("vllm:spec_decode_num_draft_tokens", "vllm:spec_decode_num_accepted_tokens")
+        counts = {m.name: m.value for m in self.llm.get_metrics() if m.name in names}  # counters
+        return int(counts.get(names[0], 0)), int(counts.get(names[1], 0))
 
     def _finish_answers(self, req, vreq, samples: list[Sample], sampling: SamplingConfig):
         """Continue each sample past the thinking-budget window.
@@ -312,7 +330,7 @@ class RolloutWorker:
         params = [
             self._params(sampling, answer_seed(req.seed, j), 1, n, []) for j, n in zip(idx, room, strict=True)
         ]
-        outs = self._run(follow, params)
+        outs = self._run(follow, params, [f"{req.request_id}/{j}" for j in idx])
         tok = self.processor.tokenizer
         for j, cont in zip(idx, outs, strict=True):
             s = samples[j]

@@ -57,19 +57,20 @@ def test_budget_forces_close_then_answers(worker, tiny_dir):
 
 @pytest.mark.slow
 def test_each_answer_phase_samples_from_a_stream_of_its_own(worker, monkeypatch):
-    seeds: list[list[int]] = []
-    generate = worker.llm.generate
+    seeds: list[int] = []
+    add_request = worker.llm.llm_engine.add_request
 
-    def spy(prompts, params, **kwargs):
-        seeds.append([p.seed for p in params])
-        return generate(prompts, params, **kwargs)
+    def spy(key, prompt, params, *args, **kwargs):
+        seeds.append(params.seed)
+        return add_request(key, prompt, params, *args, **kwargs)
 
-    monkeypatch.setattr(worker.llm, "generate", spy)
+    monkeypatch.setattr(worker.llm.llm_engine, "add_request", spy)
     thinking = chat_prompt(worker.processor, "What is 1 + 1?", 0) + "◁think▷"
     sampling = SamplingConfig(n=4, max_tokens=16, thinking_budget=3, answer_tokens=3)
     (result,) = worker.generate([RolloutRequest("q", thinking, [], seed=40)], sampling)
-    assert seeds[0] == [40] and all(s.forced == [3] for s in result.samples)
-    # vLLM draws sample j of the first phase from seed 40 + j; no answer phase may reuse one of those
+    # sample j of the first phase is its own request, seeded 40 + j as vLLM seeds an n-sample request
+    assert seeds[:4] == [40, 41, 42, 43] and all(s.forced == [3] for s in result.samples)
+    # no answer phase may reuse one of those streams
     first_phase = {40 + j for j in range(4)}
-    answers = seeds[1]
+    answers = seeds[4:]
     assert len(answers) == 4 and len(set(answers)) == 4 and not first_phase & set(answers), answers
