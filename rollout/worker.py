@@ -252,7 +252,8 @@ class RolloutWorker:
         engine = self.llm.llm_engine
         where = {key: i for i, key in enumerate(keys)}
         if len(where) != len(keys):
-            raise ValueError("engine request names must be unique within a call")
+            twice = sorted({k for k in keys if keys.count(k) > 1})
+            raise ValueError(f"request ids must be unique within a call; given more than once: {twice[:5]}")
         for key, prompt, param in zip(keys, prompts, params, strict=True):
             engine.add_request(key, prompt, param)
         drafted = self._spec_counts()

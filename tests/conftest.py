@@ -84,6 +84,23 @@ def llm(tiny_dir):
 
 
 @pytest.fixture(scope="session")
+def worker(tiny_dir):
+    """One in-process rollout worker (vLLM engine) on the tiny model for the session; the variable it
+    sets for in-process engines is restored afterwards. Tests that change its weights put them back."""
+    from rollout.engine import EngineConfig
+    from rollout.worker import RolloutWorker
+
+    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    w = RolloutWorker(EngineConfig(model=str(tiny_dir), max_model_len=512, max_num_seqs=64))
+    yield w
+    w.shutdown()
+    if saved is None:
+        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
+    else:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
+
+
+@pytest.fixture(scope="session")
 def signal_data(tmp_path_factory):
     """The tiny RL data with a verifier that accepts about half of any model's answers, so a random
     model's rollouts still carry a learning signal (and the resume comparison is not between zeros)."""

@@ -15,7 +15,7 @@ from tests.helpers import ROOT
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["rollout", "sync", "scale"])  # step: test_step.py
+@pytest.mark.parametrize("name", ["rollout", "sync", "scale", "longtail"])  # step: test_step.py
 def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
     out, table = tmp_path / f"{name}.json", tmp_path / "benchmarks.md"
     table.write_text("# Benchmarks\n\nSome prose above the table.\n")
@@ -40,3 +40,11 @@ def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
         assert set(result["phases"]) == {"time_rollout", "time_reward", "time_learn", "time_sync"}
     if name == "sync":
         assert result["params"] > 0 and result["bytes"] >= 4 * result["params"]
+    if name == "longtail":
+        policies = {"sync", "divided", "context_aware", "partial", "speculative", "all"}
+        assert set(result["policies"]) == policies
+        sync, every = result["policies"]["sync"], result["policies"]["all"]
+        assert result["ratio"] == pytest.approx(every["throughput"] / sync["throughput"])
+        assert sync["unfinished"] == 0  # the synchronous pool finishes every sample in its iteration
+        assert "simulation, not a measurement" in result["simulation"]["what"]
+        assert math.isfinite(result["simulation"]["ratio"]) and result["simulation"]["ratio"] > 0

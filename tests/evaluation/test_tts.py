@@ -144,21 +144,6 @@ ANSWER = 6
 
 
 @pytest.fixture(scope="module")
-def worker(tiny_dir):
-    from rollout.engine import EngineConfig
-    from rollout.worker import RolloutWorker
-
-    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    w = RolloutWorker(EngineConfig(model=str(tiny_dir), max_model_len=512, max_num_seqs=64))
-    yield w
-    w.shutdown()
-    if saved is None:
-        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    else:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
-
-
-@pytest.fixture(scope="module")
 def problems():
     from corpus.problems import load_problems
 

@@ -3,32 +3,17 @@ continued by the next iteration's policy), each token keeps the log-prob of the 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
 from kimivl import KimiVLForConditionalGeneration
 from learner.logprobs import response_logprobs
-from rollout.engine import EngineConfig
 from rollout.prompts import chat_prompt
 from rollout.trajectory import Trajectory
-from rollout.worker import RolloutRequest, RolloutWorker, SamplingConfig
+from rollout.worker import RolloutRequest, SamplingConfig
 from tests.helpers import gradient_image
 
 TOLERANCE = 1e-3  # fp32, max abs difference per token (tests/rollout/test_parity.py)
-
-
-@pytest.fixture(scope="module")
-def worker(tiny_dir):
-    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
-    w = RolloutWorker(EngineConfig(model=str(tiny_dir), max_model_len=512, max_num_seqs=8))
-    yield w
-    w.shutdown()
-    if saved is None:
-        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    else:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
 
 
 @pytest.mark.slow

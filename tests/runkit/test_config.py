@@ -191,6 +191,7 @@ def test_required_field_and_non_mapping_input():
     [
         ("configs/tiny/rl.yaml", RLConfig),
         ("configs/tiny/sft.yaml", SFTConfig),
+        ("configs/longtail/sft.yaml", SFTConfig),
         ("configs/kimi-vl-a3b/rl-1x8.yaml", RLConfig),
         ("configs/kimi-vl-a3b/rl-4x8.yaml", RLConfig),
     ],
