@@ -196,7 +196,7 @@ class RolloutPool:
         seconds = time.perf_counter() - start
         slots = len(self.actors) * self.cfg.max_num_seqs
         results = queue.results()
-        metrics = rollout_metrics(results, seconds, total.slot_seconds, slots)
+        metrics = rollout_metrics(queue.finished_here(), seconds, total.slot_seconds, slots)
         metrics["rollout_engine_steps"] = float(total.steps)
         metrics["rollout_tokens_per_seq_step"] = total.tokens / max(total.seq_steps, 1)
         if total.draft_tokens:

@@ -51,6 +51,7 @@ class RolloutQueue:
             raise ValueError(f"chunk_size and engines must be >= 1, got {chunk_size}, {engines}")
         self.cfg, self.chunk_size, self.engines = cfg, chunk_size, engines
         self.order = [t.key for t in trajectories]
+        self.done_before = {t.key for t in trajectories if t.done}  # carried while their group goes on
         self.latest = {t.key: t for t in trajectories}
         self.waiting = [t.key for t in trajectories if not t.done and not t.paused]
         self.running = 0
@@ -100,6 +101,10 @@ class RolloutQueue:
     def results(self) -> list[Trajectory]:
         return [self.latest[k] for k in self.order]
 
+    def finished_here(self) -> list[Trajectory]:
+        """The trajectories that finished in this rollout (not those that came in finished)."""
+        return [t for t in self.results() if t.done and t.key not in self.done_before]
+
     def _whole_groups(self) -> int:
         """How many waiting keys make up the next ``chunk_size`` groups."""
         groups: list[str] = []
@@ -127,7 +132,9 @@ def rollout_metrics(
 ) -> dict[str, float]:
     """What a user needs to see the long tail of one rollout (``metrics.jsonl``).
 
-    ``response_len_p50/p90/max`` over the responses that finished; ``rollout_tail_s``: seconds from the
+    ``trajectories``: those that finished in this rollout (``RolloutQueue.finished_here``: a partial
+    rollout carries finished ones while their group's others go on). ``response_len_p50/p90/max`` over
+    them; ``rollout_tail_s``: seconds from the
     moment 90% of them were done until the last one was; ``rollout_busy_fraction``: busy sequence-slot
     seconds over ``seconds * slots`` (every engine's ``max_num_seqs``, for the whole rollout).
     """

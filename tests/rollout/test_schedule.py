@@ -130,3 +130,17 @@ def test_trajectory_state_round_trip_and_stale_tokens():
     assert back.state_dict() == t.state_dict()
     with pytest.raises(ValueError, match="given request"):
         Trajectory.from_state(t.state_dict(), RolloutRequest("other", "x"))
+
+
+def test_tail_metrics_count_only_what_finished_in_this_rollout():
+    # 9 samples finished last iteration (t = 10) and wait for the 10th, which finishes now (t = 50).
+    # Counted with them, 90% of the group is done at t = 10 and the tail is 40 s; this rollout's is 0 s.
+    *old, new = group("a", 10)
+    for t in old:
+        generate(t, 3, True, at=10.0)
+    q = RolloutQueue([*old, new], ScheduleConfig(), chunk_size=1, engines=1)
+    (sent,) = q.take(capacity=16)
+    q.put_back([sent], [generate(sent, 7, True, at=50.0)])
+    assert [t.key for t in q.finished_here()] == ["a/9"]
+    assert rollout_metrics(q.finished_here(), 1.0, 1.0, 1)["rollout_tail_s"] == 0.0
+    assert rollout_metrics(q.results(), 1.0, 1.0, 1)["rollout_tail_s"] == 40.0  # what was logged before
