@@ -198,17 +198,18 @@ class RolloutWorker:
                 request = continuation
             prompts.append(request)
             params.append(self._params(sampling, t.seed(), 1, tokens, []))
-            todo.append(t)
+            todo.append((t, tokens))
         tok = self.processor.tokenizer
-        for t, s in zip(todo, self._run(prompts, params, [t.key for t in todo]), strict=True):
+        outputs = self._run(prompts, params, [t.key for t, _ in todo])
+        for (t, asked), s in zip(todo, outputs, strict=True):
             if not t.prompt_ids:
                 t.prompt_ids = s.prompt_token_ids
             t.extend(s.response_token_ids, s.logprobs, version)
             t.text = tok.decode(t.response_ids, skip_special_tokens=True)
             if s.finish_reason == "stop":
                 t.finish_reason = "stop"
-            elif len(t.response_ids) >= sampling.max_tokens:
-                t.finish_reason = "length"
+            elif len(t.response_ids) >= sampling.max_tokens or len(s.response_token_ids) < asked:
+                t.finish_reason = "length"  # max_tokens, or the engine's max_model_len cut it short
             elif (
                 repeat is not None
                 and repeat.enabled
