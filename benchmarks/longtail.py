@@ -166,6 +166,10 @@ def build_policy(out: Path = POLICY_DIR) -> str:
         f"trainer.output_dir={out / 'sft'}",
     ]
     train(load_config(SFTConfig, ROOT / "configs" / "longtail" / "sft.yaml", overrides))
+    import ray
+
+    if ray.is_initialized():  # SFT's Ray is sized for its learners; the rollout pools start their own
+        ray.shutdown()
     return str(final)
 
 
