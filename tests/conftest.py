@@ -83,10 +83,13 @@ def llm(tiny_dir):
     engine.llm_engine.engine_core.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def worker(tiny_dir):
-    """One in-process rollout worker (vLLM engine) on the tiny model for the session; the variable it
-    sets for in-process engines is restored afterwards. Tests that change its weights put them back."""
+    """An in-process rollout worker (vLLM engine) on the tiny model for one test module; the variable it
+    sets for in-process engines is restored afterwards. Per module, not per session: in-process engines
+    share vLLM's process-wide parallel state, which shutting any engine down destroys (a session worker
+    failed with "pipeline model parallel group is not initialized" after another module's engine
+    stopped)."""
     from rollout.engine import EngineConfig
     from rollout.worker import RolloutWorker
 
