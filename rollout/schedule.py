@@ -133,10 +133,10 @@ def rollout_metrics(
     """What a user needs to see the long tail of one rollout (``metrics.jsonl``).
 
     ``trajectories``: those that finished in this rollout (``RolloutQueue.finished_here``: a partial
-    rollout carries finished ones while their group's others go on). ``response_len_p50/p90/max`` over
-    them; ``rollout_tail_s``: seconds from the
-    moment 90% of them were done until the last one was; ``rollout_busy_fraction``: busy sequence-slot
-    seconds over ``seconds * slots`` (every engine's ``max_num_seqs``, for the whole rollout).
+    rollout carries finished ones while their group's others go on). ``response_len_p50/p90/p99/max``
+    over them; ``rollout_tail_s``: seconds from the moment 90% of them were done until the last one
+    was; ``rollout_busy_fraction``: busy sequence-slot seconds over ``seconds * slots`` (every engine's
+    ``max_num_seqs``, for the whole rollout).
     """
     done = [t for t in trajectories if t.done]
     lengths = sorted(len(t.response_ids) for t in done)
