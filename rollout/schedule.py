@@ -78,7 +78,8 @@ class RolloutQueue:
             count = self._whole_groups()
         else:
             if self.cfg.context_aware:
-                self.waiting.sort(key=self._priority)
+                estimates = self._estimates()
+                self.waiting.sort(key=lambda k: self._priority(k, estimates))
             # an even share of what is left, so the engines that free up next get some too
             count = min(capacity, max(1, math.ceil((len(self.waiting) + self.running) / self.engines)))
         keys, self.waiting = self.waiting[:count], self.waiting[count:]
@@ -116,15 +117,18 @@ class RolloutQueue:
                 groups.append(group)
         return len(self.waiting)
 
-    def _priority(self, key: str) -> tuple[int, int]:
+    def _priority(self, key: str, estimates: dict[str, int]) -> tuple[int, int]:
         """Probes first; then by the group's estimated length, longest first (unknown: last)."""
         if key in self.probes and not self.latest[key].response_ids:
             return (0, 0)
-        return (1, -self._estimate(self.latest[key].group))
+        return (1, -estimates[self.latest[key].group])
 
-    def _estimate(self, group: str) -> int:
-        """The group's length so far: the longest response any of its samples has (its probe's, early)."""
-        return max((len(t.response_ids) for t in self.latest.values() if t.group == group), default=0)
+    def _estimates(self) -> dict[str, int]:
+        """Each group's length so far: the longest response any of its samples has (its probe's, early)."""
+        out: dict[str, int] = {}
+        for t in self.latest.values():
+            out[t.group] = max(out.get(t.group, 0), len(t.response_ids))
+        return out
 
 
 def rollout_metrics(
