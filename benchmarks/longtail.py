@@ -50,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 POLICY_DIR = ROOT / "runs" / "bench" / "longtail-policy"
 A3B_MAX_TOKENS = 16384  # rollout.sampling.max_tokens of configs/kimi-vl-a3b/rl-1x8.yaml
 SPECULATIVE_TOKENS = 4  # the longest draft of grouped speculative decoding
+SPECULATIVE_MAX_BATCH = 4  # draft only in the tail, where a step's fixed cost dominates (docs/benchmarks.md)
 # every policy of the simulation, measured here: the speculative ones on a second pool whose engines
 # have the grouped proposer (an engine has it or not), the others on a plain one
 MEASURED = dict(sim.POLICIES)
@@ -67,7 +68,9 @@ class Workload:
 def run(quick: bool = False, repeats: int = 3, model: str | None = None, engines: int = 2) -> list[dict]:
     model = model or build_policy()
     # quick: a check that it all runs (CI), not a measurement; its lengths are cut at 256 tokens
-    iterations, per, max_tokens = (3, 4, 256) if quick else (6, 16, 512)  # the policy's longest: ~250
+    # 12 iterations: partial rollouts are credited only for finished work, and what is still in flight
+    # after the last iteration is lost; a long RL run has no last iteration
+    iterations, per, max_tokens = (3, 4, 256) if quick else (12, 16, 512)  # the policy's longest: ~250
     n = 4
     processor = KimiVLProcessor.from_pretrained(model)
     work = Workload(
@@ -75,7 +78,7 @@ def run(quick: bool = False, repeats: int = 3, model: str | None = None, engines
         SamplingConfig(n=n, max_tokens=max_tokens),
         iterations,
         chunk_tokens=64,  # about the p75 of the policy's lengths
-        segment_tokens=128,  # about the p95: the longest fifth or so continue in the next iteration
+        segment_tokens=64,  # about the p85: the longest sixth or so continue in the next iteration
     )
     measured: dict[str, list[dict]] = {name: [] for name in MEASURED}
     with _pools(model, engines, chunk_size=-(-per // engines)) as (pools, weights):
@@ -127,6 +130,7 @@ def run(quick: bool = False, repeats: int = 3, model: str | None = None, engines
                 chunk_tokens=work.chunk_tokens,
                 segment_tokens=work.segment_tokens,
                 speculative_tokens=SPECULATIVE_TOKENS,
+                speculative_max_batch=SPECULATIVE_MAX_BATCH,
             ),
             simulation={
                 "what": "trace-driven simulation, not a measurement: the sync run's lengths x "
@@ -202,7 +206,11 @@ class _pools:
             self.placements.append(placement)
             tokens = SPECULATIVE_TOKENS if speculative else 0
             engine = EngineConfig(
-                model=self.model, max_model_len=1024, max_num_seqs=64, speculative_tokens=tokens
+                model=self.model,
+                max_model_len=1024,
+                max_num_seqs=64,
+                speculative_tokens=tokens,
+                speculative_max_batch=SPECULATIVE_MAX_BATCH,
             )
             self.pools[speculative] = RolloutPool(engine, self.engines, placement.rollout, self.chunk_size)
         policy = KimiVLForConditionalGeneration.from_pretrained(self.model)
@@ -229,8 +237,12 @@ def _iterations(pool: RolloutPool, weights, work: Workload, policy: sim.Policy) 
     prompts, iterations, sampling = work.prompts, work.iterations, work.sampling
     per = len(prompts) // iterations
     seconds, tokens, tails, busy, per_step, accepted, counted = 0.0, 0, [], [], [], [], set()
+    steps = 0.0
     trace: list[list[sim.Group]] = []
-    for it in range(iterations):
+    drain, it = 0.0, 0
+    # then, with no new prompts, the iterations that finish what partial rollouts still carry: the
+    # same responses finished by every policy, and the time that takes charged to the policy
+    while it < iterations or buffer.carried():
         fresh = [
             Trajectory(RolloutRequest(group_key(pid, it), prompt, seed=zlib.crc32(pid.encode())), j)
             for pid, prompt in prompts[it * per : (it + 1) * per]
@@ -239,25 +251,31 @@ def _iterations(pool: RolloutPool, weights, work: Workload, policy: sim.Policy) 
         start = time.perf_counter()
         out, metrics = pool.extend(buffer.schedule(fresh, it), sampling, schedule, it)
         seconds += time.perf_counter() - start
+        drain += time.perf_counter() - start if it >= iterations else 0.0
         done = [t for t in out if t.done and t.key not in counted]
         counted.update(t.key for t in done)
         tokens += sum(len(t.response_ids) for t in done)
-        tails.append(metrics["rollout_tail_s"])
-        busy.append(metrics["rollout_busy_fraction"])
-        per_step.append(metrics["rollout_tokens_per_seq_step"])
+        steps += metrics["rollout_engine_steps"]
+        if it < iterations:
+            tails.append(metrics["rollout_tail_s"])
+            busy.append(metrics["rollout_busy_fraction"])
+            per_step.append(metrics["rollout_tokens_per_seq_step"])
         if "spec_acceptance" in metrics:
             accepted.append(metrics["spec_acceptance"])
         groups = buffer.collect(out)
         trace.append([sim.Group(len(g[0].prompt_ids), tuple(len(t.response_ids) for t in g)) for g in groups])
         pool.update_weights(weights)  # as in RL: new weights, the engines' caches dropped
+        it += 1
     return {
         "throughput": tokens / seconds,
         "seconds": seconds,
         "finished_tokens": tokens,
-        "unfinished": buffer.carried(),
+        "finished_samples": len(counted),
+        "drain_s": drain,  # of ``seconds``: finishing what partial rollouts carried past the last iteration
         "tail_s": statistics.fmean(tails),
         "busy_fraction": statistics.fmean(busy),
         "tokens_per_seq_step": statistics.fmean(per_step),
+        "engine_steps": steps,  # summed over engines and iterations
         **({"spec_acceptance": statistics.fmean(accepted)} if accepted else {}),
         "trace": [t for t in trace if t],
     }

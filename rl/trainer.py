@@ -115,6 +115,9 @@ class RolloutConfig:
     # Seer's grouped speculative decoding: drafts from the prompt's other samples, at most this many
     # tokens (0: off). The target model verifies every draft, so samples and log-probs stay the policy's.
     speculative_tokens: int = 0
+    # draft only while an engine runs at most this many sequences (0: at any batch): vLLM's dynamic
+    # speculative decoding schedule. Verifying drafts pays off in the tail, where batches are small.
+    speculative_max_batch: int = 0
     # true: allow sampling at temperature != 1 or top_p < 1. The loss still takes log-probs at
     # temperature 1, so it then trains on samples of another policy than the one it assumes (README).
     off_policy_sampling: bool = False
@@ -253,6 +256,7 @@ class Trainer:
             tensor_parallel_size=cfg.rollout.tensor_parallel_size,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
             speculative_tokens=cfg.rollout.speculative_tokens,
+            speculative_max_batch=cfg.rollout.speculative_max_batch,
         )
         self.pool = RolloutPool(
             engine, cfg.resources.rollout_actors, self.placement.rollout, cfg.rollout.chunk_size

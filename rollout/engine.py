@@ -32,6 +32,9 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.85
     # grouped speculative decoding (rollout/speculation.py): the longest draft; 0 turns it off
     speculative_tokens: int = 0
+    # draft only while the engine runs at most this many sequences (0: always); vLLM's dynamic
+    # speculative decoding schedule, which GroupSpeculator follows: verification is cheap only in the tail
+    speculative_max_batch: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,6 +86,11 @@ def make_llm(cfg: EngineConfig):
             "model": "rollout.speculation.GroupSpeculator",
             "num_speculative_tokens": cfg.speculative_tokens,
         }
+        if 0 < cfg.speculative_max_batch < cfg.max_num_seqs:
+            kwargs["speculative_config"]["num_speculative_tokens_per_batch_size"] = [
+                (1, cfg.speculative_max_batch, cfg.speculative_tokens),
+                (cfg.speculative_max_batch + 1, cfg.max_num_seqs, 0),
+            ]
         kwargs["disable_log_stats"] = False  # vLLM counts drafted and accepted tokens only with stats on
     kwargs.update(cfg.extra)
     log.info("starting vLLM engine for %s (dtype=%s, cpu=%s)", cfg.model, dtype, cpu)

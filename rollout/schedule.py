@@ -6,6 +6,9 @@ be compared (``kvrl bench longtail``):
 
 - **synchronous** (the default, and the baseline): a unit of work is ``chunk_size`` whole groups (every
   sample of each prompt), handed out in arrival order, each run to its end on the engine that took it.
+  Groups that continue from an earlier rollout (partial rollouts) are dealt round-robin to the units
+  (at least one per engine while they last) without counting towards ``chunk_size``: the long
+  responses a partial rollout carries ride along with fresh work instead of making a round of their own.
 - **divided** (Seer, arXiv 2511.14617, "divided rollout"): every sample is its own request, generated
   ``chunk_tokens`` at a time; between chunks it comes back and goes to whichever engine is idle next, so
   a few long responses end up spread over every engine instead of holding one.
@@ -54,6 +57,9 @@ class RolloutQueue:
         self.done_before = {t.key for t in trajectories if t.done}  # carried while their group goes on
         self.latest = {t.key: t for t in trajectories}
         self.waiting = [t.key for t in trajectories if not t.done and not t.paused]
+        self.units: list[int] = []  # synchronous: the sizes of the units of work, in hand-out order
+        if not cfg.divided:
+            self.waiting, self.units = self._deal(self.waiting)
         self.running = 0
         self.probes: set[str] = set()
         if cfg.context_aware:
@@ -75,7 +81,7 @@ class RolloutQueue:
         if not self.waiting:
             return []
         if not self.cfg.divided:
-            count = self._whole_groups()
+            count = self.units.pop(0)
         else:
             if self.cfg.context_aware:
                 estimates = self._estimates()
@@ -90,14 +96,16 @@ class RolloutQueue:
         """An engine returned ``returned`` for ``sent`` (None: it died, so ``sent`` runs again)."""
         self.running -= len(sent)
         if returned is None:
-            self.waiting[:0] = [t.key for t in sent]
-            return
-        again = []
-        for t in returned:
-            self.latest[t.key] = t
-            if not t.done and not t.paused:
-                again.append(t.key)
+            again = [t.key for t in sent]
+        else:
+            again = []
+            for t in returned:
+                self.latest[t.key] = t
+                if not t.done and not t.paused:
+                    again.append(t.key)
         self.waiting[:0] = again  # work in progress first: it holds the tail
+        if again and not self.cfg.divided:
+            self.units.insert(0, len(again))
 
     def results(self) -> list[Trajectory]:
         return [self.latest[k] for k in self.order]
@@ -106,16 +114,21 @@ class RolloutQueue:
         """The trajectories that finished in this rollout (not those that came in finished)."""
         return [t for t in self.results() if t.done and t.key not in self.done_before]
 
-    def _whole_groups(self) -> int:
-        """How many waiting keys make up the next ``chunk_size`` groups."""
-        groups: list[str] = []
-        for i, key in enumerate(self.waiting):
-            group = self.latest[key].group
-            if group not in groups:
-                if len(groups) == self.chunk_size:
-                    return i
-                groups.append(group)
-        return len(self.waiting)
+    def _deal(self, keys: list[str]) -> tuple[list[str], list[int]]:
+        """Synchronous units: ``chunk_size`` fresh groups each, in arrival order, and the continuing
+        groups dealt round-robin over them (over ``engines`` units at least, while they last)."""
+        groups: dict[str, list[str]] = {}
+        for key in keys:
+            groups.setdefault(self.latest[key].group, []).append(key)
+        fresh = [g for g, members in groups.items() if not any(self.latest[k].response_ids for k in members)]
+        continuing = [g for g in groups if g not in set(fresh)]
+        units = [fresh[i : i + self.chunk_size] for i in range(0, len(fresh), self.chunk_size)]
+        if continuing:
+            units += [[] for _ in range(min(self.engines, len(continuing)) - len(units))]
+            for i, g in enumerate(continuing):
+                units[i % len(units)].append(g)
+        ordered = [[k for g in unit for k in groups[g]] for unit in units]
+        return [k for unit in ordered for k in unit], [len(unit) for unit in ordered]
 
     def _priority(self, key: str, estimates: dict[str, int]) -> tuple[int, int]:
         """Probes first; then by the group's estimated length, longest first (unknown: last)."""

