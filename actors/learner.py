@@ -12,6 +12,7 @@ from typing import Any
 import ray
 
 from actors.memory import rss_mb
+from actors.placement import pin_threads
 from learner.experience import Experience
 from learner.loss import LossFn, Mean, combine
 from learner.packing import SFTExample
@@ -22,7 +23,8 @@ log = logging.getLogger(__name__)
 
 @ray.remote
 class LearnerActor:
-    def __init__(self, rank: int, world_size: int):
+    def __init__(self, rank: int, world_size: int, cores: Sequence[int] = ()):
+        pin_threads(cores, "learner_cores")
         self.rank, self.world_size = rank, world_size
         self.learner = None
 
@@ -104,11 +106,15 @@ class LearnerGroup:
         world_size: int,
         actor_options: Sequence[dict[str, Any]] | None = None,
         state_dir: str | None = None,
+        cores: Sequence[int] = (),
     ):
-        """``state_dir``: a checkpoint to resume the full training state from (``Learner.load_state``)."""
+        """``state_dir``: a checkpoint to resume the full training state from (``Learner.load_state``);
+        ``cores``: CPU ids every rank's threads are pinned to (``resources.learner_cores``)."""
         self.cfg, self.world_size = cfg, world_size
         options = list(actor_options or [{}] * world_size)
-        self.actors = [LearnerActor.options(**options[r]).remote(r, world_size) for r in range(world_size)]
+        self.actors = [
+            LearnerActor.options(**options[r]).remote(r, world_size, list(cores)) for r in range(world_size)
+        ]
         addr, port = ray.get(self.actors[0].address.remote())
         gather([a.setup.remote(model_path, cfg, addr, port, state_dir) for a in self.actors])
         log.info("learner group up: %d ranks, ZeRO-%d", world_size, cfg.zero_stage)

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,8 +45,19 @@ class ResourceConfig:
     # this machine, else a new local one. Or an address, e.g. "10.0.0.1:6379" ("auto": must be running;
     # "local": always a new one on this machine, whatever else runs here).
     ray_address: str | None = None
+    # CPU ids to pin every rollout engine's / learner rank's threads to; empty: no pinning. Disjoint sets
+    # keep rollout and learning off each other's cores, as separate nodes do on a cluster, so a pipelined
+    # run (trainer.max_staleness) overlaps them for real on one CPU machine.
+    rollout_cores: list[int] = field(default_factory=list)
+    learner_cores: list[int] = field(default_factory=list)
 
     def __post_init__(self):
+        shared = sorted(set(self.rollout_cores) & set(self.learner_cores))
+        if shared:
+            raise ValueError(
+                f"resources.rollout_cores and resources.learner_cores share CPU(s) {shared}: "
+                "they must be disjoint"
+            )
         if self.rollout_actors < 0 or self.learner_ranks < 1:
             raise ValueError("learner_ranks must be >= 1 and rollout_actors >= 0 (0: SFT, no engines)")
         if self.colocate and self.rollout_actors != self.learner_ranks:
@@ -91,6 +103,23 @@ def start_ray(cfg: ResourceConfig) -> str:
     line = f"Ray cluster {where}: {len(nodes)} node(s), {res.get('CPU', 0):g} CPU, {res.get('GPU', 0):g} GPU"
     log.info(line)
     return line
+
+
+def pin_threads(cores: Sequence[int], key: str) -> None:
+    """Run this process (an actor) on ``cores`` only, with one torch/OpenMP thread per core. Call it
+    before torch or vLLM start their thread pools. ``key`` names the config key in errors."""
+    if not cores:
+        return
+    have = os.sched_getaffinity(0)
+    missing = sorted(set(cores) - have)
+    if missing:
+        raise ValueError(f"resources.{key}: CPU(s) {missing} are not on this node (it has {sorted(have)})")
+    os.sched_setaffinity(0, set(cores))
+    os.environ["OMP_NUM_THREADS"] = str(len(cores))
+    import torch
+
+    torch.set_num_threads(len(cores))
+    log.info("pinned to CPU(s) %s", sorted(cores))
 
 
 def check_fits(cfg: ResourceConfig, available: dict[str, float] | None = None) -> None:

@@ -290,6 +290,7 @@ def format_plan(plan: Plan, cfg, title: str) -> str:
         "placement:",
     ]
     lines += [f"  node {n}: {_ranges(names) or '(idle)'}" for n, names in enumerate(plan.nodes)]
+    lines.append(overlap_line(plan, cfg))
     lc, rc = cfg.learner, cfg.rollout
     lines.append(
         f"learner: {cfg.resources.learner_ranks} ranks, ZeRO-{lc.zero_stage}, micro-batch "
@@ -325,6 +326,28 @@ def format_plan(plan: Plan, cfg, title: str) -> str:
     lines += [f"does not fit: {p}" for p in plan.problems]
     lines.append("fits" if plan.fits else "DOES NOT FIT")
     return "\n".join(lines)
+
+
+def overlap_line(plan: Plan, cfg) -> str:
+    """Whether rollout and learning can run at once (pipelined RL, ``trainer.max_staleness``)."""
+    staleness = cfg.trainer.max_staleness
+    if plan.colocate:
+        return (
+            f"overlap: none possible: engines and learner ranks share GPUs and take turns "
+            f"(trainer.max_staleness {staleness} samples ahead but cannot run both at once)"
+        )
+    shared = sum(
+        1
+        for names in plan.nodes
+        if any(n.startswith("learner") for n in names) and any(n.startswith("rollout") for n in names)
+    )
+    where = "separate nodes" if not shared else f"disjoint GPUs ({shared} node(s) hold both)"
+    state = (
+        f"on: trainer.max_staleness {staleness}, the next batch samples while this one trains"
+        if staleness
+        else "off: trainer.max_staleness 0 (synchronous); 1 overlaps them"
+    )
+    return f"overlap: rollout and learners on {where}; {state}"
 
 
 def _gib(value: float | None) -> str:

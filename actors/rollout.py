@@ -20,6 +20,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from actors.memory import rss_mb
+from actors.placement import pin_threads
 from rollout.engine import EngineConfig
 from rollout.schedule import RolloutQueue, ScheduleConfig, rollout_metrics
 from rollout.trajectory import RepeatConfig, Trajectory
@@ -35,7 +36,8 @@ class RolloutUnavailable(RuntimeError):
 
 @ray.remote
 class RolloutActor:
-    def __init__(self, cfg: EngineConfig):
+    def __init__(self, cfg: EngineConfig, cores: Sequence[int] = ()):
+        pin_threads(cores, "rollout_cores")
         # Several engines share the node's cores; don't let each pin threads to all of them.
         os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         from rollout.worker import RolloutWorker  # after the variable above: vLLM reads it as it loads
@@ -78,23 +80,28 @@ class RolloutPool:
         chunk_size: int = 4,
         max_attempts: int = 3,
         start_timeout_s: float = 600.0,
+        cores: Sequence[int] = (),
     ):
+        """``cores``: CPU ids every engine's threads are pinned to (``resources.rollout_cores``)."""
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
         self.cfg, self.chunk_size, self.max_attempts = cfg, chunk_size, max_attempts
-        self.start_timeout_s = start_timeout_s
+        self.start_timeout_s, self.cores = start_timeout_s, list(cores)
         self._options = list(actor_options or [{}] * num_actors)
         self.actors = [self._start(i) for i in range(num_actors)]
         ray.get([a.weights_version.remote() for a in self.actors])  # wait until every engine is up
         self.version = 0
         self._state_ref: ray.ObjectRef | None = None
         self.replaced = 0
+        self.closed = False
         self.inflight = 0  # chunks being generated right now (for monitoring and tests)
 
     def _start(self, i: int):
-        return RolloutActor.options(**self._options[i]).remote(self.cfg)
+        return RolloutActor.options(**self._options[i]).remote(self.cfg, self.cores)
 
     def _replace(self, i: int) -> None:
+        if self.closed:
+            raise RolloutUnavailable("the rollout pool is shut down")
         log.warning("rollout actor %d died; starting a replacement", i)
         with contextlib.suppress(Exception):  # it may be gone already
             ray.kill(self.actors[i])
@@ -222,5 +229,6 @@ class RolloutPool:
         return seconds
 
     def shutdown(self) -> None:
+        self.closed = True  # a call still running (a rollout sampling ahead) fails instead of restarting
         for a in self.actors:
             ray.kill(a)

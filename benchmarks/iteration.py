@@ -16,9 +16,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "rl.yaml"
 PHASES = ("time_rollout", "time_reward", "time_learn", "time_sync")
 
 
-def kvrl_iterations(model: str, overrides: list[str], repeats: int) -> list[dict[str, float]]:
-    """``repeats`` timed iterations (after one warm-up) of the tiny RL config with ``overrides``:
-    per iteration ``time_iteration``, the four phase times and the generated tokens."""
+def kvrl_iterations(model: str, overrides: list[str], repeats: int, tail: int = 0) -> list[dict[str, float]]:
+    """``repeats`` timed iterations (after one warm-up, and before ``tail`` more left out) of the tiny RL
+    config with ``overrides``: per iteration ``time_iteration``, the four phase times and the tokens."""
 
     out = Path(tempfile.mkdtemp(prefix="kvrl-bench-iter-")) / "run"
     cfg = load_config(
@@ -27,7 +27,7 @@ def kvrl_iterations(model: str, overrides: list[str], repeats: int) -> list[dict
         [
             f"model={model}",
             f"trainer.output_dir={out}",
-            f"trainer.iterations={repeats + 1}",
+            f"trainer.iterations={repeats + 1 + tail}",
             f"trainer.save_every={repeats + 10}",  # only the last iteration writes a checkpoint
             "tracking.wandb=disabled",
             "tracking.samples_every=0",
@@ -35,12 +35,13 @@ def kvrl_iterations(model: str, overrides: list[str], repeats: int) -> list[dict
         ],
     )
     train(cfg)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = rows[1 : len(rows) - tail]
     return [
         {
             "time_iteration": r["time_iteration"],
             **{k: r[k] for k in PHASES},
-            "tokens": round(r["rollout_tokens_per_s"] * r["time_rollout"]),
+            "tokens": round(r["rollout_tokens"]),
             "response_len_mean": r["response_len_mean"],
         }
         for r in rows

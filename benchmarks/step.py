@@ -63,21 +63,21 @@ def run(quick: bool = False, repeats: int = 3, model: str | None = None) -> list
 def _one(
     trl_version: str, model: str, data: Path, prompts: int, n: int, max_tokens: int, repeats: int, out: Path
 ):
-    kvrl = kvrl_iterations(
-        model,
-        [
-            f"data.path={data}",
-            f"trainer.prompts_per_iteration={prompts}",
-            f"trainer.optimizer_steps_per_iteration={STEPS}",
-            "trainer.epochs_per_iteration=1",
-            f"rollout.sampling.n={n}",
-            f"rollout.sampling.max_tokens={max_tokens}",
-            f"rollout.chunk_size={max(1, prompts // 2)}",  # both engines get half the prompts
-            f"rollout.max_num_seqs={prompts * n}",
-            f"learner.lr={LR}",
-        ],
-        repeats,
-    )
+    overrides = [
+        f"data.path={data}",
+        f"trainer.prompts_per_iteration={prompts}",
+        f"trainer.optimizer_steps_per_iteration={STEPS}",
+        "trainer.epochs_per_iteration=1",
+        f"rollout.sampling.n={n}",
+        f"rollout.sampling.max_tokens={max_tokens}",
+        f"rollout.chunk_size={max(1, prompts // 2)}",  # both engines get half the prompts
+        f"rollout.max_num_seqs={prompts * n}",
+        f"learner.lr={LR}",
+    ]
+    kvrl = kvrl_iterations(model, overrides, repeats)
+    # the same with the next iteration's rollout overlapping this one's learning (trainer.max_staleness)
+    # (its last iteration samples nothing ahead, so it is left out, as the first is)
+    pipelined = kvrl_iterations(model, [*overrides, "trainer.max_staleness=1"], repeats, tail=1)
     load_before = os.getloadavg()[0]
     baseline = _trl_iterations(model, data, prompts, n, max_tokens, repeats, out)
     return result(
@@ -93,6 +93,9 @@ def _one(
         optimizer_steps_per_iteration=STEPS,
         learning_rate=LR,
         phases={k: statistics.median(r[k] for r in kvrl) for k in PHASES},
+        pipelined_runs=[r["time_iteration"] for r in pipelined],
+        pipelined_ratio=statistics.median(baseline["runs"])
+        / statistics.median(r["time_iteration"] for r in pipelined),
         baseline_phases=baseline["phases"],
         kvrl_tokens=[r["tokens"] for r in kvrl],
         baseline_tokens=baseline["tokens"],

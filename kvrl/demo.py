@@ -401,8 +401,11 @@ class DemoState:
         atomic_write(self.path, json.dumps({"profile": asdict(self.profile), "done": self.done}, indent=2))
 
 
-def run_demo(out: str | Path, profile: str = "full", seed: int = 0) -> dict[str, Any]:
-    """Every stage not yet done, then ``summary.json`` and the plots; returns the summary."""
+def run_demo(
+    out: str | Path, profile: str = "full", seed: int = 0, until: str | None = None
+) -> dict[str, Any]:
+    """Every stage not yet done, then ``summary.json`` and the plots; returns the summary. ``until``: stop
+    after that stage (no summary; ``kvrl bench pipeline`` builds the RL stage's inputs so)."""
     if profile not in PROFILES:
         raise ValueError(f"unknown demo profile {profile!r}; choose one of {', '.join(PROFILES)}")
     prof = replace(PROFILES[profile], seed=seed)
@@ -415,7 +418,8 @@ def run_demo(out: str | Path, profile: str = "full", seed: int = 0) -> dict[str,
         if stage in prof.stages:
             config = rl_config(prof, paths, stage)
             _write_config(paths.configs / f"{stage}.yaml", config, " ".join(commands[stage]))
-    bar = tqdm(prof.stages, desc=f"kvrl demo ({prof.name}, seed {seed})", unit="stage")
+    stages = prof.stages[: prof.stages.index(until) + 1] if until else prof.stages
+    bar = tqdm(stages, desc=f"kvrl demo ({prof.name}, seed {seed})", unit="stage")
     for stage in bar:
         bar.set_postfix_str(stage)
         if stage in state.done:
@@ -435,6 +439,8 @@ def run_demo(out: str | Path, profile: str = "full", seed: int = 0) -> dict[str,
         )
         state.finish(stage, seconds)
     bar.close()
+    if until:
+        return {}
     summary = summarize(prof, paths, state.done, commands)
     atomic_write(paths.out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -68,8 +69,17 @@ class TrainerConfig:
     keep_checkpoints: int = 2
     max_nonfinite_in_a_row: int = 5
     max_restarts: int = 0  # times a run whose actor died starts again from its last checkpoint by itself
+    # Pipelined RL: with 1 the engines sample iteration i+1's batch while the learners train on iteration
+    # i's, so every batch is learned by a policy one version newer than the one that sampled it (README).
+    # 0: the synchronous loop.
+    max_staleness: int = 0
 
     def __post_init__(self):
+        if self.max_staleness not in (0, 1):
+            raise ValueError(
+                f"trainer.max_staleness must be 0 (synchronous) or 1 (one batch sampled ahead), "
+                f"got {self.max_staleness}"
+            )
         if self.max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
         counts = {
@@ -170,6 +180,29 @@ class RLConfig:
 
 
 @dataclass
+class Batch:
+    """The complete groups one rollout produced for iteration ``iteration``, sampled by policy ``version``
+    (the weights the engines held: ``iteration``, or ``iteration - 1`` when sampled ahead)."""
+
+    iteration: int
+    version: int
+    problems: list[Problem]  # the iteration's fresh problems
+    groups: list[list[Trajectory]]  # complete groups (with partial rollouts, some began earlier)
+    row: dict[str, float]  # the rollout's metrics
+    seconds: float  # how long the rollout took
+
+    def state_dict(self) -> dict:
+        return {
+            "iteration": self.iteration,
+            "version": self.version,
+            "problems": [p.id for p in self.problems],
+            "groups": [[t.state_dict() for t in g] for g in self.groups],
+            "row": self.row,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
 class Rollout:
     """One sampled response as the driver carries it from rollout through scoring, the sampler, the
     learner batch and the log: the iteration's samples are flattened once, here."""
@@ -177,7 +210,8 @@ class Rollout:
     problem: Problem
     group: int  # the index of its group among the iteration's complete groups: its samples share it
     sample: Sample
-    stale: int = 0  # leading response tokens an older policy sampled (partial rollouts)
+    stale: int = 0  # leading response tokens an older policy than the learning one sampled
+    older: int = 0  # of those, the ones from earlier rollouts (partial rollouts' older segments)
     verdict: Verdict | None = None
     reward: float = 0.0
 
@@ -228,7 +262,12 @@ class Trainer:
         self.buffer = PartialBuffer(cfg.rollout.partial)
         if state is not None:
             self.buffer.load_state_dict(state.get("partial", []), self._carried_request)
-        self._rollout_row: dict[str, float] = {}
+        # pipelined (trainer.max_staleness): the next iteration's rollout, running or done
+        self._next: Future[Batch] | None = None
+        self._ready: Batch | None = None
+        if state is not None and state.get("ahead"):  # sampled before the checkpoint, not learned yet
+            self._ready = self._batch_from_state(state["ahead"])
+        self._background = ThreadPoolExecutor(1, thread_name_prefix="kvrl-rollout")
         self.step = state.get("step", 0) if state else 0  # optimizer steps taken so far
         self._images: dict[str, dict] = {}
         self.curves = self._make_curves()
@@ -258,15 +297,21 @@ class Trainer:
             speculative_tokens=cfg.rollout.speculative_tokens,
             speculative_max_batch=cfg.rollout.speculative_max_batch,
         )
+        res = cfg.resources
         self.pool = RolloutPool(
-            engine, cfg.resources.rollout_actors, self.placement.rollout, cfg.rollout.chunk_size
+            engine,
+            res.rollout_actors,
+            self.placement.rollout,
+            cfg.rollout.chunk_size,
+            cores=res.rollout_cores,
         )
         self.learners = LearnerGroup(
             self.model_path,
             cfg.learner,
-            cfg.resources.learner_ranks,
+            res.learner_ranks,
             self.placement.learner,
             state_dir=self.learner_state,
+            cores=res.learner_cores,
         )
         self.reward = RewardActor.options(**self.placement.reward).remote(cfg.rewards)
 
@@ -293,25 +338,51 @@ class Trainer:
     # -- the iteration ---------------------------------------------------------------------------
 
     def fit(self) -> None:
-        for it in tqdm(range(self.start_at, self.cfg.trainer.iterations), desc="RL iterations", unit="it"):
+        """The iterations. Synchronous: rollout, reward, learn, sync. With ``trainer.max_staleness: 1`` the
+        next iteration's rollout starts once this one's batch is scored (the sampler updated, in order)
+        and runs on the engines while the learners train; the weights sync once both are done."""
+        last = self.cfg.trainer.iterations
+        for it in tqdm(range(self.start_at, last), desc="RL iterations", unit="it"):
             phase, start = _Phases(it), time.perf_counter()
-            problems = self.sample(it)
-            rollouts, t_rollout = phase("rollout", self.rollout, problems, it)
+            batch, self._ready = self._ready, None  # sampled ahead, during the last iteration
+            ran_rollout = 0.0  # seconds the engines sampled during this iteration
+            if batch is None:
+                batch, ran_rollout = phase("rollout", self.rollout, self.fresh(self.sample(it), it), it, it)
+            else:
+                phase.skip()
+            rollouts = self.flatten(batch)
             _, t_reward = phase("reward", self.score, rollouts, it)
             self.update_sampler(rollouts)
+            if self.cfg.trainer.max_staleness and it + 1 < last:
+                ahead = self.fresh(self.sample(it + 1), it + 1)
+                self._next = self._background.submit(self.rollout, ahead, it + 1, it)
+                log.info("iteration %d: sampling iteration %d's batch ahead, with policy %d", it, it + 1, it)
             learn, t_learn = phase("learn", self.learn, self.experiences(rollouts))
+            _, t_wait = phase("wait", self._wait_ahead)  # the learners idle until the engines are done
+            if self._ready is not None:
+                ran_rollout += self._ready.seconds
             _, t_sync = phase("sync", self.sync)
             phase("eval", self.evaluate, it)
+            elapsed = time.perf_counter() - start  # sample to eval; checkpoints excluded
             times = dict(
-                time_rollout=t_rollout,
+                time_rollout=ran_rollout,  # rollouts run in this iteration (pipelined: the next one's)
                 time_reward=t_reward,
                 time_learn=t_learn,
+                time_wait=t_wait,
                 time_sync=t_sync,
-                time_iteration=time.perf_counter() - start,  # sample to eval; checkpoints excluded
+                time_iteration=elapsed,
+                idle_rollout=max(0.0, 1.0 - ran_rollout / elapsed),
+                idle_learner=max(0.0, 1.0 - t_learn / elapsed),
             )
-            self.log(it, problems, rollouts, learn, times)
+            self.log(it, batch, rollouts, learn, times)
             phase("checkpoint", self.checkpoint, it)
             phase.close()
+
+    def _wait_ahead(self) -> None:
+        """Let the rollout sampling ahead finish: new weights must not reach the engines in the middle."""
+        if self._next is not None:
+            future, self._next = self._next, None
+            self._ready = future.result()
 
     def resume_hint(self) -> str:
         """Where a stopped run can continue from, for the messages that stop it."""
@@ -321,24 +392,46 @@ class Trainer:
         n = min(self.cfg.trainer.prompts_per_iteration, len(self.problems))
         return [self.problems[i] for i in self.sampler.sample(n, it)]
 
-    def rollout(self, problems: list[Problem], it: int) -> list[Rollout]:
-        """This iteration's new groups and the carried ones (partial rollouts) through the pool; the
-        groups complete now come back as one flat list, each group's samples together."""
-        fresh = [
-            Trajectory(self._request(p, it), j) for p in problems for j in range(self.cfg.rollout.sampling.n)
-        ]
-        rc = self.cfg.rollout
-        trajectories, self._rollout_row = self.pool.extend(
-            self.buffer.schedule(fresh, it), rc.sampling, rc.schedule, it, rc.repeat
+    def fresh(self, problems: list[Problem], it: int) -> tuple[list[Problem], list[Trajectory]]:
+        """The new groups of iteration ``it``: n trajectories per problem, nothing sampled yet."""
+        n = self.cfg.rollout.sampling.n
+        return problems, [Trajectory(self._request(p, it), j) for p in problems for j in range(n)]
+
+    def rollout(self, fresh: tuple[list[Problem], list[Trajectory]], it: int, version: int) -> Batch:
+        """Iteration ``it``'s new groups and the carried ones (partial rollouts) through the pool, on the
+        engines' weights, policy ``version``; the groups complete now make the batch."""
+        start, rc = time.perf_counter(), self.cfg.rollout
+        problems, trajectories = fresh
+        trajectories, row = self.pool.extend(
+            self.buffer.schedule(trajectories, it), rc.sampling, rc.schedule, version, rc.repeat
         )
-        self._rollout_row["rollout_tokens"] = float(sum(t.born.count(it) for t in trajectories))
+        row["rollout_tokens"] = float(sum(t.born.count(version) for t in trajectories))
         groups = self.buffer.collect(trajectories)
-        self._rollout_row["partial_carried"] = float(self.buffer.carried())
+        row["partial_carried"] = float(self.buffer.carried())
+        return Batch(it, version, problems, groups, row, time.perf_counter() - start)
+
+    def flatten(self, batch: Batch) -> list[Rollout]:
+        """The batch's samples, each group's together; a token is stale if a policy older than the one
+        learning it (version ``batch.iteration``) sampled it."""
         return [
-            Rollout(self.problems[self._index[parse_group(t.group)[0]]], g, t.to_sample(), t.stale_tokens(it))
-            for g, members in enumerate(groups)
+            Rollout(
+                self.problems[self._index[parse_group(t.group)[0]]],
+                g,
+                t.to_sample(),
+                t.stale_tokens(batch.iteration),
+                t.stale_tokens(batch.version),
+            )
+            for g, members in enumerate(batch.groups)
             for t in members
         ]
+
+    def _batch_from_state(self, state: dict) -> Batch:
+        groups = [
+            [Trajectory.from_state(t, self._carried_request(t["group"])) for t in members]
+            for members in state["groups"]
+        ]
+        problems = [self._problem(pid) for pid in state["problems"]]
+        return Batch(state["iteration"], state["version"], problems, groups, state["row"], state["seconds"])
 
     def _request(self, p: Problem, it: int) -> RolloutRequest:
         """The request of problem ``p``'s group started in iteration ``it`` (its seed fixed by both)."""
@@ -348,11 +441,15 @@ class Trainer:
 
     def _carried_request(self, group: str) -> RolloutRequest:
         problem_id, started = parse_group(group)
+        return self._request(self._problem(problem_id), started)
+
+    def _problem(self, problem_id: str) -> Problem:
+        """A problem a checkpoint names (a carried or sampled-ahead group's)."""
         if problem_id not in self._index:
             raise DataError(
                 f"{self.cfg.data.path}: the checkpoint continues problem {problem_id!r}, not in the data"
             )
-        return self._request(self.problems[self._index[problem_id]], started)
+        return self.problems[self._index[problem_id]]
 
     def score(self, rollouts: list[Rollout], it: int) -> None:
         """Verdicts from the reward actor, then rewards (correctness and length, over whole groups)."""
@@ -386,7 +483,7 @@ class Trainer:
                 r.sample.logprobs,
                 forced=list(r.sample.forced),
                 stale=r.stale,
-                loss_from=r.stale if mask else 0,
+                loss_from=r.older if mask else 0,
                 **self._pixel_inputs(r.problem),
             )
             for r in rollouts
@@ -405,7 +502,9 @@ class Trainer:
             batch = [e for e in batch if e.group_id not in zero_signal]
         if not batch:
             return {**metrics, "skipped": 1.0, "reward_spread": 0.0}
-        if cfg.trainer.old_logprobs == "learner":
+        # tokens an older policy sampled keep its log-probs (from the rollout) as their reference: with
+        # nothing sampled by this policy (a batch sampled ahead), the learners need not recompute any
+        if cfg.trainer.old_logprobs == "learner" and any(e.stale < len(e.response_ids) for e in batch):
             learner_lps = self.learners.logprobs(batch)
             metrics.update(logprob_gaps(batch, learner_lps))
             for e, lp in zip(batch, learner_lps, strict=True):
@@ -458,9 +557,7 @@ class Trainer:
         title = f"test-time scaling ({self.cfg.eval.mode}) over training"
         self.tracker.log_line_plot("tts/curves", series, title=title, xname="log2 thinking budget", step=it)
 
-    def log(
-        self, it: int, problems: list[Problem], rollouts: list[Rollout], learn: dict, times: dict
-    ) -> None:
+    def log(self, it: int, batch: Batch, rollouts: list[Rollout], learn: dict, times: dict) -> None:
         lengths = [len(r.sample.response_token_ids) for r in rollouts]
         n = max(len(rollouts), 1)  # with partial rollouts, an iteration may complete no group
         nan = float("nan")
@@ -472,21 +569,22 @@ class Trainer:
             "response_len_mean": sum(lengths) / n if rollouts else nan,
             "truncation_rate": sum(r.sample.finish_reason == "length" for r in rollouts) / n,
             "repeat_stopped": sum(r.sample.finish_reason == REPEAT for r in rollouts),
-            "partial_stale_fraction": sum(r.stale for r in rollouts) / max(sum(lengths), 1),
-            **self._rollout_row,
+            "partial_stale_fraction": sum(r.older for r in rollouts) / max(sum(lengths), 1),
+            "staleness": float(it - batch.version),  # policy versions between sampling and learning
+            **batch.row,
             "kl": learn.get("kl", float("nan")),
             "entropy": learn.get("entropy", float("nan")),
             **times,
-            # tokens sampled in this iteration / rollout time; finished responses' tokens / rollout time
-            "rollout_tokens_per_s": self._rollout_row["rollout_tokens"] / max(times["time_rollout"], 1e-9),
-            "finished_tokens_per_s": sum(lengths) / max(times["time_rollout"], 1e-9),
+            # of this batch's rollout: tokens it sampled / its time; finished responses' tokens / its time
+            "rollout_tokens_per_s": batch.row["rollout_tokens"] / max(batch.seconds, 1e-9),
+            "finished_tokens_per_s": sum(lengths) / max(batch.seconds, 1e-9),
             "sync_time": times["time_sync"],
             "scored_zero_with_error": sum(
                 not r.verdict.correct and r.verdict.error is not None for r in rollouts
             ),
             "data_rows_skipped": self.rows_skipped,
             **{k: v for k, v in learn.items() if k not in ("kl", "entropy")},
-            **self.sampler.metrics([self._index[p.id] for p in problems], it),
+            **self.sampler.metrics([self._index[p.id] for p in batch.problems], it),
             **self._eval_row,
             **self.memory(),
         }
@@ -537,6 +635,8 @@ class Trainer:
             "nonfinite_in_a_row": self.nonfinite_in_a_row,
             "learner": self.learner_layout(),
             "partial": self.buffer.state_dict(),  # trajectories that continue in the next iteration
+            # pipelined: the next iteration's batch, sampled already; a resumed run learns it first
+            "ahead": self._ready.state_dict() if self._ready is not None else None,
         }
         self.checkpoints.write(f"iter_{it:05d}", fill, state)
 
@@ -556,6 +656,9 @@ class Trainer:
                 closer()
             except Exception as e:  # keep closing the rest
                 log.warning("shutdown: %s", e)
+        # a rollout sampling ahead ends once its engines are gone (a stopped pool starts no replacement)
+        self._background.shutdown(wait=True, cancel_futures=True)
+        self._next = None
         self.tracker = self.pool = self.learners = self.reward = self.placement = None
 
     def plot(self) -> None:
@@ -583,7 +686,7 @@ class Trainer:
 class _Phases:
     """A progress bar over one iteration's phases; calling it runs a phase and returns (result, seconds)."""
 
-    NAMES = ("rollout", "reward", "learn", "sync", "eval", "checkpoint")
+    NAMES = ("rollout", "reward", "learn", "wait", "sync", "eval", "checkpoint")
 
     def __init__(self, iteration: int):
         self.bar = tqdm(total=len(self.NAMES), desc=f"iteration {iteration}", leave=False, unit="phase")
@@ -594,6 +697,9 @@ class _Phases:
         out = fn(*args)
         self.bar.update()
         return out, time.perf_counter() - start
+
+    def skip(self) -> None:
+        self.bar.update()
 
     def close(self) -> None:
         self.bar.close()

@@ -191,6 +191,7 @@ class SFTTrainer:
             resources.learner_ranks,
             self.placement.learner,
             state_dir=self.learner_state,
+            cores=resources.learner_cores,
         )
 
     def _split(self) -> tuple[list[Conversation], list[Conversation]]:

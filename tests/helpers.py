@@ -82,18 +82,27 @@ MARK = "KVRL_TEST_RUN"  # every process a run starts inherits it: how leftovers 
 
 
 def start_run(
-    command: str, tiny_dir, run: Path, log: Path, *overrides, fast: bool = True, env: dict | None = None
+    command: str,
+    tiny_dir,
+    run: Path,
+    log: Path,
+    *overrides,
+    fast: bool = True,
+    env: dict | None = None,
+    data: Path | None = None,
 ) -> tuple[subprocess.Popen, str]:
     """``kvrl rl`` or ``kvrl sft`` on configs/tiny/<command>.yaml in the background (RL smaller with
     ``fast``), output to ``log``; returns the process and the marker its processes (and Ray's) carry in
-    their environment."""
+    their environment. ``data``: a folder with ``train.jsonl`` and the verifier module its rows name."""
     marker = uuid.uuid4().hex
     cmd = [
         sys.executable, "-m", "kvrl", command, "--config", str(ROOT / f"configs/tiny/{command}.yaml"),
         f"model={tiny_dir}", f"trainer.output_dir={run}",
-        *(RL_FAST if fast and command == "rl" else []), *overrides,
+        *(RL_FAST if fast and command == "rl" else []),
+        *([f"data.path={data / 'train.jsonl'}"] if data else []), *overrides,
     ]  # fmt: skip
-    env = {**os.environ, **(env or {}), MARK: marker, "PYTHONPATH": str(ROOT)}
+    pythonpath = os.pathsep.join(str(p) for p in (ROOT, data) if p)
+    env = {**os.environ, **(env or {}), MARK: marker, "PYTHONPATH": pythonpath}
     with open(log, "a") as out:  # a file, not a pipe: a full pipe would block the run
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     return proc, marker

@@ -29,6 +29,11 @@ def add_parser(sub) -> None:
         type=Path,
         help="output directory (default runs/demo, runs/demo-PROFILE for the others; -seedN for seed N)",
     )
+    demo.add_argument(
+        "--until",
+        choices=("model", "data", "sft", "difficulty"),
+        help="stop after this stage, without the summary (the inputs of the RL stage: difficulty)",
+    )
     demo.set_defaults(func=_cmd_demo)
 
 
@@ -39,10 +44,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     default = "runs/demo" if profile == "full" else f"runs/demo-{profile}"
     out = args.out or Path(default + (f"-seed{args.seed}" if args.seed else ""))
     try:
-        summary = run_demo(out, profile, args.seed)
+        summary = run_demo(out, profile, args.seed, until=args.until)
     except DemoError as e:
         print(f"kvrl demo: {e}", file=sys.stderr)
         return 1
+    if args.until:
+        print(f"kvrl demo: stopped after stage {args.until}; the RL config is {out / 'configs' / 'rl.yaml'}")
+        return 0
     print(format_demo_summary(summary))
     print(f"kvrl demo: wrote {out / 'summary.json'}, {out / 'rl_training.png'}, {out / 'tts.png'}")
     return 0

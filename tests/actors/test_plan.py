@@ -95,6 +95,23 @@ def test_a3b_configs_fit_their_clusters(name):
         assert f"  {row}" in out, row
     if name == "rl-4x8":
         assert "node 1: learner ranks 8-15" in out and "node 3: rollout engines 4-7" in out
+        assert "overlap: rollout and learners on separate nodes; off: trainer.max_staleness 0" in out
+    else:  # 8 GPUs: 4 learner ranks and 2 engines x TP 2 on one node
+        assert "overlap: rollout and learners on disjoint GPUs (1 node(s) hold both)" in out
+
+
+def test_the_plan_says_whether_rollout_and_learning_can_overlap():
+    out = kvrl_plan(A3B / "rl-4x8.yaml", "trainer.max_staleness=1").stdout
+    assert "overlap: rollout and learners on separate nodes; on: trainer.max_staleness 1" in out
+    out = kvrl_plan(
+        A3B / "rl-1x8.yaml",
+        "resources.colocate=true",
+        "resources.rollout_actors=4",
+        "resources.learner_gpus=0.5",
+        "resources.rollout_gpus=0.5",
+        "rollout.tensor_parallel_size=1",
+    ).stdout
+    assert "overlap: none possible: engines and learner ranks share GPUs and take turns" in out, out
 
 
 def test_a_plan_that_does_not_fit_says_what_and_exits_nonzero():

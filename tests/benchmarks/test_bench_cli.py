@@ -15,7 +15,7 @@ from tests.helpers import ROOT
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["rollout", "sync", "scale", "longtail"])  # step: test_step.py
+@pytest.mark.parametrize("name", ["rollout", "sync", "scale", "longtail", "pipeline"])  # step: test_step.py
 def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
     out, table = tmp_path / f"{name}.json", tmp_path / "benchmarks.md"
     table.write_text("# Benchmarks\n\nSome prose above the table.\n")
@@ -49,4 +49,12 @@ def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
         # every policy finishes the same responses (partial rollouts drain what they carry at the end)
         assert {p["finished_samples"] for p in result["policies"].values()} == {sync["finished_samples"]}
         assert "simulation, not a measurement" in result["simulation"]["what"]
+    if name == "pipeline":
+        sync, pipelined = result["runs"]["sync"], result["runs"]["pipelined"]
+        assert sync["staleness"] == [0.0, 0.0, 0.0] and pipelined["staleness"] == [0.0, 1.0, 1.0]
+        assert result["ratio"] == pytest.approx(
+            pipelined["iterations_per_hour"] / sync["iterations_per_hour"]
+        )
+        for r in (sync, pipelined):
+            assert 0 <= r["idle_rollout"] <= 1 and 0 <= r["idle_learner"] <= 1
         assert math.isfinite(result["simulation"]["ratio"]) and result["simulation"]["ratio"] > 0

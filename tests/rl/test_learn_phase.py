@@ -124,9 +124,54 @@ def test_masked_older_segments_carry_no_loss(tiny_trainer):
 
     trainer = tiny_trainer("rollout.partial.enabled=true", "rollout.partial.old_segments=mask")
     problem = trainer.problems[0]
-    rollout = Rollout(problem, 0, Sample([1], [2, 3, 4], [-1.0, -2.0, -3.0], "x", "stop"), stale=2)
+    rollout = Rollout(problem, 0, Sample([1], [2, 3, 4], [-1.0, -2.0, -3.0], "x", "stop"), stale=2, older=2)
     (e,) = trainer.experiences([rollout])
     assert (e.stale, e.loss_from) == (2, 2)
     from learner.experience import collate
 
     assert collate([e], pad_id=0).response_mask.tolist() == [[0.0, 0.0, 1.0]]
+
+
+def sampled_ahead(trainer, iteration: int, version: int):
+    """A batch for ``iteration`` that policy ``version`` sampled, with partial rollouts' older segments:
+    sample 0 began one rollout earlier (its first token by policy ``version - 1``)."""
+    from rl.partial import group_key
+    from rl.trainer import Batch
+    from rollout.trajectory import Trajectory
+
+    problem = trainer.problems[0]
+    first, second = (Trajectory(trainer._request(problem, iteration - 1), j) for j in range(2))
+    first.extend([2], [-0.5], version - 1)
+    first.extend([3, 4], [-1.0, -2.0], version)
+    second.extend([5], [-1.5], version)
+    for t in (first, second):
+        t.prompt_ids, t.finish_reason = [1], "stop"
+    assert first.group == group_key(problem.id, iteration - 1)
+    return Batch(iteration, version, [problem], [[first, second]], {}, 0.0)
+
+
+class NoLogprobs(RecordingOld):
+    def logprobs(self, batch):
+        raise AssertionError("a batch no token of which this policy sampled needs no learner log-probs")
+
+
+def test_a_batch_sampled_ahead_keeps_its_sampling_policys_logprobs_as_reference(trainer_with):
+    # Pipelined (trainer.max_staleness=1): iteration 2's batch was sampled by policy 1 while policy 2
+    # learned iteration 1's. Learned by policy 2, every token is stale: the reference is policy 1's own
+    # log-probs (the rollout's), whatever the learner would compute now, and nothing is recomputed.
+    trainer = trainer_with(NoLogprobs([], [OK]), max_staleness=1)
+    rollouts = trainer.flatten(sampled_ahead(trainer, iteration=2, version=1))
+    assert [(r.stale, r.older) for r in rollouts] == [(3, 1), (1, 0)]
+    for r in rollouts:
+        r.reward = 1.0 if r.sample.response_token_ids[0] == 2 else 0.0
+    trainer.learn(trainer.experiences(rollouts))
+    assert trainer.learners.sent == [([-0.5, -1.0, -2.0], 0), ([-1.5], 0)]
+
+
+def test_masking_older_segments_masks_earlier_rollouts_not_the_pipeline_lag(trainer_with):
+    # old_segments=mask drops what earlier rollouts sampled (sample 0's first token), not the tokens
+    # the batch's own rollout sampled one version back
+    trainer = trainer_with(NoLogprobs([], [OK]), max_staleness=1)
+    trainer.cfg.rollout.partial.old_segments = "mask"
+    rollouts = trainer.flatten(sampled_ahead(trainer, iteration=2, version=1))
+    assert [(e.stale, e.loss_from) for e in trainer.experiences(rollouts)] == [(3, 1), (1, 0)]

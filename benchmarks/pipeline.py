@@ -1,0 +1,164 @@
+"""``kvrl bench pipeline``: pipelined RL (``trainer.max_staleness: 1``) against the synchronous loop, the
+same config on the same resources, side by side in one run.
+
+Resources: one rollout engine pinned to one core and one learner rank to another
+(``resources.rollout_cores`` / ``learner_cores``), as separate nodes are on a cluster, so the overlap is
+real and each role's idle time can be seen. Reported per run: iterations per hour of the training loop
+(the sum of ``time_iteration`` without the held-out evals, which both runs do alike), the idle fraction of
+each role (``idle_rollout``, ``idle_learner``), the share of the iteration spent in each phase, and the
+held-out accuracy after the last iteration. The top-level ``ratio`` is iterations per hour, pipelined over
+synchronous.
+
+Full: the demo's RL stage (``kvrl demo``: its SFT checkpoint, RL data and ``configs/rl.yaml``) for its
+iterations, with the held-out accuracy measured once, after the last (``eval`` at the largest budget, 4
+samples per problem at T = 1, as the demo's ``rl_accuracy``). ``--model`` names a demo directory; without
+it the demo's stages up to ``difficulty`` are built into ``runs/bench/pipeline-demo`` once. Quick: the tiny
+config for 3 iterations, a check that it all runs (its accuracy means nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from rl.trainer import RLConfig, train
+from runkit.config import load_config
+
+from .common import result
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parents[1]
+DEMO_DIR = ROOT / "runs" / "bench" / "pipeline-demo"
+ONE_EACH = [
+    "resources.rollout_actors=1",
+    "resources.learner_ranks=1",
+    "resources.rollout_cores=[0]",
+    "resources.learner_cores=[1]",
+    "tracking.wandb=disabled",
+]
+PHASES = ("time_rollout", "time_reward", "time_learn", "time_wait", "time_sync")
+
+
+def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list[dict]:
+    if len(os.sched_getaffinity(0)) < 2:
+        raise RuntimeError("kvrl bench pipeline needs 2 CPU cores: one for rollout, one for learning")
+    if quick:
+        config, base = ROOT / "configs" / "tiny" / "rl.yaml", _tiny(model)
+        iterations = 3
+    else:
+        demo = Path(model) if model else build_demo()
+        config, base = demo / "configs" / "rl.yaml", _demo_eval(demo)
+        iterations = load_config(RLConfig, config, []).trainer.iterations
+    runs: dict[str, list[dict]] = {"sync": [], "pipelined": []}
+    for _ in range(repeats):
+        for name, staleness in (("sync", 0), ("pipelined", 1)):
+            runs[name].append(_one(config, [*base, f"trainer.max_staleness={staleness}"], iterations))
+    summary = {name: _median(r) for name, r in runs.items()}
+    sync, pipe = summary["sync"], summary["pipelined"]
+    bound = "rollout" if sync["phase_share"]["time_rollout"] >= sync["phase_share"]["time_learn"] else "learn"
+    return [
+        result(
+            "pipeline",
+            [r["iterations_per_hour"] for r in runs["pipelined"]],
+            [r["iterations_per_hour"] for r in runs["sync"]],
+            "iterations/hour",
+            higher_is_better=True,
+            size=f"{iterations} iterations, 1 engine + 1 learner rank on disjoint cores"
+            + (" (tiny)" if quick else " (demo RL)"),
+            runs={name: s for name, s in summary.items()},
+            accuracy_gap=pipe["heldout_accuracy"] - sync["heldout_accuracy"]
+            if sync["heldout_accuracy"] is not None and pipe["heldout_accuracy"] is not None
+            else None,
+            # the synchronous iteration's longer phase bounds what overlapping can give:
+            # (rollout + learn + rest) / (max(rollout, learn) + rest)
+            bound_by=bound,
+            limit=_limit(sync["phase_share"]),
+            baseline_description="the synchronous loop (trainer.max_staleness 0) on the same resources",
+            config=str(config),
+        )
+    ]
+
+
+def _one(config: Path, overrides: list[str], iterations: int) -> dict:
+    out = Path(tempfile.mkdtemp(prefix="kvrl-bench-pipeline-")) / "run"
+    cfg = load_config(
+        RLConfig,
+        config,
+        [
+            f"trainer.output_dir={out}",
+            f"trainer.iterations={iterations}",
+            f"trainer.save_every={iterations}",  # one checkpoint, at the end
+            *ONE_EACH,
+            *overrides,
+        ],
+    )
+    train(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    loop = [r["time_iteration"] - r.get("time_eval", 0.0) for r in rows]
+    seconds = sum(loop)
+    last = rows[-1]
+    accuracy = [v for k, v in last.items() if k.startswith("tts/budget_")]
+    return {
+        "iterations_per_hour": 3600 * len(rows) / seconds,
+        "seconds": seconds,
+        "idle_rollout": statistics.fmean(r["idle_rollout"] for r in rows),
+        "idle_learner": statistics.fmean(r["idle_learner"] for r in rows),
+        "phase_share": {p: sum(r[p] for r in rows) / seconds for p in PHASES},
+        "staleness": [r["staleness"] for r in rows],
+        "heldout_accuracy": accuracy[-1] if accuracy else None,  # the largest budget's
+        "run_dir": str(out),
+    }
+
+
+def _limit(share: dict[str, float]) -> float:
+    """The speed-up if the shorter of rollout and learning hid entirely behind the longer."""
+    rollout, learn = share["time_rollout"], share["time_learn"]
+    return 1.0 / (1.0 - min(rollout, learn))
+
+
+def _median(runs: list[dict]) -> dict:
+    ordered = sorted(runs, key=lambda r: r["iterations_per_hour"])
+    mid = dict(ordered[(len(ordered) - 1) // 2])
+    mid["iterations_per_hour_runs"] = [r["iterations_per_hour"] for r in runs]
+    return mid
+
+
+def _tiny(model: str | None) -> list[str]:
+    if model is None:
+        from kimivl.tiny import make_tiny
+
+        model = str(make_tiny(Path(tempfile.mkdtemp(prefix="kvrl-bench-pipeline-tiny-")), seed=0))
+    data = ROOT / "configs" / "tiny" / "data" / "rl_train.jsonl"
+    return [
+        f"model={model}",
+        f"data.path={data}",
+        "trainer.prompts_per_iteration=4",
+        "tracking.samples_every=0",
+    ]
+
+
+def _demo_eval(demo: Path) -> list[str]:
+    """The held-out accuracy once, after the last iteration: the largest budget, 4 samples at T = 1."""
+    cfg = load_config(RLConfig, demo / "configs" / "rl.yaml", [])
+    return [
+        f"eval.tts_every={cfg.trainer.iterations}",
+        f"eval.budgets=[{max(cfg.eval.budgets)}]",
+        "eval.samples=4",
+        "tracking.samples_every=0",
+    ]
+
+
+def build_demo(out: Path = DEMO_DIR) -> Path:
+    """The demo's stages up to ``difficulty`` (model, data, SFT, the RL pool), once."""
+    if (out / "configs" / "rl.yaml").exists() and (out / "data" / "rl_train.jsonl").exists():
+        return out
+    log.info("building the demo's SFT checkpoint and RL data in %s (once, about 15 min)", out)
+    cmd = [sys.executable, "-m", "kvrl", "demo", "--out", str(out), "--until", "difficulty"]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return out
