@@ -16,26 +16,30 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny" / "rl.yaml"
 PHASES = ("time_rollout", "time_reward", "time_learn", "time_sync")
 
 
+def metric_rows(config: Path, overrides: list[str]) -> list[dict]:
+    """Train ``config`` with ``overrides`` in-process into a fresh directory (no wandb); its metrics rows.
+    The run directory is each row's ``run_dir``."""
+    out = Path(tempfile.mkdtemp(prefix="kvrl-bench-")) / "run"
+    cfg = load_config(RLConfig, config, [f"trainer.output_dir={out}", "tracking.wandb=disabled", *overrides])
+    train(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{**r, "run_dir": str(out)} for r in rows]
+
+
 def kvrl_iterations(model: str, overrides: list[str], repeats: int, tail: int = 0) -> list[dict[str, float]]:
     """``repeats`` timed iterations (after one warm-up, and before ``tail`` more left out) of the tiny RL
     config with ``overrides``: per iteration ``time_iteration``, the four phase times and the tokens."""
 
-    out = Path(tempfile.mkdtemp(prefix="kvrl-bench-iter-")) / "run"
-    cfg = load_config(
-        RLConfig,
+    rows = metric_rows(
         CONFIG,
         [
             f"model={model}",
-            f"trainer.output_dir={out}",
             f"trainer.iterations={repeats + 1 + tail}",
             f"trainer.save_every={repeats + 10}",  # only the last iteration writes a checkpoint
-            "tracking.wandb=disabled",
             "tracking.samples_every=0",
             *overrides,
         ],
     )
-    train(cfg)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rows = rows[1 : len(rows) - tail]
     return [
         {

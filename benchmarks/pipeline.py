@@ -18,7 +18,6 @@ config for 3 iterations, a check that it all runs (its accuracy means nothing).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
@@ -27,10 +26,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rl.trainer import RLConfig, train
+from rl.trainer import RLConfig
 from runkit.config import load_config
 
 from .common import result
+from .iteration import metric_rows
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,6 @@ ONE_EACH = [
     "resources.learner_ranks=1",
     "resources.rollout_cores=[0]",
     "resources.learner_cores=[1]",
-    "tracking.wandb=disabled",
 ]
 PHASES = ("time_rollout", "time_reward", "time_learn", "time_wait", "time_sync")
 
@@ -86,20 +85,15 @@ def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list
 
 
 def _one(config: Path, overrides: list[str], iterations: int) -> dict:
-    out = Path(tempfile.mkdtemp(prefix="kvrl-bench-pipeline-")) / "run"
-    cfg = load_config(
-        RLConfig,
+    rows = metric_rows(
         config,
         [
-            f"trainer.output_dir={out}",
             f"trainer.iterations={iterations}",
             f"trainer.save_every={iterations}",  # one checkpoint, at the end
             *ONE_EACH,
             *overrides,
         ],
     )
-    train(cfg)
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     loop = [r["time_iteration"] - r.get("time_eval", 0.0) for r in rows]
     seconds = sum(loop)
     last = rows[-1]
@@ -112,7 +106,7 @@ def _one(config: Path, overrides: list[str], iterations: int) -> dict:
         "phase_share": {p: sum(r[p] for r in rows) / seconds for p in PHASES},
         "staleness": [r["staleness"] for r in rows],
         "heldout_accuracy": accuracy[-1] if accuracy else None,  # the largest budget's
-        "run_dir": str(out),
+        "run_dir": rows[0]["run_dir"],
     }
 
 
