@@ -81,8 +81,10 @@ class RolloutPool:
         max_attempts: int = 3,
         start_timeout_s: float = 600.0,
         cores: Sequence[int] = (),
+        version: int = 0,
     ):
-        """``cores``: CPU ids every engine's threads are pinned to (``resources.rollout_cores``)."""
+        """``cores``: CPU ids every engine's threads are pinned to (``resources.rollout_cores``);
+        ``version``: the policy version of ``cfg.model`` (a resumed run's iteration), counted up by syncs."""
         if num_actors < 1:
             raise ValueError(f"num_actors must be >= 1, got {num_actors}")
         self.cfg, self.chunk_size, self.max_attempts = cfg, chunk_size, max_attempts
@@ -90,7 +92,7 @@ class RolloutPool:
         self._options = list(actor_options or [{}] * num_actors)
         self.actors = [self._start(i) for i in range(num_actors)]
         ray.get([a.weights_version.remote() for a in self.actors])  # wait until every engine is up
-        self.version = 0
+        self.version = version  # the policy the engines hold
         self._state_ref: ray.ObjectRef | None = None
         self.replaced = 0
         self.closed = False

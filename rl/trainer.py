@@ -304,6 +304,7 @@ class Trainer:
             self.placement.rollout,
             cfg.rollout.chunk_size,
             cores=res.rollout_cores,
+            version=self.start_at,  # the checkpoint's weights: the policy after start_at iterations
         )
         self.learners = LearnerGroup(
             self.model_path,
@@ -347,7 +348,8 @@ class Trainer:
             batch, self._ready = self._ready, None  # sampled ahead, during the last iteration
             ran_rollout = 0.0  # seconds the engines sampled during this iteration
             if batch is None:
-                batch, ran_rollout = phase("rollout", self.rollout, self.fresh(self.sample(it), it), it, it)
+                fresh = self.fresh(self.sample(it), it)
+                batch, ran_rollout = phase("rollout", self.rollout, fresh, it, self.pool.version)
             else:
                 phase.skip()
             rollouts = self.flatten(batch)
@@ -355,8 +357,11 @@ class Trainer:
             self.update_sampler(rollouts)
             if self.cfg.trainer.max_staleness and it + 1 < last:
                 ahead = self.fresh(self.sample(it + 1), it + 1)
-                self._next = self._background.submit(self.rollout, ahead, it + 1, it)
-                log.info("iteration %d: sampling iteration %d's batch ahead, with policy %d", it, it + 1, it)
+                version = self.pool.version  # the engines' weights: policy it, not yet it + 1
+                self._next = self._background.submit(self.rollout, ahead, it + 1, version)
+                log.info(
+                    "iteration %d: sampling iteration %d's batch ahead, with policy %d", it, it + 1, version
+                )
             learn, t_learn = phase("learn", self.learn, self.experiences(rollouts))
             _, t_wait = phase("wait", self._wait_ahead)  # the learners idle until the engines are done
             if self._ready is not None:
@@ -552,7 +557,12 @@ class Trainer:
             return
         start = time.perf_counter()
         row = self.curves.run(it, self.pool.generate, lambda tasks: ray.get(self.reward.verify.remote(tasks)))
-        self._eval_row = {**row, "time_eval": time.perf_counter() - start}
+        # eval_policy: the policy the curve measures, the engines' weights (it + 1: this iteration's)
+        self._eval_row = {
+            **row,
+            "time_eval": time.perf_counter() - start,
+            "eval_policy": float(self.pool.version),
+        }
         series = wandb_series(self.curves.history)  # every curve so far: the evolution in one plot
         title = f"test-time scaling ({self.cfg.eval.mode}) over training"
         self.tracker.log_line_plot("tts/curves", series, title=title, xname="log2 thinking budget", step=it)

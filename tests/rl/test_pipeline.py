@@ -23,6 +23,7 @@ PIPELINED = [
     "trainer.reset_optimizer=false",
     "trainer.save_every=1",
     "tracking.wandb=disabled",
+    "eval.tts_every=2",  # held-out curves after iterations 1 and 3, between two overlapped rollouts
 ]
 
 
@@ -70,6 +71,10 @@ def test_every_batch_after_the_first_is_sampled_one_version_back(straight):
     assert sorted(got) == list(range(ITERATIONS))
     assert [got[i]["staleness"] for i in range(ITERATIONS)] == [0.0, 1.0, 1.0, 1.0]
     assert all(got[i]["loss"] != 0 and got[i]["kl"] > 0 for i in range(ITERATIONS))
+    # each curve measured the weights just synced (policy it + 1), never the engines mid-rollout
+    evals = [(i, got[i]["eval_policy"]) for i in range(ITERATIONS) if "eval_policy" in got[i]]
+    assert evals == [(1, 2.0), (3, 4.0)]
+    assert all(0 <= got[i][k] <= 1 for i in (1, 3) for k in got[i] if k.startswith("tts/budget_"))
     for r in got.values():  # what a user reads to see the overlap
         assert 0.0 <= r["idle_rollout"] <= 1.0 and 0.0 <= r["idle_learner"] <= 1.0
         assert r["time_wait"] >= 0.0
@@ -103,6 +108,8 @@ def test_sigterm_mid_overlap_then_resume_trains_exactly_as_a_straight_run(
     resumed, expected = rows(run), rows(straight)
     assert [r["iteration"] for r in metrics(run)] == list(range(ITERATIONS))  # each once, none lost
     assert problems(run) == problems(straight)  # the same batches, none trained twice
+    keys = ("loss", "kl", "reward_mean", "response_len_mean", "entropy", "staleness", "tts/budget_16")
     for it in range(1, ITERATIONS):
-        for key in ("loss", "kl", "reward_mean", "response_len_mean", "entropy", "staleness"):
+        assert ("tts/budget_16" in resumed[it]) == ("tts/budget_16" in expected[it]) == (it % 2 == 1)
+        for key in (k for k in keys if k in expected[it]):
             assert resumed[it][key] == pytest.approx(expected[it][key], abs=1e-5), (it, key)
