@@ -70,7 +70,7 @@ def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list
             higher_is_better=True,
             size=f"{iterations} iterations, 1 engine + 1 learner rank on disjoint cores"
             + (" (tiny)" if quick else " (demo RL)"),
-            runs={name: s for name, s in summary.items()},
+            runs=summary,
             accuracy_gap=pipe["heldout_accuracy"] - sync["heldout_accuracy"]
             if sync["heldout_accuracy"] is not None and pipe["heldout_accuracy"] is not None
             else None,
@@ -94,10 +94,8 @@ def _one(config: Path, overrides: list[str], iterations: int) -> dict:
             *overrides,
         ],
     )
-    loop = [r["time_iteration"] - r.get("time_eval", 0.0) for r in rows]
-    seconds = sum(loop)
-    last = rows[-1]
-    accuracy = [v for k, v in last.items() if k.startswith("tts/budget_")]
+    seconds = sum(r["time_iteration"] - r.get("time_eval", 0.0) for r in rows)
+    accuracy = [v for k, v in rows[-1].items() if k.startswith("tts/budget_")]
     return {
         "iterations_per_hour": 3600 * len(rows) / seconds,
         "seconds": seconds,
