@@ -53,6 +53,8 @@ def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
     if name == "pipeline":
         sync, pipelined = result["runs"]["sync"], result["runs"]["pipelined"]
         assert sync["staleness"] == [0.0, 0.0, 0.0] and pipelined["staleness"] == [0.0, 1.0, 1.0]
+        assert result["seeds"] == [0]  # repeat k trains with the config's seed + k
+        assert sync["heldout_accuracy_runs"] == [None] and result["accuracy_gaps"] == []  # no eval when quick
         assert result["ratio"] == pytest.approx(
             pipelined["iterations_per_hour"] / sync["iterations_per_hour"]
         )
