@@ -16,7 +16,7 @@ from actors.placement import pin_threads
 from learner.experience import Experience
 from learner.loss import LossFn, Mean, combine
 from learner.packing import SFTExample
-from learner.rank import Learner, LearnerConfig, TokenLossFn, inactive, shard_for_ranks
+from learner.rank import QK_CLIP_METRICS, Learner, LearnerConfig, TokenLossFn, inactive, shard_for_ranks
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,7 @@ class LearnerGroup:
         out = {k: sum(m[k] for m in per_rank) for k in ("nll_sum", "tokens")}
         out["skipped"] = per_rank[0]["skipped"]
         out["grad_norm"] = per_rank[0].get("grad_norm", float("nan"))
+        out.update({k: per_rank[0][k] for k in QK_CLIP_METRICS if k in per_rank[0]})  # alike on all ranks
         return out
 
     def sft_eval(self, rows: Sequence[Sequence[SFTExample]], loss_fn: TokenLossFn) -> dict[str, float]:

@@ -6,8 +6,9 @@ Per learner GPU, ZeRO stage z over N ranks:
   parameters   P·b/N + W·b (z = 3: a shard, plus one decoder layer of W parameters gathered to run it);
                P·b otherwise
   gradients    P·b/N when z >= 2, else P·b
-  optimizer    Adam: o = 8 bytes (m and v in fp32) + 4 (an fp32 master copy when b < 4);
-               P·o/N when z >= 1, else P·o
+  optimizer    AdamW: 8 bytes a parameter (m and v in fp32); Muon (learner.optimizer: muon): 4 (one
+               fp32 momentum) for the M parameters it takes (learner/optim.py), 8 for the rest; plus 4
+               (an fp32 master copy) a parameter when b < 4. Over N ranks when z >= 1.
   activations  one micro-batch of S = micro_batch_size x max_model_len tokens:
                decoder: L·S·h·b with gradient checkpointing (each layer's input), plus one layer's internals
                being recomputed, S·h·34·b/2 (Korthikanti et al. 2022, "Reducing Activation Recomputation",
@@ -35,9 +36,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kimivl import KimiVLConfig, KimiVLForConditionalGeneration
+from learner.optim import takes_muon
 
 GIB = 1024**3
 ADAM_STATE_BYTES = 8  # exp_avg and exp_avg_sq in fp32
+MUON_STATE_BYTES = 4  # momentum_buffer in fp32
 MASTER_BYTES = 4  # fp32 master weights, kept when training in 16 bits
 LAYER_ACTIVATION_FACTOR = 34  # bytes per token per hidden unit per layer in 16 bits (Korthikanti eq. 2)
 LOGIT_WORK_BYTES = 12  # per logit beyond the model dtype: fp32 copy, log-softmax, gradient
@@ -72,6 +75,7 @@ class ModelShape:
     vocab: int
     layer_params: int  # the largest decoder layer
     kv_latent: int  # kv_lora_rank + qk_rope_head_dim: MLA's cached width per token and layer
+    muon_params: int = 0  # those Muon takes with learner.optimizer: muon (learner/optim.py takes_muon)
 
 
 def model_shape(path: str | Path) -> ModelShape:
@@ -104,6 +108,7 @@ def model_shape(path: str | Path) -> ModelShape:
         vocab=text.vocab_size,
         layer_params=layer,
         kv_latent=text.kv_lora_rank + text.qk_rope_head_dim,
+        muon_params=sum(p.numel() for name, p in model.named_parameters() if takes_muon(name, p.shape)),
     )
 
 
@@ -116,18 +121,26 @@ def learner_memory(
     tokens: int,
     logits_chunk: int,
     checkpointing: bool,
+    optimizer: str = "adamw",
 ) -> dict[str, float]:
     """Bytes per learner GPU by kind (see the module docstring for each formula)."""
     P, b = m.params, dtype_bytes
     params = P * b / ranks + m.layer_params * b if zero_stage == 3 else P * b
     grads = P * b / ranks if zero_stage >= 2 else P * b
-    per_param = ADAM_STATE_BYTES + (MASTER_BYTES if b < 4 else 0)
-    optimizer = P * per_param / ranks if zero_stage >= 1 else P * per_param
+    state = optimizer_state_bytes(m, optimizer) + (MASTER_BYTES * P if b < 4 else 0)
+    states = state / ranks if zero_stage >= 1 else state
     one_layer = tokens * m.hidden * LAYER_ACTIVATION_FACTOR * b / 2
     decoder = m.layers * tokens * m.hidden * b + one_layer if checkpointing else m.layers * one_layer
     chunk = min(tokens, logits_chunk) if logits_chunk > 0 else tokens
     logits = chunk * m.vocab * (b + LOGIT_WORK_BYTES)
-    return {"parameters": params, "gradients": grads, "optimizer": optimizer, "activations": decoder + logits}
+    return {"parameters": params, "gradients": grads, "optimizer": states, "activations": decoder + logits}
+
+
+def optimizer_state_bytes(m: ModelShape, optimizer: str) -> float:
+    """The optimizer's own state for the whole model (no master weights): AdamW's two moments, or Muon's
+    one momentum for the matrices it takes and AdamW's two for the rest."""
+    muon = m.muon_params if optimizer == "muon" else 0
+    return muon * MUON_STATE_BYTES + (m.params - muon) * ADAM_STATE_BYTES
 
 
 def rollout_memory(
@@ -217,6 +230,7 @@ def make_plan(cfg, config_path: str | Path | None = None) -> Plan:
         tokens=lc.micro_batch_size * rc.max_model_len,
         logits_chunk=lc.logits_chunk,
         checkpointing=lc.gradient_checkpointing,
+        optimizer=lc.optimizer,
     )
     learner["overhead"] = over
     rollout = rollout_memory(
@@ -297,6 +311,7 @@ def format_plan(plan: Plan, cfg, title: str) -> str:
         f"{lc.micro_batch_size} x {rc.max_model_len} tokens, gradient checkpointing "
         f"{'on' if lc.gradient_checkpointing else 'off'}, logits chunk {lc.logits_chunk or 'off'}"
     )
+    lines.append(optimizer_line(plan, cfg))
     lines.append(
         f"rollout: {cfg.resources.rollout_actors} engines x TP {rc.tensor_parallel_size} (DP "
         f"{cfg.resources.rollout_actors}), gpu_memory_utilization {rc.gpu_memory_utilization:g}, "
@@ -348,6 +363,19 @@ def overlap_line(plan: Plan, cfg) -> str:
         else "off: trainer.max_staleness 0 (synchronous); 1 overlaps them"
     )
     return f"overlap: rollout and learners on {where}; {state}"
+
+
+def optimizer_line(plan: Plan, cfg) -> str:
+    """Which optimizer, and AdamW's and Muon's state per learner rank side by side (no master weights)."""
+    s, lc = plan.shape, cfg.learner
+    ranks = cfg.resources.learner_ranks if lc.zero_stage >= 1 else 1
+    state = {name: optimizer_state_bytes(s, name) / ranks for name in ("adamw", "muon")}
+    return (
+        f"optimizer: {lc.optimizer}; states per rank {_gib(state['adamw'])} GiB with adamw, "
+        f"{_gib(state['muon'])} GiB with muon (Muon takes {s.muon_params / 1e9:.2f} B of the parameters: "
+        f"{_gib(s.muon_params * MUON_STATE_BYTES / ranks)} GiB of momentum where AdamW keeps "
+        f"{_gib(s.muon_params * ADAM_STATE_BYTES / ranks)} GiB of moments)"
+    )
 
 
 def _gib(value: float | None) -> str:

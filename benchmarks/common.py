@@ -12,6 +12,8 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +22,9 @@ from typing import Any
 from runkit.provenance import git_sha, library_versions
 
 log = logging.getLogger(__name__)
-TABLE = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+ROOT = Path(__file__).resolve().parents[1]
+TABLE = ROOT / "docs" / "benchmarks.md"
+DEMO_DIR = ROOT / "runs" / "bench" / "demo"
 TABLE_HEADER = (
     "| date | benchmark | size | kvrl | baseline | ratio | unit | machine | git |\n"
     "|---|---|---|---|---|---|---|---|---|\n"
@@ -109,3 +113,16 @@ def record(results: list[dict[str, Any]], out: str | Path | None, table: Path | 
         )
     table.write_text(text)
     log.info("added %d row(s) to %s", len(results), table)
+
+
+def demo_inputs(model: str | None = None, out: Path = DEMO_DIR) -> Path:
+    """A ``kvrl demo`` directory with its RL inputs (model, data, SFT checkpoint, RL pool): ``model`` if
+    given, else the demo's stages up to ``difficulty`` built into ``out`` once (about 15 minutes)."""
+    if model:
+        return Path(model)
+    if (out / "configs" / "rl.yaml").exists() and (out / "data" / "rl_train.jsonl").exists():
+        return out
+    log.info("building the demo's SFT checkpoint and RL data in %s (once, about 15 min)", out)
+    cmd = [sys.executable, "-m", "kvrl", "demo", "--out", str(out), "--until", "difficulty"]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return out

@@ -17,7 +17,7 @@ figures are medians over the repeats.
 Full: the demo's RL stage (``kvrl demo``: its SFT checkpoint, RL data and ``configs/rl.yaml``) for its
 iterations, with the held-out accuracy measured once, after the last (``eval`` at the largest budget, 4
 samples per problem at T = 1, as the demo's ``rl_accuracy``). ``--model`` names a demo directory; without
-it the demo's stages up to ``difficulty`` are built into ``runs/bench/pipeline-demo`` once. Quick: the tiny
+it the demo's stages up to ``difficulty`` are built once (``benchmarks.common.demo_inputs``). Quick: the tiny
 config for 3 iterations, a check that it all runs (its accuracy means nothing).
 """
 
@@ -26,20 +26,16 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from rl.trainer import RLConfig
 from runkit.config import load_config
 
-from .common import result
+from .common import ROOT, demo_inputs, result
 from .iteration import metric_rows
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_DIR = ROOT / "runs" / "bench" / "pipeline-demo"
 ONE_EACH = [
     "resources.rollout_actors=1",
     "resources.learner_ranks=1",
@@ -56,9 +52,10 @@ def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list
         config, base = ROOT / "configs" / "tiny" / "rl.yaml", _tiny(model)
         iterations = 3
     else:
-        demo = Path(model) if model else build_demo()
-        config, base = demo / "configs" / "rl.yaml", _demo_eval(demo)
+        demo = demo_inputs(model)
+        config = demo / "configs" / "rl.yaml"
         iterations = load_config(RLConfig, config, []).trainer.iterations
+        base = demo_eval(demo, iterations)
     seed = load_config(RLConfig, config, []).trainer.seed
     runs: dict[str, list[dict]] = {"sync": [], "pipelined": []}
     for k in range(repeats):
@@ -148,22 +145,12 @@ def _tiny(model: str | None) -> list[str]:
     ]
 
 
-def _demo_eval(demo: Path) -> list[str]:
-    """The held-out accuracy once, after the last iteration: the largest budget, 4 samples at T = 1."""
+def demo_eval(demo: Path, iterations: int) -> list[str]:
+    """The held-out accuracy once, after iteration ``iterations``: the largest budget, 4 samples at T = 1."""
     cfg = load_config(RLConfig, demo / "configs" / "rl.yaml", [])
     return [
-        f"eval.tts_every={cfg.trainer.iterations}",
+        f"eval.tts_every={iterations}",
         f"eval.budgets=[{max(cfg.eval.budgets)}]",
         "eval.samples=4",
         "tracking.samples_every=0",
     ]
-
-
-def build_demo(out: Path = DEMO_DIR) -> Path:
-    """The demo's stages up to ``difficulty`` (model, data, SFT, the RL pool), once."""
-    if (out / "configs" / "rl.yaml").exists() and (out / "data" / "rl_train.jsonl").exists():
-        return out
-    log.info("building the demo's SFT checkpoint and RL data in %s (once, about 15 min)", out)
-    cmd = [sys.executable, "-m", "kvrl", "demo", "--out", str(out), "--until", "difficulty"]
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return out

@@ -7,7 +7,9 @@ micro-batches (:func:`shard_for_ranks` pads shards to equal size with inactive s
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -18,9 +20,17 @@ from typing import Any, Literal
 import torch
 
 from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
+from learner import qkclip
 from learner.experience import Collated, Experience, by_length, collate, micro_batches
 from learner.logprobs import head_logprobs
 from learner.loss import LossFn, LossInputs, Mean, combine
+from learner.optim import (
+    MuonSettings,
+    check_groups,
+    muon_optimizer_config,
+    muon_param_groups,
+    optimizer_summary,
+)
 from learner.packing import SFTExample, collate_packed, packed_logits
 from runkit.files import replacing
 
@@ -39,6 +49,8 @@ ASSET_FILES = (
     "preprocessor_config.json",
     "generation_config.json",
 )
+# What a step reports with QK-clip on (learner/qkclip.py clip), the same on every rank.
+QK_CLIP_METRICS = ("qk_clip_heads", "max_logit")
 # Sub-directory of a checkpoint that holds DeepSpeed's own checkpoint (the full training state).
 STATE_DIR = "learner_state"
 
@@ -48,12 +60,18 @@ class LearnerConfig:
     """Optimizer and DeepSpeed settings of the learner group."""
 
     zero_stage: Literal[0, 1, 2, 3] = 2
+    # muon: Moonlight's scaled Muon for the matrices, AdamW for the rest, one lr (learner/optim.py)
+    optimizer: Literal["adamw", "muon"] = "adamw"
     lr: float = 1e-5
     # RL: linear warm-up over the first optimizer steps. Adam's first steps move every weight by about
     # lr whatever its gradient's size, which a small model does not survive at lrs that learn later.
     warmup_steps: int = 0
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    eps: float = 1e-8
+    muon_momentum: float = 0.95  # Nesterov, as DeepSpeed's Muon fixes it
+    # By the global gradient norm. Not with muon: DeepSpeed 0.19 would clip by the norm of the
+    # orthogonalized updates, which are not gradients, and shrink every step (0 there, logged).
     grad_clip: float = 1.0
     micro_batch_size: int = 4
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: float32 on CPU, bfloat16 on GPU
@@ -61,6 +79,18 @@ class LearnerConfig:
     # Log-probs from logits of this many response positions at a time (0: all at once); the rest are
     # recomputed in backward. Bounds the (positions x vocabulary) logits on long responses.
     logits_chunk: int = 2048
+    # QK-clip (Kimi K2): tau, the largest pre-softmax logit any head may keep after a step (0: off; K2
+    # used 100). learner/qkclip.py.
+    qk_clip: float = 0.0
+
+    def __post_init__(self):
+        if self.qk_clip < 0:
+            raise ValueError(f"qk_clip must be >= 0 (0: off), got {self.qk_clip}")
+        if self.qk_clip and self.zero_stage == 0:
+            raise ValueError(
+                "qk_clip needs zero_stage >= 1: it rescales DeepSpeed's fp32 master weights, which "
+                "stage 0 does not keep apart"
+            )
 
 
 def learner_layout(ranks: int, zero_stage: int) -> dict[str, int]:
@@ -89,16 +119,22 @@ def _device_kind() -> str:
 
 
 def deepspeed_config(cfg: LearnerConfig, dtype: torch.dtype) -> dict[str, Any]:
-    return {
+    muon = cfg.optimizer == "muon"
+    out: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": 1,  # kvrl forms micro-batches itself
         "gradient_accumulation_steps": 1,
-        "gradient_clipping": cfg.grad_clip,
-        "zero_optimization": {"stage": cfg.zero_stage},
+        "gradient_clipping": 0.0 if muon else cfg.grad_clip,
+        # ZeRO-3's Muon gathers each matrix's gradient whole; it refuses reduce-scatter
+        "zero_optimization": {"stage": cfg.zero_stage, **({"reduce_scatter": False} if muon else {})},
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": dtype == torch.bfloat16},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+    if muon:
+        settings = MuonSettings(cfg.lr, cfg.weight_decay, cfg.muon_momentum, tuple(cfg.betas), cfg.eps)
+        out["optimizer"] = muon_optimizer_config(settings)
+    return out
 
 
 def shard_for_ranks(items: Sequence[Any], world_size: int, pad: Any) -> list[list[Any]]:
@@ -166,17 +202,48 @@ class Learner:
         model = KimiVLForConditionalGeneration.from_pretrained(self.model_path, dtype=self.dtype)
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
+        if cfg.qk_clip:
+            qkclip.enable(model)
         self.pad_id = KimiVLProcessor.from_pretrained(self.model_path).tokenizer.pad_token_id
-        optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas)
-        )
-        self.engine, self.optimizer, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, config=deepspeed_config(cfg, self.dtype)
-        )
+        self.engine, self.optimizer, self.lr_scales = self._initialize(deepspeed, model)
+        self.set_lr(cfg.lr)
         self.device = self.engine.device
         self.steps = 0
         if state_dir is not None:
             self.load_state(state_dir)
+
+    def _initialize(self, deepspeed, model: torch.nn.Module):
+        """DeepSpeed's engine and optimizer, and the lr multiplier of each named param group."""
+        cfg, config = self.cfg, deepspeed_config(self.cfg, self.dtype)
+        if cfg.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(
+                model.parameters(),
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+                betas=tuple(cfg.betas),
+                eps=cfg.eps,
+            )
+            engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+            return engine, optimizer, {}
+        if _device_kind() == "cpu":
+            # DeepSpeed wraps Newton-Schulz in torch.compile; on CPU that builds C++ per matrix shape
+            # (minutes on the tiny model) to save little. Eager there; compiled on GPU.
+            torch._dynamo.config.disable = True
+        if cfg.grad_clip and self.rank == 0:
+            log.warning("learner.grad_clip=%s is not applied with learner.optimizer=muon", cfg.grad_clip)
+        groups, scales = muon_param_groups(model, cfg.weight_decay)
+        engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=config)
+        check_groups(getattr(optimizer, "optimizer", optimizer).param_groups, scales)
+        if self.rank == 0:
+            counts = optimizer_summary(engine.module)
+            log.info(
+                "optimizer: Muon on %d tensors (%d parameters), AdamW on %d tensors (%d parameters)",
+                counts["muon"]["tensors"],
+                counts["muon"]["parameters"],
+                counts["adamw"]["tensors"],
+                counts["adamw"]["parameters"],
+            )
+        return engine, optimizer, scales
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -236,22 +303,25 @@ class Learner:
         groups = micro_batches([samples[i] for i in by_length(samples)], self.cfg.micro_batch_size)
         parts: list[dict[str, Mean]] = []
         loss_sum, bad = 0.0, torch.zeros(1, device=self.device)
-        for k, mb in enumerate(groups):
-            batch = collate(mb, self.pad_id).to(self.device)
-            if batch.old_logprobs is None:
-                raise ValueError("train_step needs old log-probs on every sample")
-            self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
-            logprobs, entropy = self._response_logprobs(batch)
-            inputs = LossInputs(logprobs, batch.old_logprobs, batch.response_mask, batch.advantages)
-            loss, metrics = loss_fn(inputs, normalizer)
-            loss_sum += float(self._backward(loss, logprobs, k, bad).detach())
-            parts.append({**metrics, **policy_metrics(inputs, entropy)})
-        if not self._step(bad):
+        with self._recording():
+            for k, mb in enumerate(groups):
+                batch = collate(mb, self.pad_id).to(self.device)
+                if batch.old_logprobs is None:
+                    raise ValueError("train_step needs old log-probs on every sample")
+                self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
+                logprobs, entropy = self._response_logprobs(batch)
+                inputs = LossInputs(logprobs, batch.old_logprobs, batch.response_mask, batch.advantages)
+                loss, metrics = loss_fn(inputs, normalizer)
+                loss_sum += float(self._backward(loss, logprobs, k, bad).detach())
+                parts.append({**metrics, **policy_metrics(inputs, entropy)})
+        stepped, clipped = self._step(bad)
+        if not stepped:
             return {"skipped": Mean(1.0, 1.0)}
         out = combine(parts)
         out["loss"] = Mean(loss_sum, 1.0)  # this rank's share: the ranks' mean is the batch loss
         out["grad_norm"] = Mean(float(self.engine.get_global_grad_norm() or 0.0), 1.0)
         out["skipped"] = Mean(0.0, 1.0)
+        out.update({name: Mean(value, 1.0) for name, value in clipped.items()})
         return out
 
     def _backward(self, loss: torch.Tensor, graph: torch.Tensor, k: int, bad: torch.Tensor) -> torch.Tensor:
@@ -266,23 +336,67 @@ class Learner:
         self.engine.backward(loss, scale_wrt_gas=False)
         return loss
 
-    def _step(self, bad: torch.Tensor) -> bool:
-        """The optimizer step, unless any rank saw a non-finite loss (then all drop their gradients)."""
+    def _step(self, bad: torch.Tensor) -> tuple[bool, dict[str, float]]:
+        """The optimizer step, unless any rank saw a non-finite loss (then all drop their gradients);
+        then QK-clip, when on (its metrics come back)."""
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(bad)  # every rank skips, or none does
+        maxima = self._max_logits() if self.cfg.qk_clip else None
         if bad.item() > 0:
             self.engine.zero_grad()
             self.engine.optimizer.zero_grad()
-            return False
+            return False, {}
         self.engine.step()
         self.steps += 1
-        return True
+        if maxima is None:
+            return True, {}
+        return True, qkclip.clip(self.engine.module, self.cfg.qk_clip, maxima, self._scale_rows)
+
+    def _recording(self):
+        """Inside: the training forwards record each head's largest logit (QK-clip), when on."""
+        return qkclip.recording(self.engine.module) if self.cfg.qk_clip else contextlib.nullcontext()
+
+    def _max_logits(self) -> list[torch.Tensor]:
+        """Each layer's (H,) largest logit of this step over all ranks (collective)."""
+        layers = qkclip.attention_layers(self.engine.module)
+        seen = qkclip.take_max_logits(self.engine.module)
+        heads = [m.num_heads for m in layers]
+        # -inf for a layer no forward reached on this rank
+        none = [torch.full((h,), -math.inf, device=self.device) for h in heads]
+        stacked = torch.cat([(t if t is not None else n).float() for t, n in zip(seen, none, strict=True)])
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(stacked, op=torch.distributed.ReduceOp.MAX)
+        return list(stacked.split(heads))
+
+    def _scale_rows(self, param: torch.nn.Parameter, factors: torch.Tensor) -> None:
+        """Multiply a weight's rows by ``factors`` in DeepSpeed's fp32 master copy and in the module
+        (every rank; collective under ZeRO, which gathers the master copy)."""
+        from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param
+
+        master = safe_get_full_fp32_param(param)
+        if master is None:  # no master copy apart: the module weight is what the optimizer steps
+            param.data.mul_(factors.to(param.device, param.dtype)[:, None])
+            return
+        scaled = master.view(len(factors), -1) * factors.to(master.device, master.dtype)[:, None]
+        safe_set_full_fp32_param(param, scaled)
+        if self.cfg.zero_stage == 3:
+            with self._gathered_one(param):
+                if self.rank == 0:
+                    param.data.copy_(scaled.view_as(param.data).to(param.dtype))
+        else:
+            param.data.copy_(scaled.view_as(param.data).to(param.dtype))
+
+    def _gathered_one(self, param: torch.nn.Parameter):
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters([param], modifier_rank=0)
 
     # -- SFT -------------------------------------------------------------------------------------
 
     def set_lr(self, lr: float) -> None:
+        """Every group's lr; Muon's matrices get theirs times Moonlight's scale (learner/optim.py)."""
         for group in getattr(self.optimizer, "optimizer", self.optimizer).param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * self.lr_scales.get(group.get("name"), 1.0)
 
     def sft_step(
         self, rows: Sequence[Sequence[SFTExample]], total_targets: int, lr: float, loss_fn: TokenLossFn
@@ -296,17 +410,20 @@ class Learner:
         groups = micro_batches(list(rows), self.cfg.micro_batch_size)
         normalizer = max(total_targets, 1) / self.world_size
         totals, bad = {"nll_sum": 0.0, "tokens": 0.0}, torch.zeros(1, device=self.device)
-        for k, mb in enumerate(groups):
-            batch = collate_packed(mb, self.pad_id).to(self.device)
-            self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
-            logits = packed_logits(self.engine, batch)
-            loss, metrics = loss_fn(logits, batch.targets, batch.loss_mask, normalizer)
-            self._backward(loss, logits, k, bad)
-            for name in totals:
-                totals[name] += metrics[name]
-        if not self._step(bad):
+        with self._recording():
+            for k, mb in enumerate(groups):
+                batch = collate_packed(mb, self.pad_id).to(self.device)
+                self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
+                logits = packed_logits(self.engine, batch)
+                loss, metrics = loss_fn(logits, batch.targets, batch.loss_mask, normalizer)
+                self._backward(loss, logits, k, bad)
+                for name in totals:
+                    totals[name] += metrics[name]
+        stepped, clipped = self._step(bad)
+        if not stepped:
             return {**totals, "skipped": 1.0}
-        return {**totals, "skipped": 0.0, "grad_norm": float(self.engine.get_global_grad_norm() or 0.0)}
+        grad_norm = float(self.engine.get_global_grad_norm() or 0.0)
+        return {**totals, "skipped": 0.0, "grad_norm": grad_norm, **clipped}
 
     @torch.no_grad()
     def sft_eval(self, rows: Sequence[Sequence[SFTExample]], loss_fn: TokenLossFn) -> dict[str, float]:
@@ -321,7 +438,8 @@ class Learner:
         return totals
 
     def reset_optimizer(self) -> None:
-        """Drop Adam moments (Kimi k1.5 resets the optimizer at each mirror-descent iteration)."""
+        """Drop Adam's moments and Muon's momentum (Kimi k1.5 resets the optimizer at each mirror-descent
+        iteration)."""
         base = getattr(self.optimizer, "optimizer", self.optimizer)
         base.state.clear()
 

@@ -27,7 +27,7 @@ from actors.learner import LearnerGroup
 from actors.placement import ResourceConfig, place, start_ray
 from actors.rollout import ACTOR_FAILURES
 from kimivl import KimiVLProcessor
-from learner.rank import LearnerConfig, learner_layout, learner_state_dir
+from learner.rank import QK_CLIP_METRICS, LearnerConfig, learner_layout, learner_state_dir
 from runkit import lifecycle
 from runkit.config import to_dict
 from runkit.lifecycle import Checkpoints
@@ -269,6 +269,7 @@ class SFTTrainer:
             "skipped": m["skipped"],
             "time_step": seconds,
             "target_tokens_per_s": m["tokens"] / max(seconds, 1e-9),
+            **{k: m[k] for k in QK_CLIP_METRICS if k in m},
         }
 
     def evaluate(self) -> dict:

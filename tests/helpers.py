@@ -16,6 +16,8 @@ import psutil
 import torch
 from PIL import Image
 
+from learner.packing import SFTExample
+
 ROOT = Path(__file__).resolve().parents[1]  # the repository
 
 # A smaller tiny RL run: fewer prompts and samples, short responses.
@@ -33,6 +35,20 @@ def gradient_image(width: int, height: int, seed: int = 0) -> Image.Image:
     g = torch.Generator().manual_seed(seed)
     arr = (torch.rand(height, width, 3, generator=g) * 255).to(torch.uint8).numpy()
     return Image.fromarray(arr, "RGB")
+
+
+def sft_rows() -> list[list[SFTExample]]:
+    """4 packed rows with different target counts (rank 0 gets rows 0 and 2, rank 1 rows 1 and 3)."""
+    g = torch.Generator().manual_seed(1)
+    rows = []
+    for r, sizes in enumerate([(9, 5), (14,), (6, 6, 4), (11,)]):
+        row = []
+        for n in sizes:
+            ids = torch.randint(10, 200, (n,), generator=g).tolist()
+            mask = [0] * (n // 3) + [1] * (n - n // 3)
+            row.append(SFTExample(ids, mask, id=f"r{r}-{n}"))
+        rows.append(row)
+    return rows
 
 
 def kvrl(*args: str, pythonpath: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess:

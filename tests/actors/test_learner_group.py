@@ -14,10 +14,10 @@ import torch
 
 from actors.learner import LearnerGroup
 from learner.experience import Experience
-from learner.packing import SFTExample
 from learner.rank import LearnerConfig
 from rl.losses import LOSSES, assign_advantages, get_loss
 from sft.loss import sft_loss
+from tests.helpers import sft_rows
 
 OPTIONS = {"opmd": {"tau": 0.5}, "grpo": {"clip_eps": 0.2}, "reinforce": {}}
 
@@ -63,20 +63,6 @@ def test_every_loss_takes_the_same_step_on_one_and_two_ranks(groups):
         assert a["skipped"] == b["skipped"] == 0.0 and a["grad_norm"] > 0
         for key in ("loss", "grad_norm", "kl", "log_ratio_sq", "entropy"):
             assert close(a[key], b[key], 1e-5), (name, key, a[key], b[key])
-
-
-def sft_rows() -> list[list[SFTExample]]:
-    """4 packed rows with different target counts (rank 0 gets rows 0 and 2, rank 1 rows 1 and 3)."""
-    g = torch.Generator().manual_seed(1)
-    rows = []
-    for r, sizes in enumerate([(9, 5), (14,), (6, 6, 4), (11,)]):
-        row = []
-        for n in sizes:
-            ids = torch.randint(10, 200, (n,), generator=g).tolist()
-            mask = [0] * (n // 3) + [1] * (n - n // 3)
-            row.append(SFTExample(ids, mask, id=f"r{r}-{n}"))
-        rows.append(row)
-    return rows
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import pytest
 
 from actors.placement import ResourceConfig
 from actors.plan import GIB, ModelShape, PlanError, learner_memory, model_shape, place_gpus, rollout_memory
+from learner.optim import takes_muon
 from tests.helpers import ROOT
 
 A3B = ROOT / "configs" / "kimi-vl-a3b"
@@ -21,6 +22,7 @@ SHAPE = ModelShape(
     vocab=10_000,
     layer_params=10**7,
     kv_latent=576,
+    muon_params=8 * 10**8,
 )
 
 
@@ -48,6 +50,19 @@ def test_learner_memory_by_hand():
     )
     assert fp32["optimizer"] == 8e9  # fp32 weights are their own master copy: m and v only
 
+    muon = learner_memory(
+        SHAPE,
+        ranks=4,
+        zero_stage=3,
+        dtype_bytes=2,
+        tokens=1000,
+        logits_chunk=500,
+        checkpointing=True,
+        optimizer="muon",
+    )
+    # Muon: 8e8 params x 4 (momentum) = 3.2e9; AdamW: 2e8 x 8 = 1.6e9; master 1e9 x 4 = 4e9; / 4 ranks
+    assert muon["optimizer"] == (3.2e9 + 1.6e9 + 4e9) / 4  # 2.2e9 against AdamW's 3e9
+
 
 def test_rollout_memory_by_hand():
     m = rollout_memory(SHAPE, tp=2, dtype_bytes=2, gpu_bytes=80 * GIB, utilization=0.9, overhead=3 * GIB)
@@ -67,6 +82,12 @@ def test_parameter_count_matches_the_real_model(tiny_dir):
     # Kimi-VL-A3B: 16.4 B parameters, about 3 B active in the language model (the report's "A3B")
     assert 16.3e9 < a3b.params < 16.5e9 and 2.7e9 < a3b.active_params < 3.1e9
     assert (a3b.layers, a3b.hidden, a3b.vocab) == (27, 2048, 163840)
+    # Muon takes all but the embeddings, the LM head, norms and biases: 16.4 B - 2 x 0.34 B (embedding
+    # and head, 163840 x 2048 each) - the vision tower's patch and position embeddings and the vectors
+    assert 15.5e9 < a3b.muon_params < a3b.params - 2 * 163840 * 2048
+    assert shape.muon_params == sum(
+        p.numel() for name, p in model.named_parameters() if takes_muon(name, p.shape)
+    )
 
 
 def test_engines_never_straddle_nodes():
@@ -98,6 +119,19 @@ def test_a3b_configs_fit_their_clusters(name):
         assert "overlap: rollout and learners on separate nodes; off: trainer.max_staleness 0" in out
     else:  # 8 GPUs: 4 learner ranks and 2 engines x TP 2 on one node
         assert "overlap: rollout and learners on disjoint GPUs (1 node(s) hold both)" in out
+
+
+def test_the_plan_prints_muons_optimizer_state_beside_adamws():
+    rows = {}
+    for name in ("adamw", "muon"):
+        out = kvrl_plan(A3B / "rl-4x8.yaml", f"learner.optimizer={name}").stdout
+        line = next(x for x in out.splitlines() if x.startswith("optimizer: "))
+        # 16 ranks: AdamW 16.41e9 x 8 / 16 = 7.6 GiB; Muon 15.73e9 x 4 + 0.68e9 x 8 over 16 = 4.0 GiB
+        assert line.startswith(f"optimizer: {name}; states per rank 7.6 GiB with adamw, 4.0 GiB with muon")
+        assert "Muon takes 15.73 B of the parameters: 3.7 GiB of momentum where AdamW keeps 7.3 GiB" in line
+        rows[name] = float(next(x for x in out.splitlines() if "optimizer states" in x).split()[2])
+    # the row adds the bf16 run's fp32 master weights (16.41e9 x 4 / 16 = 3.8 GiB) to both
+    assert rows == {"adamw": pytest.approx(7.6 + 3.8, abs=0.11), "muon": pytest.approx(4.0 + 3.8, abs=0.11)}
 
 
 def test_the_plan_says_whether_rollout_and_learning_can_overlap():

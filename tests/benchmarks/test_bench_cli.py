@@ -8,14 +8,17 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from tests.helpers import ROOT
 
+QUICK = ["rollout", "sync", "scale", "longtail", "pipeline", "optim"]  # step: test_step.py
+
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["rollout", "sync", "scale", "longtail", "pipeline"])  # step: test_step.py
+@pytest.mark.parametrize("name", QUICK)
 def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
     out, table = tmp_path / f"{name}.json", tmp_path / "benchmarks.md"
     table.write_text("# Benchmarks\n\nSome prose above the table.\n")
@@ -50,6 +53,12 @@ def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
         assert {p["finished_samples"] for p in result["policies"].values()} == {sync["finished_samples"]}
         assert "simulation, not a measurement" in result["simulation"]["what"]
         assert math.isfinite(result["simulation"]["ratio"]) and result["simulation"]["ratio"] > 0
+    if name == "optim":
+        curves = result["curves"]
+        assert [p["step"] for p in curves["adamw"]] == [0, 5, 6] == [p["step"] for p in curves["muon"]]
+        assert result["target_loss"] == curves["adamw"][-1]["eval_loss"]
+        assert result["steps_to_target"]["adamw"] == result["baseline"] <= 6
+        assert Path(result["plot"]).is_file()
     if name == "pipeline":
         sync, pipelined = result["runs"]["sync"], result["runs"]["pipelined"]
         assert sync["staleness"] == [0.0, 0.0, 0.0] and pipelined["staleness"] == [0.0, 1.0, 1.0]

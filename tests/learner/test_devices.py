@@ -16,7 +16,15 @@ import pytest
 
 from tests.helpers import ROOT
 
-RANK_MODULES = ["learner/rank.py", "learner/logprobs.py", "learner/loss.py", "rl/losses.py", "sft/loss.py"]
+RANK_MODULES = [
+    "learner/rank.py",
+    "learner/logprobs.py",
+    "learner/loss.py",
+    "learner/optim.py",
+    "learner/qkclip.py",
+    "rl/losses.py",
+    "sft/loss.py",
+]
 FACTORIES = {
     "arange",
     "as_tensor",
