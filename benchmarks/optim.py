@@ -15,8 +15,8 @@ optimizer at the demo's RL lr (Muon's update RMS matched to AdamW's is what lets
 held-out accuracy after the last (as in ``kvrl bench pipeline``).
 
 ``--model`` names a ``kvrl demo`` directory; without it the demo's stages up to its RL inputs are built once
-(``benchmarks.common.demo_inputs``). Quick: the tiny SFT config for a few steps at one lr each and no RL,
-a check that it all runs (its figures mean nothing).
+(``benchmarks.common.demo_inputs``). Quick: the tiny SFT config for a few steps at one lr each and 2 tiny
+RL iterations each, a check that it all runs (its figures mean nothing).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list
     steps = {name: _steps_to(curves[name], target) for name in OPTIMIZERS}
     muon_reached = steps["muon"] is not None
     muon_steps = steps["muon"] if muon_reached else curves["muon"][-1][0]
-    rl = {} if quick else {name: _rl(demo, name) for name in OPTIMIZERS}
+    rl = {name: _rl_tiny(base, name) if quick else _rl(demo, name) for name in OPTIMIZERS}
     plot = _plot(curves, best, target, PLOT if not quick else Path(tempfile.mkdtemp()) / "optim.png")
     return [
         result(
@@ -101,13 +101,39 @@ def _sft(config: Path, overrides: list[str]) -> list[tuple[int, float]]:
     """Train SFT in-process into a fresh directory; its held-out loss by step, ``[(step, loss), ...]``."""
     out = Path(tempfile.mkdtemp(prefix="kvrl-bench-optim-")) / "run"
     settings = [f"trainer.output_dir={out}", "tracking.wandb=disabled", f"trainer.eval_every={EVAL_EVERY}"]
-    train_sft(load_config(SFTConfig, config, [*settings, *overrides]))
+    try:
+        train_sft(load_config(SFTConfig, config, [*settings, *overrides]))
+    finally:
+        _ray_down()  # the local Ray is sized by the run that starts it: the RL runs need more CPUs
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return [(r["iteration"], r["eval_loss"]) for r in rows if "eval_loss" in r]
 
 
 def _steps_to(curve: list[tuple[int, float]], target: float) -> int | None:
     return next((step for step, loss in curve if loss <= target), None)
+
+
+def _ray_down() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def _rl_tiny(base: list[str], optimizer: str) -> dict:
+    """Quick: 2 iterations of the tiny RL config (no held-out evaluation)."""
+    model = next(o.split("=", 1)[1] for o in base if o.startswith("model="))
+    rows = metric_rows(
+        ROOT / "configs" / "tiny" / "rl.yaml",
+        [
+            f"model={model}",
+            "trainer.iterations=2",
+            "tracking.samples_every=0",
+            f"learner.optimizer={optimizer}",
+        ],
+    )
+    _ray_down()
+    rewards = [r["reward_mean"] for r in rows]
+    return {"iterations": len(rows), "heldout_accuracy": None, "reward_mean": rewards}
 
 
 def _rl(demo: Path, optimizer: str) -> dict:
@@ -121,6 +147,7 @@ def _rl(demo: Path, optimizer: str) -> dict:
             f"learner.optimizer={optimizer}",
         ],
     )
+    _ray_down()
     accuracy = [v for k, v in rows[-1].items() if k.startswith("tts/budget_")]
     return {
         "iterations": len(rows),

@@ -59,6 +59,7 @@ def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
         assert result["target_loss"] == curves["adamw"][-1]["eval_loss"]
         assert result["steps_to_target"]["adamw"] == result["baseline"] <= 6
         assert Path(result["plot"]).is_file()
+        assert result["rl"]["adamw"]["iterations"] == result["rl"]["muon"]["iterations"] == 2
     if name == "pipeline":
         sync, pipelined = result["runs"]["sync"], result["runs"]["pipelined"]
         assert sync["staleness"] == [0.0, 0.0, 0.0] and pipelined["staleness"] == [0.0, 1.0, 1.0]
