@@ -22,20 +22,16 @@ checkpoint keeps them as two (a departure, see :func:`muon_scale`).
 DeepSpeed scales NS(M) by sqrt(max(1, A / B)) (Keller Jordan's rule) and decays each weight by its
 group's lr x wd. So kvrl puts each matrix shape in its own param group with lr x s and wd / s,
 s = 0.2 * sqrt(max(A, B)) / sqrt(max(1, A / B)), which gives Moonlight's update exactly
-(``tests/learner/test_muon.py`` checks one step against ``torch.optim.Muon`` with
+(``tests/actors/test_muon.py`` checks two steps on 2 ranks against ``torch.optim.Muon`` with
 ``adjust_lr_fn="match_rms_adamw"``).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import torch
-
-log = logging.getLogger(__name__)
 
 MUON_EXCLUDED = ("embed", "lm_head")  # name parts DeepSpeed keeps on AdamW, whatever the shape
 ADAM_GROUP = "adam"
@@ -56,27 +52,20 @@ def muon_scale(shape: Iterable[int]) -> float:
     return 0.2 * math.sqrt(max(a, b)) / math.sqrt(max(1.0, a / b))
 
 
-@dataclass(frozen=True)
-class MuonSettings:
-    lr: float
-    weight_decay: float
-    momentum: float
-    betas: tuple[float, float]
-    eps: float
-
-
-def muon_optimizer_config(s: MuonSettings) -> dict:
+def muon_optimizer_config(
+    *, lr: float, weight_decay: float, momentum: float, betas: Iterable[float], eps: float
+) -> dict:
     """DeepSpeed's ``optimizer`` section. ``standard``: the quintic Newton-Schulz in bf16 (as
     ``torch.optim.Muon``); ``torch_adam``: the auxiliary AdamW is torch's (no JIT-built op). DeepSpeed
     fixes Nesterov momentum and 5 Newton-Schulz steps."""
     return {
         "type": "Muon",
         "params": {
-            "lr": s.lr,
-            "momentum": s.momentum,
-            "weight_decay": s.weight_decay,
-            "betas": list(s.betas),
-            "eps": s.eps,
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "betas": list(betas),
+            "eps": eps,
             "ns_method": "standard",
             "torch_adam": True,
         },

@@ -25,7 +25,6 @@ from learner.experience import Collated, Experience, by_length, collate, micro_b
 from learner.logprobs import head_logprobs
 from learner.loss import LossFn, LossInputs, Mean, combine
 from learner.optim import (
-    MuonSettings,
     check_groups,
     muon_optimizer_config,
     muon_param_groups,
@@ -132,8 +131,9 @@ def deepspeed_config(cfg: LearnerConfig, dtype: torch.dtype) -> dict[str, Any]:
         "wall_clock_breakdown": False,
     }
     if muon:
-        settings = MuonSettings(cfg.lr, cfg.weight_decay, cfg.muon_momentum, tuple(cfg.betas), cfg.eps)
-        out["optimizer"] = muon_optimizer_config(settings)
+        out["optimizer"] = muon_optimizer_config(
+            lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, betas=cfg.betas, eps=cfg.eps
+        )
     return out
 
 
