@@ -3,10 +3,12 @@ in one run: SFT on the demo's synthetic task, then a short RL run with each.
 
 SFT: the demo's model and SFT data (its held-out split: 3% of the conversations), one epoch in one LR phase
 (5% warm-up, cosine to a tenth of the peak), the same rows in the same order, batch and steps for both;
-the held-out loss every ``EVAL_EVERY`` steps. Each optimizer trains at every peak lr of ``LRS`` and keeps
-the one with the lowest final held-out loss: tuned on one grid, in this run (each grid point is one run,
-one seed). Reported: both curves at their tuned lr (and every grid point), AdamW's final held-out loss L,
-and the steps each needs to reach L (the first evaluated step at or below it). The top-level ``ratio`` is
+the held-out loss every ``EVAL_EVERY`` steps. Each optimizer trains at every peak lr of its row of ``LRS``
+and keeps the one with the lowest final held-out loss: tuned on a grid of half-decades, in this run (each
+grid point is one run, one seed). Each row brackets its optimizer's best lr on this task (a first run on
+1e-3..1e-2 put AdamW's at 3e-3 and Muon's at the top, 1e-2, so Muon's row moves up by one point).
+Reported: both curves at their tuned lr (and every grid point), AdamW's final held-out loss L, and the
+steps each needs to reach L (the first evaluated step at or below it). The top-level ``ratio`` is
 AdamW's steps over Muon's; a Muon that never reaches L counts all its steps (``muon_reached`` false), so
 the ratio is then at most 1.
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+import time
 from pathlib import Path
 
 from runkit.config import load_config
@@ -36,7 +39,7 @@ from .pipeline import demo_eval
 
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "muon")
-LRS = (1e-3, 3e-3, 1e-2)
+LRS = {"adamw": (1e-3, 3e-3, 1e-2), "muon": (3e-3, 1e-2, 3e-2)}
 EVAL_EVERY = 5
 RL_ITERATIONS = 8
 PLOT = ROOT / "runs" / "bench" / "optim.png"
@@ -45,14 +48,16 @@ PLOT = ROOT / "runs" / "bench" / "optim.png"
 def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list[dict]:
     del repeats  # one run per grid point: the grid is the repetition that matters here
     if quick:
-        config, lrs, base = ROOT / "configs" / "tiny" / "sft.yaml", (3e-3,), _tiny_sft(model)
+        config, base = ROOT / "configs" / "tiny" / "sft.yaml", _tiny_sft(model)
+        lrs = dict.fromkeys(OPTIMIZERS, (3e-3,))
     else:
         demo = demo_inputs(model)
         config, lrs, base = demo / "configs" / "sft.yaml", LRS, []
-    grid = {
-        name: {lr: _sft(config, [*base, *_phase(lr), f"learner.optimizer={name}"]) for lr in lrs}
+    timed = {
+        name: {lr: _sft(config, [*base, *_phase(lr), f"learner.optimizer={name}"]) for lr in lrs[name]}
         for name in OPTIMIZERS
     }
+    grid = {name: {lr: curve for lr, (curve, _) in runs.items()} for name, runs in timed.items()}
     best = {name: min(runs, key=lambda lr: runs[lr][-1][1]) for name, runs in grid.items()}
     curves = {name: grid[name][best[name]] for name in OPTIMIZERS}
     target = curves["adamw"][-1][1]
@@ -73,8 +78,12 @@ def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list
             steps_to_target=steps,
             muon_reached=muon_reached,
             tuned_lr=best,
-            lr_grid=list(lrs),
+            lr_grid={name: list(lrs[name]) for name in OPTIMIZERS},
             final_loss={name: {str(lr): c[-1][1] for lr, c in runs.items()} for name, runs in grid.items()},
+            # wall seconds per SFT step of each grid point's run, start-up and held-out evaluations included
+            seconds_per_step={
+                name: {str(lr): t / c[-1][0] for lr, (c, t) in runs.items()} for name, runs in timed.items()
+            },
             curves={name: [{"step": s, "eval_loss": v} for s, v in c] for name, c in curves.items()},
             rl=rl,
             plot=str(plot),
@@ -97,16 +106,19 @@ def _tiny_sft(model: str | None) -> list[str]:
     return [f"model={model}", "trainer.max_steps=6", "trainer.batch_size=2"]
 
 
-def _sft(config: Path, overrides: list[str]) -> list[tuple[int, float]]:
-    """Train SFT in-process into a fresh directory; its held-out loss by step, ``[(step, loss), ...]``."""
+def _sft(config: Path, overrides: list[str]) -> tuple[list[tuple[int, float]], float]:
+    """Train SFT in-process into a fresh directory: its held-out loss by step, ``[(step, loss), ...]``, and
+    the run's wall seconds."""
     out = Path(tempfile.mkdtemp(prefix="kvrl-bench-optim-")) / "run"
     settings = [f"trainer.output_dir={out}", "tracking.wandb=disabled", f"trainer.eval_every={EVAL_EVERY}"]
+    start = time.perf_counter()
     try:
         train_sft(load_config(SFTConfig, config, [*settings, *overrides]))
     finally:
         _ray_down()  # the local Ray is sized by the run that starts it: the RL runs need more CPUs
+    seconds = time.perf_counter() - start
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return [(r["iteration"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    return [(r["iteration"], r["eval_loss"]) for r in rows if "eval_loss" in r], seconds
 
 
 def _steps_to(curve: list[tuple[int, float]], target: float) -> int | None:

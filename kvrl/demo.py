@@ -37,7 +37,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from tqdm import tqdm
@@ -56,7 +56,8 @@ STATE_FILE = "demo_state.json"
 @dataclass
 class Profile:
     """The sizes of one demo run (``configs/demo/profiles.yaml``); ``full`` shows real learning,
-    ``quick`` checks the plumbing, ``length`` is ``full`` plus an RL run without the length reward."""
+    ``quick`` checks the plumbing, ``length`` is ``full`` plus an RL run without the length reward, ``muon``
+    is ``full`` trained with Muon."""
 
     name: str
     train: int
@@ -77,6 +78,7 @@ class Profile:
     budgets: list[int] = field(default_factory=lambda: [32, 64, 96, 128, 192])
     hidden_size: int = 64
     length_ablation: bool = False
+    optimizer: Literal["adamw", "muon"] = "adamw"  # learner.optimizer of the SFT and RL stages
     seed: int = 0
 
     @property
@@ -160,6 +162,7 @@ def sft_config(p: Profile, paths: DemoPaths) -> dict[str, Any]:
             "data": {"path": str(paths.data / "sft_train.jsonl")},
             "trainer": {"output_dir": str(paths.sft), "seed": p.seed, "batch_size": p.sft_batch_size},
             "schedule": p.sft_schedule,
+            "learner": {"optimizer": p.optimizer},
             "tracking": {"run_name": f"demo-{p.name}-sft"},
         },
     )
@@ -184,7 +187,7 @@ def rl_config(p: Profile, paths: DemoPaths, stage: str = "rl") -> dict[str, Any]
                 "prompts_per_iteration": p.rl_prompts,
                 "save_every": p.rl_iterations,
             },
-            "learner": {"lr": p.rl_lr, "warmup_steps": warmup},
+            "learner": {"lr": p.rl_lr, "warmup_steps": warmup, "optimizer": p.optimizer},
             "rollout": {"sampling": {"n": p.rl_samples, "max_tokens": max(p.budgets)}},
             "rewards": {"length": {"weight": length_weight, "warmup_iterations": warmup}},
             "curriculum": {"ramp_iterations": max(1, p.rl_iterations // 3)},

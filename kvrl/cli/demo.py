@@ -17,10 +17,10 @@ def add_parser(sub) -> None:
     )
     demo.add_argument(
         "--profile",
-        choices=("full", "quick", "length"),
+        choices=("full", "quick", "length", "muon"),
         default="full",
         help="full: the learning proof; quick: small sizes, no proof; length: full plus RL without the "
-        "length reward, to compare (default full)",
+        "length reward, to compare; muon: full trained with Muon instead of AdamW (default full)",
     )
     demo.add_argument("--quick", action="store_true", help="the same as --profile quick")
     demo.add_argument("--seed", type=int, default=0, help="seeds every stage (default 0)")
