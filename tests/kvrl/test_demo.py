@@ -216,3 +216,25 @@ def test_each_profiles_longest_sft_trace_fits_its_max_length(tmp_path, tiny_dir)
             (conv,) = load_conversations(tmp_path / "sft.jsonl").conversations
             longest = max(longest, len(encode(processor, conv)))
         assert longest <= max_length, (p.name, longest, max_length)
+
+
+def test_every_profiles_stage_configs_load_with_its_optimizer(tmp_path):
+    """Each profile's SFT and RL configs are valid stage configs, and both stages train with the
+    profile's ``optimizer`` (``muon``: Muon in SFT and RL; every other profile AdamW)."""
+    from kvrl.demo import rl_config, sft_config
+    from rl.trainer import RLConfig
+    from runkit.config import build
+    from sft.trainer import SFTConfig
+
+    paths = DemoPaths(tmp_path)
+    optimizers = {}
+    for p in PROFILES.values():
+        sft = build(SFTConfig, sft_config(p, paths))
+        rl = build(RLConfig, rl_config(p, paths))
+        optimizers[p.name] = (sft.learner.optimizer, rl.learner.optimizer)
+    assert optimizers == {
+        "full": ("adamw", "adamw"),
+        "length": ("adamw", "adamw"),
+        "muon": ("muon", "muon"),
+        "quick": ("adamw", "adamw"),
+    }
