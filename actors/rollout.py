@@ -217,11 +217,23 @@ class RolloutPool:
         return ray.get([a.rss_mb.remote() for a in self.actors])
 
     def update_weights(self, state_ref: ray.ObjectRef) -> list[float]:
-        """Load new weights into every engine (in place); returns each engine's load seconds."""
+        """Load new weights into every engine (in place); returns each engine's load seconds.
+
+        An engine found dead here (it died idle, after its batch was done, as one sampling ahead in a
+        pipelined run may) is replaced, and the replacement starts from these weights.
+        """
         self.version += 1
         self._state_ref = state_ref
         start = time.perf_counter()
-        seconds = ray.get([a.update_weights.remote(state_ref, self.version) for a in self.actors])
+        refs = [a.update_weights.remote(state_ref, self.version) for a in self.actors]
+        seconds = []
+        for i, ref in enumerate(refs):
+            try:
+                seconds.append(ray.get(ref))
+            except ACTOR_FAILURES:
+                began = time.perf_counter()
+                self._replace(i)  # loads self._state_ref at self.version
+                seconds.append(time.perf_counter() - began)
         log.info(
             "weights v%d synced to %d engines in %.3f s",
             self.version,

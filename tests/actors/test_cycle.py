@@ -9,11 +9,12 @@ import time
 import pytest
 import ray
 import torch
+from safetensors.torch import load_file
 
 from actors.learner import LearnerGroup
 from actors.placement import ClusterTooSmall, ResourceConfig, check_fits, place
 from actors.reward import RewardActor
-from actors.rollout import RolloutPool
+from actors.rollout import ACTOR_FAILURES, RolloutPool
 from kimivl import KimiVLProcessor
 from learner.experience import Experience
 from learner.rank import LearnerConfig
@@ -153,6 +154,29 @@ def test_killed_rollout_actor_loses_no_prompt(tiny_dir, pool):
     assert sorted(ids) == sorted(r.request_id for r in requests) and len(set(ids)) == len(ids)
     assert all(len(r.samples) == 2 for r in results)
     assert pool.replaced == replaced_before + 1
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_rollout_actor_dead_between_batches_is_replaced_at_the_next_sync(tiny_dir, pool):
+    # An engine may die idle, its batch already returned (one sampling ahead in a pipelined run does):
+    # the weight sync that meets it replaces it and loads the new weights there instead of stopping.
+    state = {}
+    for file in sorted(tiny_dir.glob("*.safetensors")):
+        state.update(load_file(file))
+    ray.kill(pool.actors[1])
+    deadline = time.time() + 60
+    with pytest.raises(ACTOR_FAILURES):  # ray.kill is asynchronous: dead before the sync starts
+        while time.time() < deadline:
+            ray.get(pool.actors[1].weights_version.remote(), timeout=60)
+            time.sleep(0.05)
+    replaced_before = pool.replaced
+    seconds = pool.update_weights(ray.put(state))
+    assert len(seconds) == 2 and all(s > 0 for s in seconds)
+    assert pool.replaced == replaced_before + 1
+    assert ray.get([a.weights_version.remote() for a in pool.actors]) == [pool.version] * 2
+    results = pool.generate(make_requests(tiny_dir, 4, prefix="r"), SamplingConfig(n=1, max_tokens=4))
+    assert [len(r.samples) for r in results] == [1] * 4
 
 
 def test_config_that_cannot_fit_fails_fast():

@@ -52,8 +52,9 @@ def kill_rollout_actor(marker: str) -> None:
 
 @pytest.fixture(scope="module")
 def straight(tiny_dir, tmp_path_factory, signal_data):
-    """The pipelined run never stopped; one rollout engine is killed while it samples iteration 2's
-    batch ahead: the pool replaces it and runs its share again, with the same seeds."""
+    """The pipelined run never stopped; one rollout engine is killed once iteration 2's batch is being
+    sampled ahead: the pool replaces it and runs its share again with the same seeds, or, where its
+    share was already done, replaces it at the next weight sync."""
     run = tmp_path_factory.mktemp("straight") / "run"
     log = run.parent / "rl.log"
     proc, marker = start_run("rl", tiny_dir, run, log, *PIPELINED, data=signal_data)
