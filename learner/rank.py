@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -117,6 +118,31 @@ def _device_kind() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# DeepSpeed JIT-builds its CPU shared-memory comm op in about a minute here; a build lock older than this
+# was left by a build that was killed.
+STALE_BUILD_LOCK_S = 600.0
+
+
+def clear_stale_build_lock(
+    name: str = "deepspeed_shm_comm", max_age_s: float = STALE_BUILD_LOCK_S
+) -> Path | None:
+    """Remove the ``lock`` file a killed JIT build of torch extension ``name`` left behind, if it is
+    older than ``max_age_s``: torch's loader waits on it, silently and forever, so every later learner
+    would hang in setup. Returns the removed lock's path (None: there was none, or it is recent)."""
+    from torch.utils.cpp_extension import _get_build_directory
+
+    lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    if age < max_age_s:
+        return None
+    log.warning("removing %s, left %.0f s ago by a JIT build of %s that did not finish", lock, age, name)
+    lock.unlink(missing_ok=True)
+    return lock
+
+
 def deepspeed_config(cfg: LearnerConfig, dtype: torch.dtype) -> dict[str, Any]:
     muon = cfg.optimizer == "muon"
     out: dict[str, Any] = {
@@ -191,6 +217,8 @@ class Learner:
 
         self.cfg, self.rank, self.world_size, self.model_path = cfg, rank, world_size, str(model_path)
         device = _device_kind()
+        if device == "cpu":
+            clear_stale_build_lock()
         deepspeed.init_distributed(
             dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False
         )
