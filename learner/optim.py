@@ -72,9 +72,12 @@ def muon_optimizer_config(
     }
 
 
-def muon_param_groups(model: torch.nn.Module, weight_decay: float) -> tuple[list[dict], dict[str, float]]:
+def muon_param_groups(
+    model: torch.nn.Module, weight_decay: float, adamw_lr_ratio: float = 1.0
+) -> tuple[list[dict], dict[str, float]]:
     """Param groups for DeepSpeed's Muon: one per matrix shape (weight decay wd / s) and one for AdamW;
-    and the lr multiplier s of each group under the name DeepSpeed gives it (``NAME-muon-params``)."""
+    and the lr multiplier of each group under the name DeepSpeed gives it: s for Muon's
+    (``NAME-muon-params``), ``adamw_lr_ratio`` for AdamW's (``learner.muon_adamw_lr_ratio``)."""
     by_shape: dict[tuple[int, int], list[torch.nn.Parameter]] = {}
     adam: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
@@ -92,6 +95,7 @@ def muon_param_groups(model: torch.nn.Module, weight_decay: float) -> tuple[list
         scales[f"{name}-muon-params"] = s
     if adam:
         groups.append({"params": adam, "name": ADAM_GROUP, "weight_decay": weight_decay})
+        scales[f"{ADAM_GROUP}-adam-params"] = adamw_lr_ratio
     return groups, scales
 
 

@@ -70,6 +70,10 @@ class LearnerConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     eps: float = 1e-8
     muon_momentum: float = 0.95  # Nesterov, as DeepSpeed's Muon fixes it
+    # With muon: the lr of the parameters Muon does not take (embeddings, lm_head, norms, biases) as a
+    # multiple of lr. 1 is Moonlight's one lr for all; a small model, where those are a quarter of the
+    # weights, may want them lower than the matrices' (modded-nanogpt gives them their own lr).
+    muon_adamw_lr_ratio: float = 1.0
     # By the global gradient norm. Not with muon: DeepSpeed 0.19 would clip by the norm of the
     # orthogonalized updates, which are not gradients, and shrink every step (0 there, logged).
     grad_clip: float = 1.0
@@ -84,6 +88,8 @@ class LearnerConfig:
     qk_clip: float = 0.0
 
     def __post_init__(self):
+        if self.muon_adamw_lr_ratio <= 0:
+            raise ValueError(f"muon_adamw_lr_ratio must be > 0, got {self.muon_adamw_lr_ratio}")
         if self.qk_clip < 0:
             raise ValueError(f"qk_clip must be >= 0 (0: off), got {self.qk_clip}")
         if self.qk_clip and self.zero_stage == 0:
@@ -259,7 +265,7 @@ class Learner:
             torch._dynamo.config.disable = True
         if cfg.grad_clip and self.rank == 0:
             log.warning("learner.grad_clip=%s is not applied with learner.optimizer=muon", cfg.grad_clip)
-        groups, scales = muon_param_groups(model, cfg.weight_decay)
+        groups, scales = muon_param_groups(model, cfg.weight_decay, cfg.muon_adamw_lr_ratio)
         engine, optimizer, _, _ = deepspeed.initialize(model=model, model_parameters=groups, config=config)
         check_groups(getattr(optimizer, "optimizer", optimizer).param_groups, scales)
         if self.rank == 0:

@@ -59,14 +59,16 @@ def test_one_group_per_shape_with_weight_decay_over_the_scale(model):
     groups, scales = muon_param_groups(model, weight_decay=0.1)
     muon = [g for g in groups if g["name"] != "adam"]
     shapes = {tuple(p.shape[-2:]) for g in muon for p in g["params"]}
-    assert len(muon) == len(shapes) == len(scales)
+    assert len(muon) == len(shapes) == len(scales) - 1
+    assert scales["adam-adam-params"] == 1.0  # Moonlight: AdamW's parameters at the matrices' lr
+    assert muon_param_groups(model, 0.1, adamw_lr_ratio=0.3)[1]["adam-adam-params"] == 0.3
     for g in muon:
         (shape,) = {tuple(p.shape[-2:]) for p in g["params"]}
         s = scales[f"{g['name']}-muon-params"]
         assert s == pytest.approx(muon_scale(shape)) and g["weight_decay"] == pytest.approx(0.1 / s)
     grouped = sum(len(g["params"]) for g in groups)
     assert grouped == sum(1 for p in model.parameters() if p.requires_grad)
-    named = [{"name": n} for n in scales] + [{"name": "adam-adam-params"}]
+    named = [{"name": n} for n in scales]
     check_groups(named, scales)
     with pytest.raises(RuntimeError, match="did not plan"):
         check_groups([*named, {"name": "muon64x64-adam-params"}], scales)
