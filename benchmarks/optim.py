@@ -7,14 +7,20 @@ the held-out loss every ``EVAL_EVERY`` steps. Each optimizer trains at every pea
 and keeps the one with the lowest final held-out loss: tuned on a grid of half-decades, in this run (each
 grid point is one run, one seed). Each row brackets its optimizer's best lr on this task (a first run on
 1e-3..1e-2 put AdamW's at 3e-3 and Muon's at the top, 1e-2, so Muon's row moves up by one point).
+Muon's run gives the parameters it does not take (embeddings, ``lm_head``, norms: 26% of the tiny model's)
+``MUON_ADAMW_LR_RATIO`` times its lr (``learner.muon_adamw_lr_ratio``), tuned in side runs at Muon's lr
+1e-2: ratio 0.3 / 1 / 2 / 3 / 5 / 10 reached AdamW's final loss (0.247) at step 100 / 90 / 80 / 80 / 80 / 105
+and ended at 0.199 / 0.178 / 0.179 / 0.151 / 0.152 / 0.198 (at step 75: 0.336 / 0.296 / 0.279 / 0.252 /
+0.260 / 0.338). AdamW's run has one lr for all its parameters.
 Reported: both curves at their tuned lr (and every grid point), AdamW's final held-out loss L, and the
 steps each needs to reach L (the first evaluated step at or below it). The top-level ``ratio`` is
 AdamW's steps over Muon's; a Muon that never reaches L counts all its steps (``muon_reached`` false), so
 the ratio is then at most 1.
 
 RL: the demo's RL stage (its SFT checkpoint, RL data and config) for ``RL_ITERATIONS`` iterations with each
-optimizer at the demo's RL lr (Muon's update RMS matched to AdamW's is what lets both take one lr), the
-held-out accuracy after the last (as in ``kvrl bench pipeline``).
+optimizer at the demo's RL lr (Muon's update RMS matched to AdamW's is what lets both take one lr; Muon's
+AdamW part at that lr too, Moonlight's ratio 1), the held-out accuracy after the last (as in ``kvrl bench
+pipeline``).
 
 ``--model`` names a ``kvrl demo`` directory; without it the demo's stages up to its RL inputs are built once
 (``benchmarks.common.demo_inputs``). Quick: the tiny SFT config for a few steps at one lr each and 2 tiny
@@ -40,6 +46,7 @@ from .pipeline import demo_eval
 log = logging.getLogger(__name__)
 OPTIMIZERS = ("adamw", "muon")
 LRS = {"adamw": (1e-3, 3e-3, 1e-2), "muon": (3e-3, 1e-2, 3e-2)}
+MUON_ADAMW_LR_RATIO = 3.0
 EVAL_EVERY = 5
 RL_ITERATIONS = 8
 PLOT = ROOT / "runs" / "bench" / "optim.png"
@@ -54,7 +61,7 @@ def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list
         demo = demo_inputs(model)
         config, lrs, base = demo / "configs" / "sft.yaml", LRS, []
     timed = {
-        name: {lr: _sft(config, [*base, *_phase(lr), f"learner.optimizer={name}"]) for lr in lrs[name]}
+        name: {lr: _sft(config, [*base, *_phase(lr), *_optimizer(name)]) for lr in lrs[name]}
         for name in OPTIMIZERS
     }
     grid = {name: {lr: curve for lr, (curve, _) in runs.items()} for name, runs in timed.items()}
@@ -79,6 +86,7 @@ def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list
             muon_reached=muon_reached,
             tuned_lr=best,
             lr_grid={name: list(lrs[name]) for name in OPTIMIZERS},
+            muon_adamw_lr_ratio=MUON_ADAMW_LR_RATIO,
             final_loss={name: {str(lr): c[-1][1] for lr, c in runs.items()} for name, runs in grid.items()},
             # wall seconds per SFT step of each grid point's run, start-up and held-out evaluations included
             seconds_per_step={
@@ -92,6 +100,11 @@ def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list
             config=str(config),
         )
     ]
+
+
+def _optimizer(name: str) -> list[str]:
+    ratio = [f"learner.muon_adamw_lr_ratio={MUON_ADAMW_LR_RATIO}"] if name == "muon" else []
+    return [f"learner.optimizer={name}", *ratio]
 
 
 def _phase(lr: float) -> list[str]:
