@@ -72,7 +72,8 @@ class LearnerConfig:
     muon_momentum: float = 0.95  # Nesterov, as DeepSpeed's Muon fixes it
     # With muon: the lr of the parameters Muon does not take (embeddings, lm_head, norms, biases) as a
     # multiple of lr. 1 is Moonlight's one lr for all; a small model, where those are a quarter of the
-    # weights, may want them lower than the matrices' (modded-nanogpt gives them their own lr).
+    # weights, may want its own (modded-nanogpt gives them theirs; 3 trains the tiny model's SFT best,
+    # kvrl bench optim).
     muon_adamw_lr_ratio: float = 1.0
     # By the global gradient norm. Not with muon: DeepSpeed 0.19 would clip by the norm of the
     # orthogonalized updates, which are not gradients, and shrink every step (0 there, logged).
