@@ -63,6 +63,11 @@ class TrainerConfig:
     epochs_per_iteration: int = 1
     reset_optimizer: bool = True  # k1.5: fresh optimizer state at every mirror-descent iteration
     old_logprobs: Literal["learner", "rollout"] = "learner"
+    # The reference of tokens an older policy sampled (a batch sampled ahead, a partial rollout's earlier
+    # segments). sampling: that policy's own log-probs, from the rollout (k1.5's eq. 3 as written).
+    # learning: the policy about to learn the batch, recomputed by the learners before its first step,
+    # so the mirror-descent step starts from its own reference as in the synchronous loop (README).
+    stale_reference: Literal["sampling", "learning"] = "sampling"
     # Leave out groups whose rewards are all equal (no policy gradient): a departure from eq. 3 (README).
     drop_zero_signal_groups: bool = False
     save_every: int = 1
@@ -79,6 +84,11 @@ class TrainerConfig:
             raise ValueError(
                 f"trainer.max_staleness must be 0 (synchronous) or 1 (one batch sampled ahead), "
                 f"got {self.max_staleness}"
+            )
+        if self.stale_reference == "learning" and self.old_logprobs != "learner":
+            raise ValueError(
+                "trainer.stale_reference=learning needs trainer.old_logprobs=learner (the learners "
+                "recompute the reference)"
             )
         if self.max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
@@ -507,14 +517,17 @@ class Trainer:
             batch = [e for e in batch if e.group_id not in zero_signal]
         if not batch:
             return {**metrics, "skipped": 1.0, "reward_spread": 0.0}
-        # tokens an older policy sampled keep its log-probs (from the rollout) as their reference: with
-        # nothing sampled by this policy (a batch sampled ahead), the learners need not recompute any
-        if cfg.trainer.old_logprobs == "learner" and any(e.stale < len(e.response_ids) for e in batch):
+        # tokens an older policy sampled keep its log-probs (from the rollout) as their reference unless
+        # stale_reference=learning: with nothing sampled by this policy (a batch sampled ahead), the
+        # learners then need not recompute any
+        restale = cfg.trainer.stale_reference == "learning"
+        fresh = any(e.stale < len(e.response_ids) for e in batch)
+        if cfg.trainer.old_logprobs == "learner" and (fresh or restale):
             learner_lps = self.learners.logprobs(batch)
             metrics.update(logprob_gaps(batch, learner_lps))
             for e, lp in zip(batch, learner_lps, strict=True):
-                # an older policy's tokens keep its own log-probs as their reference (partial rollouts)
-                e.old_logprobs = e.old_logprobs[: e.stale] + lp[e.stale :]
+                keep = 0 if restale else e.stale  # an older policy's tokens: its own log-probs, or this one's
+                e.old_logprobs = e.old_logprobs[:keep] + lp[keep:]
         loss = get_loss(cfg.loss.name)
         assign_advantages(batch, loss, cfg.loss.kwargs())
         if cfg.trainer.reset_optimizer:

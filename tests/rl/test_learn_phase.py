@@ -168,6 +168,24 @@ def test_a_batch_sampled_ahead_keeps_its_sampling_policys_logprobs_as_reference(
     assert trainer.learners.sent == [([-0.5, -1.0, -2.0], 0), ([-1.5], 0)]
 
 
+def test_stale_reference_learning_takes_the_learning_policys_logprobs_for_every_token(trainer_with):
+    # Opt-in (trainer.stale_reference=learning): the same batch sampled ahead by policy 1, learned by
+    # policy 2, which scores its tokens [-0.6, -1.1, -2.2] and [-1.4]; those are the reference now,
+    # not the rollout's [-0.5, -1.0, -2.0] and [-1.5].
+    group = RecordingOld([[-0.6, -1.1, -2.2], [-1.4]], [OK])
+    trainer = trainer_with(group, max_staleness=1, stale_reference="learning")
+    rollouts = trainer.flatten(sampled_ahead(trainer, iteration=2, version=1))
+    for r in rollouts:
+        r.reward = 1.0 if r.sample.response_token_ids[0] == 2 else 0.0
+    trainer.learn(trainer.experiences(rollouts))
+    assert group.sent == [([-0.6, -1.1, -2.2], 0), ([-1.4], 0)]
+
+
+def test_stale_reference_learning_needs_the_learners_logprobs(tiny_trainer):
+    with pytest.raises(ValueError, match=r"stale_reference=learning needs trainer\.old_logprobs=learner"):
+        tiny_trainer("trainer.stale_reference=learning", "trainer.old_logprobs=rollout")
+
+
 def test_masking_older_segments_masks_earlier_rollouts_not_the_pipeline_lag(trainer_with):
     # old_segments=mask drops what earlier rollouts sampled (sample 0's first token), not the tokens
     # the batch's own rollout sampled one version back
