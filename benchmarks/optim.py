@@ -190,7 +190,9 @@ def _plot(curves: dict, best: dict, target: float, path: Path) -> Path:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in curves.items():
-        label = f"{name} (peak lr {best[name]:g})"
+        label = f"{name} (peak lr {best[name]:g}" + (
+            f", its AdamW part {MUON_ADAMW_LR_RATIO:g}x)" if name == "muon" else ")"
+        )
         ax.plot([s for s, _ in curve], [v for _, v in curve], marker=".", label=label)
     ax.axhline(target, color="grey", linestyle=":", label="AdamW's final held-out loss")
     ax.set_yscale("log")
