@@ -520,13 +520,14 @@ class Trainer:
         # tokens an older policy sampled keep its log-probs (from the rollout) as their reference unless
         # stale_reference=learning: with nothing sampled by this policy (a batch sampled ahead), the
         # learners then need not recompute any
-        restale = cfg.trainer.stale_reference == "learning"
+        learning_ref = cfg.trainer.stale_reference == "learning"
         fresh = any(e.stale < len(e.response_ids) for e in batch)
-        if cfg.trainer.old_logprobs == "learner" and (fresh or restale):
+        if cfg.trainer.old_logprobs == "learner" and (fresh or learning_ref):
             learner_lps = self.learners.logprobs(batch)
             metrics.update(logprob_gaps(batch, learner_lps))
             for e, lp in zip(batch, learner_lps, strict=True):
-                keep = 0 if restale else e.stale  # an older policy's tokens: its own log-probs, or this one's
+                # an older policy's tokens keep its own log-probs, unless the learning policy's are asked
+                keep = 0 if learning_ref else e.stale
                 e.old_logprobs = e.old_logprobs[:keep] + lp[keep:]
         loss = get_loss(cfg.loss.name)
         assign_advantages(batch, loss, cfg.loss.kwargs())
