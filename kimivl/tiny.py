@@ -89,7 +89,13 @@ TINY_VISION = dict(
 
 
 def _corpus(seed: int = 0, lines: int = 4000) -> list[str]:
-    """Short English and arithmetic lines, the kind of text the tiny tasks use."""
+    """Short English and arithmetic lines, the kind of text the tiny tasks use.
+
+    Besides 3-digit arithmetic and random words, it holds sentences in the words of the grid task
+    (``corpus/synth.py``) with the numbers 0-20 after a space, so that BPE keeps each such word and
+    number whole: a trace of the task is then about half as many tokens as when its words are spelt
+    in pieces, and every step of its arithmetic reads one token per number.
+    """
     rng = random.Random(seed)
     words = (
         "the a an of to is are what how many which answer think step first then so because count image "
@@ -98,6 +104,10 @@ def _corpus(seed: int = 0, lines: int = 4000) -> list[str]:
         "value each there in on with and or not yes no one two three four five six seven eight nine ten "
         "user assistant system"
     ).split(" ")
+    task_words = (
+        "Row row That is so Add add About the same in each Let me check again The answer Count count "
+        "shapes shape cells cell grid hold How many of then red green blue yellow empty x"
+    ).split(" ")
     out = []
     for _ in range(lines):
         a, b = rng.randint(0, 999), rng.randint(0, 999)
@@ -105,6 +115,9 @@ def _corpus(seed: int = 0, lines: int = 4000) -> list[str]:
         value = {"+": a + b, "-": a - b, "*": a * b}[op]
         out.append(f"What is {a} {op} {b}? {a}{op}{b}={value}.")
         out.append(" ".join(rng.choice(words) for _ in range(rng.randint(4, 12))).capitalize() + ".")
+        a, b = rng.randint(0, 20), rng.randint(0, 20)
+        said = " ".join(rng.choice(task_words) for _ in range(rng.randint(2, 6)))
+        out.append(f"{said}: {a}, {b}. {rng.choice(task_words)} {a} + {b} = {a + b}.")
     return out
 
 

@@ -9,7 +9,15 @@ import pytest
 from PIL import Image
 
 from corpus.problems import load_problems
-from corpus.synth import CELL, COLOURS, HASTY_THINKING, MAX_RECHECKS, RECHECK, SynthProblem, synthesize
+from corpus.synth import (
+    CELL,
+    COLOURS,
+    HASTY_THINKING,
+    MAX_RECHECKS,
+    RECHECK,
+    SynthProblem,
+    synthesize,
+)
 from rewards import verify_response
 from sft.data import load_conversations
 
@@ -116,3 +124,22 @@ def test_recheck_traces_redo_the_arithmetic_and_answer_the_same(tmp_path):
     )
     with pytest.raises(ValueError, match="--recheck"):
         synthesize(tmp_path / "bad", n=4, recheck=1.0)
+
+
+def test_the_tiny_tokenizer_keeps_every_word_and_number_of_the_task_whole(tmp_path):
+    # Every piece the byte-level pre-tokenizer cuts a trace into (" empty", " 12", " =", ".") is one
+    # token: a trace is as many tokens as it has words, numbers and punctuation marks, so a step of
+    # the arithmetic reads one token per number (the old tokenizer spelt " empty" in 5 tokens and
+    # " 10" in 2).
+    from kimivl.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    pieces = tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str
+    synthesize(tmp_path, n=60, seed=5, heldout=0, hasty=0.5, recheck=0.5)
+    sft = load_conversations(tmp_path / "sft_train.jsonl").conversations
+    texts = [c.messages[1]["content"][0]["text"] for c in sft]
+    texts += [c.messages[0]["content"][-1]["text"] for c in sft]  # the questions
+    texts += [f"{a} + {b} = {a + b}." for a in range(21) for b in range(21)]
+    for text in texts:
+        plain = text.replace("◁think▷", "").replace("◁/think▷", " ")
+        assert len(tokenizer(plain)["input_ids"]) == len(pieces(plain)), plain
