@@ -49,6 +49,13 @@ from runkit.provenance import write_run_info
 
 log = logging.getLogger(__name__)
 
+# The learning checks a profile can ask for (summarize() computes them; the bars are CHECKS').
+LEARNING_CHECKS = (
+    "sft_accuracy_at_least",
+    "rl_gain_at_least",
+    "rl_greedy_gain_at_least",
+    "rl_tts_rise_at_least",
+)
 STAGES = ("model", "data", "sft", "difficulty", "rl", "rl_nolength", "tts", "greedy")
 STATE_FILE = "demo_state.json"
 
@@ -79,7 +86,15 @@ class Profile:
     hidden_size: int = 64
     length_ablation: bool = False
     optimizer: Literal["adamw", "muon"] = "adamw"  # learner.optimizer of the SFT and RL stages
+    # the learning checks (LEARNING_CHECKS) this profile is judged by; the length checks come with
+    # length_ablation
+    checks: list[str] = field(default_factory=lambda: list(LEARNING_CHECKS))
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = [c for c in self.checks if c not in LEARNING_CHECKS]
+        if unknown:
+            raise ConfigError(f"checks: unknown {unknown}; known: {list(LEARNING_CHECKS)}")
 
     @property
     def stages(self) -> tuple[str, ...]:
@@ -483,12 +498,13 @@ def summarize(p: Profile, paths: DemoPaths, wall: dict[str, float], commands: di
     )
     plot = plot_training(rows, paths.out / "rl_training.png", title=title)
     shutil.copyfile(paths.tts / "tts.png", paths.out / "tts.png")
-    checks = {
+    learning = {
         "sft_accuracy_at_least": _check(acc["sft"], CHECKS["sft_min"]),
         "rl_gain_at_least": _check(acc["rl"] - acc["sft"], CHECKS["rl_gain_min"]),
         "rl_greedy_gain_at_least": _check(greedy_acc["rl"] - greedy_acc["sft"], CHECKS["rl_greedy_gain_min"]),
         "rl_tts_rise_at_least": _check(rl_curve[-1] - rl_curve[0], CHECKS["tts_rise_min"]),
     }
+    checks = {name: learning[name] for name in p.checks}
     summary: dict[str, Any] = {
         "profile": p.name,
         "seed": p.seed,

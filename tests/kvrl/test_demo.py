@@ -12,7 +12,17 @@ from pathlib import Path
 import pytest
 
 from kvrl.cli.demo import format_demo_summary
-from kvrl.demo import PROFILES, DemoError, DemoPaths, DemoState, last_progress, run_stage, summarize
+from kvrl.demo import (
+    LEARNING_CHECKS,
+    PROFILES,
+    DemoError,
+    DemoPaths,
+    DemoState,
+    last_progress,
+    load_profiles,
+    run_stage,
+    summarize,
+)
 
 
 @pytest.mark.slow
@@ -170,9 +180,18 @@ def test_length_profile_compares_thinking_tokens_and_accuracy_with_and_without_t
     assert lr["mean_thinking_tokens"] == {"with": 91.0, "without": 130.0}
     assert lr["shorter"] == pytest.approx(0.3)  # 1 - 91 / 130
     checks = s["checks"]
-    assert checks["rl_gain_at_least"]["value"] == pytest.approx(0.255)  # 0.555 - 0.30
-    assert checks["rl_greedy_gain_at_least"]["value"] == pytest.approx(0.4)  # 0.6 - 0.2
+    # Without a shortcut to leave, the profile is not judged by RL's gains (full's checks), only by a
+    # fair start, the rising curve and the length reward.
+    assert set(checks) == {
+        "sft_accuracy_at_least",
+        "rl_tts_rise_at_least",
+        "length_reward_shorter_at_least",
+        "length_reward_accuracy_cost_at_most",
+    }
     assert checks["rl_tts_rise_at_least"]["value"] == pytest.approx(0.555)  # 0.555 - 0.0
+    full = summarize(replace(p, checks=list(LEARNING_CHECKS)), paths, {stage: 1.0 for stage in p.stages}, {})
+    assert full["checks"]["rl_gain_at_least"]["value"] == pytest.approx(0.255)  # 0.555 - 0.30
+    assert full["checks"]["rl_greedy_gain_at_least"]["value"] == pytest.approx(0.4)  # 0.6 - 0.2
     assert checks["length_reward_shorter_at_least"]["passed"]  # 0.3 >= 0.20
     cost = checks["length_reward_accuracy_cost_at_most"]
     assert cost["value"] == pytest.approx(0.005) and cost["passed"]  # 0.56 - 0.555 <= 0.01
@@ -238,3 +257,14 @@ def test_every_profiles_stage_configs_load_with_its_optimizer(tmp_path):
         "muon": ("muon", "muon"),
         "quick": ("adamw", "adamw"),
     }
+
+
+def test_a_profile_naming_an_unknown_check_fails_naming_it(tmp_path):
+    from kvrl.demo import CONFIGS
+    from runkit.config import ConfigError
+
+    profiles = (CONFIGS / "profiles.yaml").read_text()
+    odd = "\nodd:\n  base: full\n  checks: [rl_gain_at_least, accuracy_went_up]\n"
+    (tmp_path / "profiles.yaml").write_text(profiles + odd)
+    with pytest.raises(ConfigError, match=r"profile odd: .*checks: unknown \['accuracy_went_up'\]"):
+        load_profiles(tmp_path / "profiles.yaml")
