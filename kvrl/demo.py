@@ -49,7 +49,7 @@ from runkit.provenance import write_run_info
 
 log = logging.getLogger(__name__)
 
-# The learning checks a profile can ask for (summarize() computes them; the bars are CHECKS').
+# The learning checks a profile can be judged by (summarize() computes them; their bars are in CHECKS).
 LEARNING_CHECKS = (
     "sft_accuracy_at_least",
     "rl_gain_at_least",
