@@ -9,15 +9,7 @@ import pytest
 from PIL import Image
 
 from corpus.problems import load_problems
-from corpus.synth import (
-    CELL,
-    COLOURS,
-    HASTY_THINKING,
-    MAX_RECHECKS,
-    RECHECK,
-    SynthProblem,
-    synthesize,
-)
+from corpus.synth import CELL, COLOURS, HASTY_THINKING, MAX_RECHECKS, RECHECK, SynthProblem, synthesize
 from rewards import verify_response
 from sft.data import load_conversations
 
