@@ -17,9 +17,10 @@ as many shapes ("About the same in each row: 3 x 2 = 6."), and does the addition
 The shortcut is shorter and right only when the rows are even (about 3 grids in 10), so after SFT
 the model holds two strategies of unequal worth; with a hasty majority the worse one is also its
 argmax, which only RL can change: thinking longer pays, as in the Kimi k1.5 and Kimi-VL reports.
-``recheck`` adds overthinking: after each pass over the running totals and the additions, with that
-chance a stepwise trace says "Let me check again." and does them again (at most ``MAX_RECHECKS``
-times): longer, no more right, for Kimi k1.5's length reward to remove.
+``recheck`` adds overthinking: after each pass over the rows and the additions, with that chance a
+stepwise trace says "Let me check again." and counts the grid and adds again, word for word (at most
+``MAX_RECHECKS`` times): each recheck doubles the trace's first length or more, no more right, for
+Kimi k1.5's length reward to remove.
 Answers are integers, checked by the ``math`` verifier.
 
 Writes, under ``--out``: ``images/``, ``train.jsonl`` and ``heldout.jsonl`` (prompt datasets:
@@ -42,7 +43,7 @@ from runkit.tokens import THINK_CLOSE, THINK_OPEN
 CELL, GRID = 28, 3
 HASTY_THINKING = "About the same in each row:"
 RECHECK = "Let me check again."
-MAX_RECHECKS = 3
+MAX_RECHECKS = 2
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (235, 215, 40)}
 
 
@@ -71,14 +72,13 @@ class SynthProblem:
 
     def thinking(self, rechecks: int = 0) -> str:
         """The worked steps: each row's cells and count with the running total, then the additions;
-        then ``rechecks`` times over, the running totals and the additions again."""
-        lines, sums, total = [f"{self._row(0)}."], [], self._counts[0]
+        then ``rechecks`` times over, all of it again."""
+        lines, total = [f"{self._row(0)}."], self._counts[0]
         for r in range(1, GRID):
-            sums.append(f"{total} + {self._counts[r]} = {total + self._counts[r]}.")
-            lines.append(f"{self._row(r)}, so {sums[-1]}")
+            lines.append(f"{self._row(r)}, so {total} + {self._counts[r]} = {total + self._counts[r]}.")
             total += self._counts[r]
-        arithmetic = self._arithmetic(total)
-        return " ".join([*lines, *arithmetic, *([RECHECK, *sums, *arithmetic] * rechecks)])
+        once = " ".join([*lines, *self._arithmetic(total)])
+        return f" {RECHECK} ".join([once] * (1 + rechecks))
 
     @property
     def _counts(self) -> list[int]:

@@ -81,32 +81,31 @@ def test_hasty_fraction_of_traces_takes_the_row_1_shortcut(tmp_path):
     assert first["difficulty"] == round((first["level"] - 1) / 3, 4)
 
 
-def test_recheck_traces_redo_the_arithmetic_and_answer_the_same(tmp_path):
+def test_recheck_traces_redo_the_whole_count_and_answer_the_same(tmp_path):
     summary = synthesize(tmp_path, n=400, seed=1, heldout=4, hasty=0.5, recheck=0.5)
     sft = load_conversations(tmp_path / "sft_train.jsonl").conversations
     texts = [c.messages[1]["content"][0]["text"] for c in sft]
     rechecked = [t for t in texts if RECHECK in t]
     # Only stepwise traces recheck: about half of the ~200 that are not hasty, about a quarter of them
-    # twice or more (each check is followed by another with chance 0.5), never more than 3 times.
+    # twice (each check is followed by another with chance 0.5), never more than MAX_RECHECKS times.
     assert len(rechecked) == summary["recheck_traces"] and 70 < len(rechecked) < 130
-    assert sum(summary["rechecks"].values()) == len(rechecked) and set(summary["rechecks"]) == {
-        1,
-        2,
-        MAX_RECHECKS,
-    }
+    assert sum(summary["rechecks"].values()) == len(rechecked) and set(summary["rechecks"]) == {1, MAX_RECHECKS}
     assert 25 < sum(t.count(RECHECK) > 1 for t in rechecked) < 75
     assert not any(HASTY_THINKING in t for t in rechecked)
     for text in rechecked:
         first, *again = text.removeprefix("◁think▷").split("◁/think▷")[0].split(f" {RECHECK} ")
-        # Each check repeats the first pass's running totals and additions word for word.
-        assert 1 <= len(again) <= MAX_RECHECKS and len(set(again)) == 1 and "Row" not in again[0]
-        assert all(step in first for step in again[0].split(". "))
+        # Each check repeats the first pass, rows, running totals and additions, word for word.
+        assert 1 <= len(again) <= MAX_RECHECKS and set(again) == {first} and first.startswith("Row 1:")
     # The same problem with and without rechecks: same answer, a longer thinking.
     problem = SynthProblem("p", 3, [["red", None, "blue"], [None] * 3, ["green"] * 3], k=2, m=1)
     plain, twice = problem.response(), problem.response(rechecks=2)
     assert plain.endswith("The answer is 8.") and twice.endswith("The answer is 8.")
-    check = " Let me check again. 2 + 0 = 2. 2 + 3 = 5. Add 2: 5 + 2 = 7. Add 1: 7 + 1 = 8."
-    assert twice == plain.replace("◁/think▷", check * 2 + "◁/think▷")
+    once = (
+        "Row 1: red, empty, blue. That is 2. Row 2: empty, empty, empty. That is 0, so 2 + 0 = 2."
+        " Row 3: green, green, green. That is 3, so 2 + 3 = 5. Add 2: 5 + 2 = 7. Add 1: 7 + 1 = 8."
+    )
+    assert plain == f"◁think▷{once}◁/think▷The answer is 8."
+    assert twice == f"◁think▷{once} Let me check again. {once} Let me check again. {once}◁/think▷The answer is 8."
     # Without rechecks the data are those of a run that never asked for them.
     synthesize(tmp_path / "plain", n=400, seed=1, heldout=4, hasty=0.5)
     plain_texts = (tmp_path / "plain" / "sft_train.jsonl").read_text()
