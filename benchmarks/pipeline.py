@@ -12,7 +12,9 @@ synchronous.
 Repeat k trains with ``trainer.seed`` = the config's seed + k, both loops alike: another seed moves the
 demo's RL accuracy by a few points (DESIGN.md), so one seed cannot tell a 2-point gap from noise.
 ``accuracy_gaps`` holds pipelined minus synchronous per seed and ``accuracy_gap`` their mean; the speed
-figures are medians over the repeats.
+figures are medians over the repeats. At the full size a third loop runs beside them, pipelined with
+``trainer.stale_reference: learning`` (README), with its own ``accuracy_gaps_learning`` and
+``accuracy_gap_learning``: the same seeds, so the two references are compared side by side.
 
 Full: the demo's RL stage (``kvrl demo``: its SFT checkpoint, RL data and ``configs/rl.yaml``) for its
 iterations, with the held-out accuracy measured once, after the last (``eval`` at the largest budget, 4
@@ -43,6 +45,16 @@ ONE_EACH = [
     "resources.learner_cores=[1]",
 ]
 PHASES = ("time_rollout", "time_reward", "time_learn", "time_wait", "time_sync")
+# name -> overrides of each loop; the last runs only at the full size
+LOOPS = {
+    "sync": ["trainer.max_staleness=0"],
+    "pipelined": ["trainer.max_staleness=1"],
+    "pipelined_learning": [
+        "trainer.max_staleness=1",
+        "trainer.stale_reference=learning",
+        "trainer.old_logprobs=learner",
+    ],
+}
 
 
 def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list[dict]:
@@ -57,18 +69,22 @@ def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list
         iterations = load_config(RLConfig, config, []).trainer.iterations
         base = demo_eval(demo, iterations)
     seed = load_config(RLConfig, config, []).trainer.seed
-    runs: dict[str, list[dict]] = {"sync": [], "pipelined": []}
+    loops = list(LOOPS)[:2] if quick else list(LOOPS)
+    runs: dict[str, list[dict]] = {name: [] for name in loops}
     for k in range(repeats):
-        for name, staleness in (("sync", 0), ("pipelined", 1)):
-            overrides = [*base, f"trainer.max_staleness={staleness}", f"trainer.seed={seed + k}"]
+        for name in loops:
+            overrides = [*base, *LOOPS[name], f"trainer.seed={seed + k}"]
             runs[name].append(_one(config, overrides, iterations))
     summary = {name: _median(r) for name, r in runs.items()}
     sync = summary["sync"]
-    gaps = [
-        p["heldout_accuracy"] - s["heldout_accuracy"]
-        for s, p in zip(runs["sync"], runs["pipelined"], strict=True)
-        if s["heldout_accuracy"] is not None and p["heldout_accuracy"] is not None
-    ]
+    gaps = _gaps(runs["sync"], runs["pipelined"])
+    extra = {}
+    if "pipelined_learning" in runs:
+        learning = _gaps(runs["sync"], runs["pipelined_learning"])
+        extra = {
+            "accuracy_gaps_learning": learning,
+            "accuracy_gap_learning": statistics.fmean(learning) if learning else None,
+        }
     bound = "rollout" if sync["phase_share"]["time_rollout"] >= sync["phase_share"]["time_learn"] else "learn"
     return [
         result(
@@ -83,6 +99,7 @@ def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list
             seeds=[seed + k for k in range(repeats)],
             accuracy_gaps=gaps,
             accuracy_gap=statistics.fmean(gaps) if gaps else None,
+            **extra,
             # the synchronous iteration's longer phase bounds what overlapping can give:
             # (rollout + learn + rest) / (max(rollout, learn) + rest)
             bound_by=bound,
@@ -115,6 +132,15 @@ def _one(config: Path, overrides: list[str], iterations: int) -> dict:
         "heldout_accuracy": accuracy[-1] if accuracy else None,  # the largest budget's
         "run_dir": rows[0]["run_dir"],
     }
+
+
+def _gaps(sync: list[dict], other: list[dict]) -> list[float]:
+    """Held-out accuracy of ``other`` minus ``sync``, seed by seed (where both measured one)."""
+    return [
+        o["heldout_accuracy"] - s["heldout_accuracy"]
+        for s, o in zip(sync, other, strict=True)
+        if s["heldout_accuracy"] is not None and o["heldout_accuracy"] is not None
+    ]
 
 
 def _limit(share: dict[str, float]) -> float:

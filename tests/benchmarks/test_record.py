@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from benchmarks.common import TABLE_HEADER, record, result
+from tests.helpers import ROOT
 
 
 def test_ratio_is_oriented_so_above_one_means_kvrl_is_better():
@@ -35,3 +36,21 @@ def test_record_writes_one_object_with_every_size_and_appends_rows(tmp_path):
     assert text.startswith("# Benchmarks\n\nprose\n") and text.count(TABLE_HEADER) == 1
     rows = [line for line in text.splitlines() if "| sync |" in line]
     assert [r.split(" | ")[2] for r in rows] == ["1x", "4x", "4x"] and "10.00x" in rows[0]
+
+
+def test_every_pipeline_loop_is_a_valid_rl_config_and_gaps_pair_seed_by_seed():
+    # the full-size third loop never runs in CI: its overrides must at least load and mean what they say
+    from benchmarks.pipeline import LOOPS, _gaps
+    from rl.trainer import RLConfig
+    from runkit.config import load_config
+
+    tiny = ROOT / "configs" / "tiny" / "rl.yaml"
+    loaded = {name: load_config(RLConfig, tiny, overrides).trainer for name, overrides in LOOPS.items()}
+    assert [(t.max_staleness, t.stale_reference) for t in loaded.values()] == [
+        (0, "sampling"),
+        (1, "sampling"),
+        (1, "learning"),
+    ]
+    sync = [{"heldout_accuracy": 0.5}, {"heldout_accuracy": None}, {"heldout_accuracy": 0.25}]
+    other = [{"heldout_accuracy": 0.375}, {"heldout_accuracy": 0.5}, {"heldout_accuracy": 0.5}]
+    assert _gaps(sync, other) == [-0.125, 0.25]  # 0.375 - 0.5; seed 2 has no sync figure; 0.5 - 0.25
