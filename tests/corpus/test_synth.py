@@ -89,7 +89,8 @@ def test_recheck_traces_redo_the_whole_count_and_answer_the_same(tmp_path):
     # Only stepwise traces recheck: about half of the ~200 that are not hasty, about a quarter of them
     # twice (each check is followed by another with chance 0.5), never more than MAX_RECHECKS times.
     assert len(rechecked) == summary["recheck_traces"] and 70 < len(rechecked) < 130
-    assert sum(summary["rechecks"].values()) == len(rechecked) and set(summary["rechecks"]) == {1, MAX_RECHECKS}
+    assert sum(summary["rechecks"].values()) == len(rechecked)
+    assert set(summary["rechecks"]) == {1, MAX_RECHECKS}
     assert 25 < sum(t.count(RECHECK) > 1 for t in rechecked) < 75
     assert not any(HASTY_THINKING in t for t in rechecked)
     for text in rechecked:
@@ -105,7 +106,8 @@ def test_recheck_traces_redo_the_whole_count_and_answer_the_same(tmp_path):
         " Row 3: green, green, green. That is 3, so 2 + 3 = 5. Add 2: 5 + 2 = 7. Add 1: 7 + 1 = 8."
     )
     assert plain == f"◁think▷{once}◁/think▷The answer is 8."
-    assert twice == f"◁think▷{once} Let me check again. {once} Let me check again. {once}◁/think▷The answer is 8."
+    again = f" Let me check again. {once}"
+    assert twice == f"◁think▷{once}{again}{again}◁/think▷The answer is 8."
     # Without rechecks the data are those of a run that never asked for them.
     synthesize(tmp_path / "plain", n=400, seed=1, heldout=4, hasty=0.5)
     plain_texts = (tmp_path / "plain" / "sft_train.jsonl").read_text()

@@ -186,6 +186,19 @@ def test_stale_reference_learning_needs_the_learners_logprobs(tiny_trainer):
         tiny_trainer("trainer.stale_reference=learning", "trainer.old_logprobs=rollout")
 
 
+def test_pipelining_with_the_sampling_reference_warns_and_names_the_alternative(caplog):
+    from rl.trainer import TrainerConfig, warn_stale_reference
+
+    for staleness, reference in ((1, "sampling"), (1, "learning"), (0, "sampling")):
+        caplog.clear()
+        warn_stale_reference(TrainerConfig(max_staleness=staleness, stale_reference=reference))
+        warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        if (staleness, reference) == (1, "sampling"):
+            assert len(warned) == 1 and "trainer.stale_reference=learning" in warned[0], warned
+        else:
+            assert warned == [], (staleness, reference)
+
+
 def test_masking_older_segments_masks_earlier_rollouts_not_the_pipeline_lag(trainer_with):
     # old_segments=mask drops what earlier rollouts sampled (sample 0's first token), not the tokens
     # the batch's own rollout sampled one version back
