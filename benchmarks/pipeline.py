@@ -9,7 +9,7 @@ each role (``idle_rollout``, ``idle_learner``), the share of the iteration spent
 held-out accuracy after the last iteration. The top-level ``ratio`` is iterations per hour, pipelined over
 synchronous.
 
-Repeat k trains with ``trainer.seed`` = the config's seed + k, both loops alike: another seed moves the
+Repeat k trains with ``trainer.seed`` = the config's seed + k, every loop alike: another seed moves the
 demo's RL accuracy by a few points (DESIGN.md), so one seed cannot tell a 2-point gap from noise.
 ``accuracy_gaps`` holds pipelined minus synchronous per seed and ``accuracy_gap`` their mean; the speed
 figures are medians over the repeats. At the full size a third loop runs beside them, pipelined with

@@ -19,8 +19,8 @@ the model holds two strategies of unequal worth; with a hasty majority the worse
 argmax, which only RL can change: thinking longer pays, as in the Kimi k1.5 and Kimi-VL reports.
 ``recheck`` adds overthinking: after each pass over the rows and the additions, with that chance a
 stepwise trace says "Let me check again." and counts the grid and adds again, word for word (at most
-``MAX_RECHECKS`` times): each recheck doubles the trace's first length or more, no more right, for
-Kimi k1.5's length reward to remove.
+``MAX_RECHECKS`` times): each recheck adds the whole first pass again, no more right, for Kimi
+k1.5's length reward to remove.
 Answers are integers, checked by the ``math`` verifier.
 
 Writes, under ``--out``: ``images/``, ``train.jsonl`` and ``heldout.jsonl`` (prompt datasets:
