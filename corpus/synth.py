@@ -17,10 +17,12 @@ as many shapes ("About the same in each row: 3 x 2 = 6."), and does the addition
 The shortcut is shorter and right only when the rows are even (about 3 grids in 10), so after SFT
 the model holds two strategies of unequal worth; with a hasty majority the worse one is also its
 argmax, which only RL can change: thinking longer pays, as in the Kimi k1.5 and Kimi-VL reports.
-``recheck`` adds overthinking: after each pass over the rows and the additions, with that chance a
-stepwise trace says "Let me check again." and counts the grid and adds again, word for word (at most
-``MAX_RECHECKS`` times): each recheck adds the whole first pass again, no more right, for Kimi
-k1.5's length reward to remove.
+``recheck`` adds overthinking: after the rows and the additions, with that chance a stepwise trace
+says "Let me check again.", reads the three rows again word for word and ends "The same." (and with
+the same chance again, at most ``MAX_RECHECKS`` times): longer, no more right, for Kimi k1.5's length
+reward to remove. A recheck restates no total, so the answer still comes from the first pass and a
+slip while rereading costs nothing: correctness alone has no reason to drop rechecks, the length
+reward has.
 Answers are integers, checked by the ``math`` verifier.
 
 Writes, under ``--out``: ``images/``, ``train.jsonl`` and ``heldout.jsonl`` (prompt datasets:
@@ -43,6 +45,7 @@ from runkit.tokens import THINK_CLOSE, THINK_OPEN
 CELL, GRID = 28, 3
 HASTY_THINKING = "About the same in each row:"
 RECHECK = "Let me check again."
+RECHECK_END = "The same."
 MAX_RECHECKS = 2
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 90, 230), "yellow": (235, 215, 40)}
 
@@ -72,13 +75,13 @@ class SynthProblem:
 
     def thinking(self, rechecks: int = 0) -> str:
         """The worked steps: each row's cells and count with the running total, then the additions;
-        then ``rechecks`` times over, all of it again."""
+        then ``rechecks`` times over, the rows read again."""
         lines, total = [f"{self._row(0)}."], self._counts[0]
         for r in range(1, GRID):
             lines.append(f"{self._row(r)}, so {total} + {self._counts[r]} = {total + self._counts[r]}.")
             total += self._counts[r]
-        once = " ".join([*lines, *self._arithmetic(total)])
-        return f" {RECHECK} ".join([once] * (1 + rechecks))
+        reread = " ".join([RECHECK, *(f"{self._row(r)}." for r in range(GRID)), RECHECK_END])
+        return " ".join([*lines, *self._arithmetic(total), *[reread] * rechecks])
 
     @property
     def _counts(self) -> list[int]:
