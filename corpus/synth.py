@@ -18,11 +18,12 @@ The shortcut is shorter and right only when the rows are even (about 3 grids in 
 the model holds two strategies of unequal worth; with a hasty majority the worse one is also its
 argmax, which only RL can change: thinking longer pays, as in the Kimi k1.5 and Kimi-VL reports.
 ``recheck`` adds overthinking: after the rows and the additions, with that chance a stepwise trace
-says "Let me check again.", reads the three rows again word for word and ends "The same." (and with
-the same chance again, at most ``MAX_RECHECKS`` times): longer, no more right, for Kimi k1.5's length
-reward to remove. A recheck restates no total, so the answer still comes from the first pass and a
-slip while rereading costs nothing: correctness alone has no reason to drop rechecks, the length
-reward has.
+says "Let me check again.", names the grid's cells again row by row and ends "The same." (and
+with the same chance again, at most ``MAX_RECHECKS`` times): longer, no more right, for Kimi k1.5's
+length reward to remove. A recheck holds no number, so the answer is still the last number of the
+thinking, as in a trace without one, and a slip while rereading changes nothing: correctness alone
+has no reason to drop rechecks (a recheck that counted again would make the answer a copy from
+across the count's numbers, which the tiny model gets wrong often enough for RL to drop it).
 Answers are integers, checked by the ``math`` verifier.
 
 Writes, under ``--out``: ``images/``, ``train.jsonl`` and ``heldout.jsonl`` (prompt datasets:
@@ -75,22 +76,25 @@ class SynthProblem:
 
     def thinking(self, rechecks: int = 0) -> str:
         """The worked steps: each row's cells and count with the running total, then the additions;
-        then ``rechecks`` times over, the rows read again."""
+        then ``rechecks`` times over, the rows' cells read again."""
         lines, total = [f"{self._row(0)}."], self._counts[0]
         for r in range(1, GRID):
             lines.append(f"{self._row(r)}, so {total} + {self._counts[r]} = {total + self._counts[r]}.")
             total += self._counts[r]
-        reread = " ".join([RECHECK, *(f"{self._row(r)}." for r in range(GRID)), RECHECK_END])
+        reread = f"{RECHECK} {'; '.join(map(self._cells, range(GRID)))}. {RECHECK_END}"
         return " ".join([*lines, *self._arithmetic(total), *[reread] * rechecks])
 
     @property
     def _counts(self) -> list[int]:
         return [sum(c is not None for c in row) for row in self.cells]
 
+    def _cells(self, r: int) -> str:
+        """``red, empty, blue``: row ``r``'s cells (0-based ``r``)."""
+        return ", ".join(c or "empty" for c in self.cells[r])
+
     def _row(self, r: int) -> str:
         """``Row 1: red, empty, blue. That is 2`` (0-based ``r``; no full stop)."""
-        seen = ", ".join(c or "empty" for c in self.cells[r])
-        return f"Row {r + 1}: {seen}. That is {self._counts[r]}"
+        return f"Row {r + 1}: {self._cells(r)}. That is {self._counts[r]}"
 
     def _arithmetic(self, total: int) -> list[str]:
         """The question's additions, starting from ``total``."""

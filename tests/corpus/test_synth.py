@@ -82,7 +82,7 @@ def test_hasty_fraction_of_traces_takes_the_row_1_shortcut(tmp_path):
     assert first["difficulty"] == round((first["level"] - 1) / 3, 4)
 
 
-def test_recheck_traces_reread_the_rows_and_leave_the_answer_to_the_first_pass(tmp_path):
+def test_recheck_traces_reread_the_cells_and_hold_no_number(tmp_path):
     summary = synthesize(tmp_path, n=400, seed=1, heldout=4, hasty=0.5, recheck=0.5)
     sft = load_conversations(tmp_path / "sft_train.jsonl").conversations
     texts = [c.messages[1]["content"][0]["text"] for c in sft]
@@ -96,13 +96,13 @@ def test_recheck_traces_reread_the_rows_and_leave_the_answer_to_the_first_pass(t
     assert not any(HASTY_THINKING in t for t in rechecked)
     for text in rechecked:
         first, *again = text.removeprefix("◁think▷").split("◁/think▷")[0].split(f" {RECHECK} ")
-        # Each check reads the first pass's rows again, word for word, and states no new total: the
-        # last "= N." of the thinking is the first pass's, and it is the answer.
-        rows = re.findall(r"Row \d: [a-z, ]+\. That is \d", first)
+        # Each check names the first pass's cells again, word for word, and holds no number: the last
+        # number of the thinking is the first pass's, and it is the answer.
+        rows = re.findall(r"Row \d: ([a-z, ]+)\. That is \d", first)
         assert 1 <= len(again) <= MAX_RECHECKS and len(rows) == 3
-        assert set(again) == {f"{'. '.join(rows)}. The same."} and "=" not in "".join(again)
+        assert set(again) == {f"{'; '.join(rows)}. The same."} and not re.search(r"\d", "".join(again))
         answer = text.rsplit("The answer is ", 1)[1].rstrip(".")
-        assert first.rsplit("= ", 1)[1] == f"{answer}."
+        assert re.findall(r"\d+", first)[-1] == answer
     # The same problem with and without rechecks: same answer, a longer thinking.
     problem = SynthProblem("p", 3, [["red", None, "blue"], [None] * 3, ["green"] * 3], k=2, m=1)
     plain, twice = problem.response(), problem.response(rechecks=2)
@@ -112,10 +112,7 @@ def test_recheck_traces_reread_the_rows_and_leave_the_answer_to_the_first_pass(t
         " Row 3: green, green, green. That is 3, so 2 + 3 = 5. Add 2: 5 + 2 = 7. Add 1: 7 + 1 = 8."
     )
     assert plain == f"◁think▷{once}◁/think▷The answer is 8."
-    again = (
-        " Let me check again. Row 1: red, empty, blue. That is 2. Row 2: empty, empty, empty. That is 0."
-        " Row 3: green, green, green. That is 3. The same."
-    )
+    again = " Let me check again. red, empty, blue; empty, empty, empty; green, green, green. The same."
     assert twice == f"◁think▷{once}{again}{again}◁/think▷The answer is 8."
     # Without rechecks the data are those of a run that never asked for them.
     synthesize(tmp_path / "plain", n=400, seed=1, heldout=4, hasty=0.5)
