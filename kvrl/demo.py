@@ -365,10 +365,13 @@ def run_stage(name: str, argv: list[str], log_path: Path, progress=None) -> floa
             [sys.executable, "-m", "kvrl", *argv], stdout=f, stderr=subprocess.STDOUT, env=env
         )
         try:
-            while proc.poll() is None:
-                time.sleep(2.0)
-                if progress is not None and (text := last_progress(log_path)):
-                    progress(text)
+            while True:
+                try:
+                    proc.wait(timeout=2.0)  # returns as soon as the stage ends
+                    break
+                except subprocess.TimeoutExpired:
+                    if progress is not None and (text := last_progress(log_path)):
+                        progress(text)
         except BaseException:  # Ctrl-C: the stage stops too (the next run redoes it)
             proc.terminate()
             proc.wait()

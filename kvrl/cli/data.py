@@ -26,7 +26,8 @@ def add_parser(sub) -> None:
         "--recheck",
         type=float,
         default=0.0,
-        help="chance that each pass over the grid and the additions is done again, up to 2 times (default 0)",
+        help="chance that a stepwise trace then names the grid's cells again, and again, up to 2 times "
+        "(default 0)",
     )
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=_cmd_data_synth)
