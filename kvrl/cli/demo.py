@@ -13,7 +13,7 @@ def add_parser(sub) -> None:
         help="the whole system on a synthetic visual task: tiny model, SFT, difficulty, RL, TTS curves",
         description="Runs kvrl tiny, data synth, sft, difficulty, rl and eval tts as stages (logs in "
         "OUT/logs); writes OUT/summary.json and plots. Re-running with the same --out continues where "
-        "it stopped. Full: about 17 min on 2 CPU cores; --quick: about 6 min, checks the plumbing.",
+        "it stopped. Full: about 17 min on 2 CPU cores; --quick: under 5 min, checks the plumbing.",
     )
     demo.add_argument(
         "--profile",
