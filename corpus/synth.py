@@ -155,8 +155,8 @@ def synthesize(
     levels=(1, 2, 3),
 ) -> dict:
     """Write ``n`` train + ``heldout`` held-out problems (levels in equal shares) under ``out``; a
-    ``hasty`` fraction of the SFT traces takes the row-1 shortcut; each pass of the others is followed
-    by a recheck with chance ``recheck``, up to ``MAX_RECHECKS`` (see the module docstring)."""
+    ``hasty`` fraction of the SFT traces takes the row-1 shortcut; each of the others rechecks with
+    chance ``recheck``, and again with that chance, up to ``MAX_RECHECKS`` times (module docstring)."""
     if n < 1 or heldout < 0:
         raise ValueError(f"--n must be >= 1 and --heldout >= 0 (got {n}, {heldout})")
     for name, value in (("hasty", hasty), ("recheck", recheck)):
