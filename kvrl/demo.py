@@ -365,10 +365,9 @@ def run_stage(name: str, argv: list[str], log_path: Path, progress=None) -> floa
             [sys.executable, "-m", "kvrl", *argv], stdout=f, stderr=subprocess.STDOUT, env=env
         )
         try:
-            while True:
+            while proc.poll() is None:
                 try:
                     proc.wait(timeout=2.0)  # returns as soon as the stage ends
-                    break
                 except subprocess.TimeoutExpired:
                     if progress is not None and (text := last_progress(log_path)):
                         progress(text)
