@@ -16,6 +16,10 @@ every stage's vLLM engines and Ray cluster start clean and any stage can be re-r
    budget, which is longer than any trace: thinking is not cut there.
 7. ``greedy``: the same checkpoints decoded greedily at the largest budget (``kvrl eval tts
    --temperature 0``): what the policy's argmax does.
+8. ``length_eval`` (``--profile length``): the RL checkpoints with and without the length reward,
+   sampled ``length_samples`` times per held-out problem at the largest budget (T = 1). The length
+   reward's accuracy cost has a 1-point bar; at 4 samples a problem each accuracy's 95% interval is
+   about +-3 points, at 16 about +-1.5.
 
 Writes under ``--out``: ``summary.json`` (``sft_accuracy``, ``rl_accuracy``, their greedy twins,
 ``mean_thinking_tokens``, ``tts`` as ``{checkpoint: {budget: accuracy}}``, ``length_reward`` with
@@ -57,7 +61,8 @@ LearningCheck = Literal[
     "rl_tts_rise_at_least",
 ]
 LEARNING_CHECKS: tuple[str, ...] = get_args(LearningCheck)
-STAGES = ("model", "data", "sft", "difficulty", "rl", "rl_nolength", "tts", "greedy")
+STAGES = ("model", "data", "sft", "difficulty", "rl", "rl_nolength", "tts", "greedy", "length_eval")
+LENGTH_STAGES = ("rl_nolength", "length_eval")  # only with length_ablation
 STATE_FILE = "demo_state.json"
 
 
@@ -86,6 +91,8 @@ class Profile:
     budgets: list[int] = field(default_factory=lambda: [32, 64, 96, 128, 192])
     hidden_size: int = 64
     length_ablation: bool = False
+    # responses per held-out problem in the length reward's comparison (largest budget, T = 1)
+    length_samples: int = 16
     optimizer: Literal["adamw", "muon"] = "adamw"  # learner.optimizer of the SFT and RL stages
     # the learning checks (LEARNING_CHECKS) this profile is judged by; the length checks come with
     # length_ablation
@@ -94,7 +101,7 @@ class Profile:
 
     @property
     def stages(self) -> tuple[str, ...]:
-        return tuple(s for s in STAGES if s != "rl_nolength" or self.length_ablation)
+        return tuple(s for s in STAGES if s not in LENGTH_STAGES or self.length_ablation)
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"  # profiles and stage templates
@@ -152,8 +159,9 @@ class DemoPaths:
 
     def __init__(self, out: str | Path):
         self.out = Path(out)
-        self.model, self.data, self.sft, self.tts, self.greedy, self.logs, self.configs = (
-            self.out / name for name in ("model", "data", "sft", "tts", "greedy", "logs", "configs")
+        self.model, self.data, self.sft, self.tts, self.greedy, self.length_eval, self.logs, self.configs = (
+            self.out / name
+            for name in ("model", "data", "sft", "tts", "greedy", "length_eval", "logs", "configs")
         )
         self.rl_runs = {"rl": self.out / "rl", "rl_nolength": self.out / "rl_nolength"}
         self.rl = self.rl_runs["rl"]
@@ -259,6 +267,14 @@ def stage_commands(p: Profile, paths: DemoPaths) -> dict[str, list[str]]:
         # what the policy's argmax does: greedy, at the largest budget
         "greedy": _argv(
             "eval tts", budgets=max(p.budgets), samples=1, temperature=0, out=paths.greedy, **eval_flags
+        ),
+        # the length reward's accuracy cost, sampled at T = 1 often enough for a 1-point bar
+        "length_eval": _argv(
+            "eval tts",
+            budgets=max(p.budgets),
+            samples=p.length_samples,
+            out=paths.length_eval,
+            **(eval_flags | {"checkpoint": [paths.rl_ckpts["rl"], paths.rl_ckpts["rl_nolength"]]}),
         ),
     }
     return {stage: commands[stage] for stage in p.stages}
@@ -435,11 +451,13 @@ def run_demo(
             config = rl_config(prof, paths, stage)
             _write_config(paths.configs / f"{stage}.yaml", config, " ".join(commands[stage]))
     stages = prof.stages[: prof.stages.index(until) + 1] if until else prof.stages
-    bar = tqdm(stages, desc=f"kvrl demo ({prof.name}, seed {seed})", unit="stage")
-    for stage in bar:
+    # counted by hand: an iterating bar shows a stale count after stages skipped in a blink
+    bar = tqdm(total=len(stages), desc=f"kvrl demo ({prof.name}, seed {seed})", unit="stage")
+    for stage in stages:
         bar.set_postfix_str(stage)
         if stage in state.done:
             log.info("stage %s: done in an earlier run (%.0f s), skipped", stage, state.done[stage])
+            bar.update()
             continue
         if stage in (
             "sft",
@@ -454,6 +472,7 @@ def run_demo(
             progress=lambda text, stage=stage: bar.set_postfix_str(f"{stage}: {text}"),
         )
         state.finish(stage, seconds)
+        bar.update()
     bar.close()
     if until:
         return {}
@@ -518,13 +537,23 @@ def summarize(p: Profile, paths: DemoPaths, wall: dict[str, float], commands: di
         "tts": tts,
         "rl_iterations": len(rows),
     }
-    if "rl_nolength" in sampled:
-        shorter = 1.0 - thinking["rl"] / thinking["rl_nolength"]
-        cost = acc["rl_nolength"] - acc["rl"]
+    if p.length_ablation:
+        fine = _points(paths.length_eval / "tts.json")
+        with_, without = fine["rl"][largest], fine["rl_nolength"][largest]
+        shorter = 1.0 - with_["mean_thinking_tokens"] / without["mean_thinking_tokens"]
+        cost = without["accuracy"] - with_["accuracy"]
         summary["length_reward"] = {
             "weight": p.length_weight,
-            "mean_thinking_tokens": {"with": thinking["rl"], "without": thinking["rl_nolength"]},
-            "accuracy": {"with": acc["rl"], "without": acc["rl_nolength"]},
+            "samples_per_problem": p.length_samples,
+            "mean_thinking_tokens": {
+                "with": with_["mean_thinking_tokens"],
+                "without": without["mean_thinking_tokens"],
+            },
+            "accuracy": {"with": with_["accuracy"], "without": without["accuracy"]},
+            "accuracy_ci95": {
+                "with": [with_["ci_low"], with_["ci_high"]],
+                "without": [without["ci_low"], without["ci_high"]],
+            },
             "greedy_accuracy": {"with": greedy_acc["rl"], "without": greedy_acc["rl_nolength"]},
             "shorter": shorter,
         }

@@ -78,6 +78,14 @@ def format_demo_summary(s: dict) -> str:
         + "mean thinking tokens (T=1): "
         + ", ".join(f"{k} {v:.1f}" for k, v in s["mean_thinking_tokens"].items())
     )
+    if "length_reward" in s:
+        lr = s["length_reward"]
+        lines.append(
+            f"length reward (weight {lr['weight']}), {s['heldout_problems']} problems x "
+            f"{lr['samples_per_problem']} samples: thinking tokens "
+            f"{lr['mean_thinking_tokens']['with']:.1f} with / {lr['mean_thinking_tokens']['without']:.1f} "
+            f"without, accuracy {lr['accuracy']['with']:.3f} / {lr['accuracy']['without']:.3f}"
+        )
     proof = s["profile"] != "quick"
     if not proof:
         lines.append("checks (their bars are for the full demo; --quick sizes do not learn):")

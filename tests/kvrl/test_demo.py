@@ -137,9 +137,17 @@ def test_stage_progress_reads_the_outermost_bar(tmp_path):
 
 
 def _eval_output(path: Path, temperature: float, points: dict[str, dict[int, tuple[float, float]]]) -> None:
-    """A ``kvrl eval tts`` tts.json: ``points[checkpoint][budget] = (accuracy, mean thinking tokens)``."""
+    """A ``kvrl eval tts`` tts.json: ``points[checkpoint][budget] = (accuracy, mean thinking tokens)``;
+    each 95% interval is the accuracy +- 0.015."""
     rows = [
-        {"checkpoint": f"/x/checkpoints/{name}", "budget": b, "accuracy": acc, "mean_thinking_tokens": tokens}
+        {
+            "checkpoint": f"/x/checkpoints/{name}",
+            "budget": b,
+            "accuracy": acc,
+            "ci_low": acc - 0.015,
+            "ci_high": acc + 0.015,
+            "mean_thinking_tokens": tokens,
+        }
         for name, curve in points.items()
         for b, (acc, tokens) in curve.items()
     ]
@@ -155,11 +163,13 @@ def test_length_profile_compares_thinking_tokens_and_accuracy_with_and_without_t
         1.0,
         {
             "sft": {32: (0.05, 20.0), 288: (0.30, 80.0)},
-            "rl": {32: (0.0, 30.0), 288: (0.555, 91.0)},
-            "rl_nolength": {32: (0.0, 31.0), 288: (0.56, 130.0)},
+            "rl": {32: (0.0, 30.0), 288: (0.555, 93.0)},
+            # 4 samples a problem: 4.5 points more accurate and 59% longer without the length reward
+            "rl_nolength": {32: (0.0, 31.0), 288: (0.60, 148.0)},
         },
     )
     (paths.tts / "tts.png").write_bytes(b"png")
+    _eval_output(paths.length_eval, 1.0, {"rl": {288: (0.555, 91.0)}, "rl_nolength": {288: (0.56, 130.0)}})
     _eval_output(
         paths.greedy,
         0.0,
@@ -176,9 +186,14 @@ def test_length_profile_compares_thinking_tokens_and_accuracy_with_and_without_t
         0.2,
         0.6,
     )
+    # The comparison is the length_eval stage's (16 samples a problem), not the 4-sample curves'.
     lr = s["length_reward"]
+    assert lr["samples_per_problem"] == 16
     assert lr["mean_thinking_tokens"] == {"with": 91.0, "without": 130.0}
     assert lr["shorter"] == pytest.approx(0.3)  # 1 - 91 / 130
+    assert lr["accuracy"] == {"with": 0.555, "without": 0.56}
+    assert lr["accuracy_ci95"]["without"] == pytest.approx([0.545, 0.575])  # 0.56 -+ 0.015
+    assert lr["greedy_accuracy"] == {"with": 0.6, "without": 0.62}
     checks = s["checks"]
     # Without a shortcut to leave, the profile is not judged by RL's gains (full's checks), only by a
     # fair start, the rising curve and the length reward.
@@ -195,13 +210,17 @@ def test_length_profile_compares_thinking_tokens_and_accuracy_with_and_without_t
     assert checks["length_reward_shorter_at_least"]["passed"]  # 0.3 >= 0.20
     cost = checks["length_reward_accuracy_cost_at_most"]
     assert cost["value"] == pytest.approx(0.005) and cost["passed"]  # 0.56 - 0.555 <= 0.01
-    assert s["wall_s"]["total"] == len(p.stages) == 8
+    assert s["wall_s"]["total"] == len(p.stages) == 9
+    text = format_demo_summary(s)
+    assert (
+        "256 problems x 16 samples: thinking tokens 91.0 with / 130.0 without, accuracy 0.555 / 0.560" in text
+    ), text
     # 2 points lower with the length reward than without is a failed check, not a pass.
-    doc = json.loads((paths.tts / "tts.json").read_text())
+    doc = json.loads((paths.length_eval / "tts.json").read_text())
     for point in doc["points"]:
-        if point["checkpoint"].endswith("rl_nolength") and point["budget"] == 288:
+        if point["checkpoint"].endswith("rl_nolength"):
             point["accuracy"] = 0.575
-    (paths.tts / "tts.json").write_text(json.dumps(doc))
+    (paths.length_eval / "tts.json").write_text(json.dumps(doc))
     cost = summarize(p, paths, {stage: 1.0 for stage in p.stages}, {})["checks"][
         "length_reward_accuracy_cost_at_most"
     ]
