@@ -67,10 +67,11 @@ class Workload:
 
 def run(quick: bool = False, repeats: int = 3, model: str | None = None, engines: int = 2) -> list[dict]:
     model = model or build_policy()
-    # quick: a check that it all runs (CI), not a measurement; its lengths are cut at 256 tokens
+    # quick: a check that it all runs (CI), not a measurement; its lengths are cut at 128 tokens (two
+    # segments and two chunks of 64)
     # 12 iterations: partial rollouts are credited only for finished work, and what is still in flight
     # after the last iteration is lost; a long RL run has no last iteration
-    iterations, per, max_tokens = (3, 4, 256) if quick else (12, 16, 512)  # the policy's longest: ~250
+    iterations, per, max_tokens = (3, 4, 128) if quick else (12, 16, 512)  # the policy's longest: ~250
     n = 4
     processor = KimiVLProcessor.from_pretrained(model)
     work = Workload(
