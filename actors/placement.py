@@ -7,11 +7,13 @@ puts rollout engine i in learner rank i's bundle (they share its GPU, e.g. 0.5 e
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -83,16 +85,33 @@ class ResourceConfig:
         return out
 
 
+def job_runtime_env(environ: Mapping[str, str] = os.environ) -> dict[str, Any] | None:
+    """The runtime env a driver gives its job when it joins a running cluster: the driver's PYTHONPATH,
+    absolute, so that a plug-in verifier the driver imports (``module:function``) imports in every
+    worker too. A new local cluster needs none: its workers inherit the driver's environment. None too
+    when the job's own runtime env (``ray job submit``'s, in ``RAY_JOB_CONFIG_JSON_ENV_VAR``) ships code
+    (``working_dir``, ``py_modules``) or sets PYTHONPATH: the job's word wins, and a path on the
+    submitting node would mean nothing on the others."""
+    paths = [str(Path(p).resolve()) for p in environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    job = json.loads(environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+    if not paths or job.get("working_dir") or job.get("py_modules"):
+        return None
+    if "PYTHONPATH" in (job.get("env_vars") or {}):
+        return None
+    return {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}}
+
+
 def start_ray(cfg: ResourceConfig) -> str:
     """Join a running cluster (``cfg.ray_address``, else RAY_ADDRESS) or start a local one big enough for
-    ``cfg``; returns a line saying which cluster, for the job log."""
+    ``cfg``; returns a line saying which cluster, for the job log. A joined cluster's workers get the
+    driver's PYTHONPATH through the job's runtime env (:func:`job_runtime_env`)."""
     if not ray.is_initialized():
         address = cfg.ray_address or os.environ.get("RAY_ADDRESS")
         if address and address != "local":
-            ray.init(address=address)
+            ray.init(address=address, runtime_env=job_runtime_env())
         if not address:  # a cluster that `ray start` runs on this machine, if there is one
             with contextlib.suppress(ConnectionError):
-                ray.init(address="auto")
+                ray.init(address="auto", runtime_env=job_runtime_env())
         if not ray.is_initialized():
             # A local one. CPU counts are reservations, so give it at least what the config asks.
             cpus = max(os.cpu_count() or 1, math.ceil(cfg.demand()["CPU"]))

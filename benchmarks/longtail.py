@@ -31,7 +31,7 @@ import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from actors.placement import ResourceConfig, place
+from actors.placement import ResourceConfig, place, start_ray
 from actors.rollout import RolloutPool
 from corpus.longtail import make_longtail
 from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
@@ -201,7 +201,8 @@ class _pools:
 
         self.started = not ray.is_initialized()
         if self.started:
-            ray.init(num_cpus=4 * self.engines + 2, include_dashboard=False)
+            # both pools' placements at once
+            start_ray(ResourceConfig(rollout_actors=2 * self.engines, learner_ranks=2))
         for speculative in (False, True):
             placement = place(ResourceConfig(rollout_actors=self.engines, learner_ranks=1))
             self.placements.append(placement)

@@ -11,7 +11,7 @@ import logging
 import tempfile
 from pathlib import Path
 
-from actors.placement import ResourceConfig, place
+from actors.placement import ResourceConfig, place, start_ray
 from actors.rollout import RolloutPool
 from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
 from kimivl.tiny import make_tiny
@@ -79,7 +79,7 @@ def _kvrl(model, batch, repeats, engines, n, max_tokens) -> tuple[list[float], l
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2 * engines + 4, include_dashboard=False)
+        start_ray(ResourceConfig(rollout_actors=engines, learner_ranks=1))
     placement = place(ResourceConfig(rollout_actors=engines, learner_ranks=1))
     sampling = SamplingConfig(n=n, max_tokens=max_tokens, temperature=1.0)
     runs, tokens = [], []

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from actors.learner import LearnerGroup
-from actors.placement import ResourceConfig, place
+from actors.placement import ResourceConfig, place, start_ray
 from actors.rollout import RolloutActor, RolloutPool
 from kimivl.tiny import make_tiny
 from learner.rank import LearnerConfig
@@ -54,7 +54,7 @@ def _one(size: str, model: str, repeats: int, engines: int, work: Path) -> dict:
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2 * engines + 4, include_dashboard=False)
+        start_ray(ResourceConfig(rollout_actors=engines, learner_ranks=2))
     placement = place(ResourceConfig(rollout_actors=engines, learner_ranks=2))
     engine_cfg = EngineConfig(model=model, max_model_len=512, max_num_seqs=16)
     try:

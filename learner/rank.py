@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -130,6 +131,16 @@ def _device_kind() -> str:
 STALE_BUILD_LOCK_S = 600.0
 
 
+def build_dir_in_environment() -> Path:
+    """Where torch JIT-builds ops (DeepSpeed's CPU comm op): TORCH_EXTENSIONS_DIR, set to a folder of this
+    Python environment (``sys.prefix/torch_extensions``) unless it is set already. ``scripts/setup.sh``
+    builds the op there, so no learner pays the build. torch's own default, ~/.cache/torch_extensions,
+    is one folder for every environment on the machine, and a build from another environment's headers
+    (a checkout's and CI's fresh clone's) makes the next learner build it again."""
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
+    return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+
+
 def clear_stale_build_lock(
     name: str = "deepspeed_shm_comm", max_age_s: float = STALE_BUILD_LOCK_S
 ) -> Path | None:
@@ -225,6 +236,7 @@ class Learner:
         self.cfg, self.rank, self.world_size, self.model_path = cfg, rank, world_size, str(model_path)
         device = _device_kind()
         if device == "cpu":
+            build_dir_in_environment()
             clear_stale_build_lock()
         deepspeed.init_distributed(
             dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, RayHead, clear_ray_leftovers, ray_leftovers
 
 
 def pytest_collection_modifyitems(config, items):
@@ -20,17 +26,105 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+PLUGIN = "def even_length(prediction, gold):\n    return len(prediction) % 2 == 0\n"
+
+
+AUTH = {}  # the session's Ray token: RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH
+
+
+def pytest_configure(config):
+    """Token authentication for every Ray client of the session, set before any test module imports
+    Ray (Ray reads these variables when it loads, so a fixture would be too late for this process)."""
+    folder = Path(tempfile.mkdtemp(prefix="kvrl-ray-token-"))
+    (folder / "auth_token").write_text(secrets.token_hex(32))
+    AUTH.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(folder / "auth_token"))
+    AUTH["saved"] = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=AUTH["RAY_AUTH_TOKEN_PATH"])
+
+
+def pytest_unconfigure(config):
+    if not AUTH:
+        return
+    shutil.rmtree(Path(AUTH["RAY_AUTH_TOKEN_PATH"]).parent, ignore_errors=True)
+    restore_environ(AUTH["saved"])
+
+
+def restore_environ(saved: dict[str, str | None]) -> None:
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 @pytest.fixture(scope="session", autouse=True)
-def own_ray_clusters():
-    """Every Ray the tests start is a new local one (kvrl reads RAY_ADDRESS=local so), never a cluster
-    that something else runs on this machine, whose workers would not see the tests' plug-ins."""
-    saved = os.environ.get("RAY_ADDRESS")
-    os.environ["RAY_ADDRESS"] = "local"
+def shared_ray(tmp_path_factory):
+    """One Ray head for the whole session, with token authentication, which the tests and every ``kvrl``
+    process they start join (RAY_ADDRESS names it), instead of each starting a Ray of its own. It runs
+    with no PYTHONPATH: a plug-in verifier reaches its workers only through the job's runtime env
+    (``actors.placement.job_runtime_env``), as on a real cluster. The tests that are about cluster
+    start-up (tests/actors/test_cluster.py) start their own heads."""
+    for attempt in (1, 2):  # a head can time out starting on a loaded machine: one more try
+        token = Path(AUTH["RAY_AUTH_TOKEN_PATH"])
+        head = RayHead.start(tmp_path_factory.mktemp("ray-head"), num_cpus=32, token=token)  # logical CPUs
+        try:
+            head.wait_ready()
+            break
+        except AssertionError:
+            head.stop()
+            if attempt == 2:
+                raise
+    saved = {"RAY_ADDRESS": os.environ.get("RAY_ADDRESS")}
+    os.environ["RAY_ADDRESS"] = head.address
+    try:
+        yield head
+    finally:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        head.stop()
+        restore_environ(saved)
+
+
+@pytest.fixture(scope="session")
+def plugin_path(tmp_path_factory):
+    """A verifier module importable by the driver, Ray actors and their verifier processes."""
+    path = tmp_path_factory.mktemp("plugins")
+    (path / "kvrl_cycle_plugin.py").write_text(PLUGIN)
+    sys.path.insert(0, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_driver(shared_ray, plugin_path, signal_data):
+    """This pytest process as a driver of the shared cluster (for actor tests and in-process runs); its
+    workers import kvrl and the session's plug-ins through the job's runtime env."""
+    import ray
+
+    paths = [str(plugin_path), str(signal_data), str(ROOT)]
+    sys.path[:0] = [p for p in paths if p not in sys.path]
+    ray.init(address=shared_ray.address, runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}})
+    return ray
+
+
+@pytest.fixture(scope="module", autouse=True)
+def nothing_left_in_the_shared_cluster(ray_driver):
+    """After each test module (its module fixtures torn down), no actor or placement group made while
+    it ran is left in the shared cluster; those of a driver that just exited get 30 s to go. What is
+    left fails the module's last test and is removed, so it cannot fail the modules after it. (Per
+    module, not per test: a module-scoped pool that replaces a killed engine keeps the new one.)"""
+    before = ray_leftovers()
     yield
-    if saved is None:
-        os.environ.pop("RAY_ADDRESS", None)
-    else:
-        os.environ["RAY_ADDRESS"] = saved
+    deadline = time.monotonic() + 30
+    left = ray_leftovers(before)
+    while any(left) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = ray_leftovers(before)
+    if any(left):
+        clear_ray_leftovers(*left)
+        actors, groups = sorted(left[0]), sorted(left[1])
+        pytest.fail(f"left in the shared Ray cluster: actors {actors}, placement groups {groups}")
 
 
 @pytest.fixture(scope="session")
@@ -60,11 +154,7 @@ def single_rank(process_group):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    restore_environ(saved)
 
 
 @pytest.fixture(scope="session")
@@ -93,14 +183,11 @@ def worker(tiny_dir):
     from rollout.engine import EngineConfig
     from rollout.worker import RolloutWorker
 
-    saved = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")
+    saved = {"VLLM_ENABLE_V1_MULTIPROCESSING": os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING")}
     w = RolloutWorker(EngineConfig(model=str(tiny_dir), max_model_len=512, max_num_seqs=64))
     yield w
     w.shutdown()
-    if saved is None:
-        os.environ.pop("VLLM_ENABLE_V1_MULTIPROCESSING", None)
-    else:
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = saved
+    restore_environ(saved)
 
 
 @pytest.fixture(scope="session")

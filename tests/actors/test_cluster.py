@@ -6,21 +6,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import BIN, ROOT, RayHead, free_port
 
-BIN = Path(sys.executable).parent
 TINY_RUN = [
     "trainer.iterations=2",
     "trainer.prompts_per_iteration=4",
@@ -31,46 +24,16 @@ TINY_RUN = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def job_server(tmp_path):
-    """A Ray head with the job server on localhost, token authentication on, stopped (only it) after."""
-    token = tmp_path / "auth_token"
-    token.write_text(secrets.token_hex(32))
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN_PATH": str(token),
-    }
-    env.pop("RAY_ADDRESS", None)
-    port, dash = free_port(), free_port()
-    # Ray's socket paths must stay under ~107 characters: a short temp dir, not pytest's tmp_path.
-    temp = tempfile.mkdtemp(prefix="kvrl-ray-", dir="/tmp")
-    head_log = open(tmp_path / "head.log", "w")  # noqa: SIM115 (closed below, after the head)
-    head = subprocess.Popen(
-        [
-            str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=8",
-            "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-            "--disable-usage-stats", f"--temp-dir={temp}",
-        ],
-        env=env,
-        start_new_session=True,  # its own process group: stopping it leaves other Ray instances alone
-        stdout=head_log,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    """A Ray head of its own with the job server on localhost, token authentication on, stopped (only
+    it) after: this test is about submitting to a cluster, so it does not use the session's."""
+    head = RayHead.start(tmp_path, num_cpus=8, dashboard_port=free_port())
+    dashboard = re.search(r"--dashboard-port=(\d+)", " ".join(head.proc.args)).group(1)
     try:
-        yield f"http://127.0.0.1:{dash}", env
+        yield f"http://127.0.0.1:{dashboard}", head.env
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-        head_log.close()
-        shutil.rmtree(temp, ignore_errors=True)
+        head.stop()
 
 
 def ray_cli(env, *args, timeout=60) -> subprocess.CompletedProcess:

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from actors.placement import ResourceConfig
 from actors.plan import GIB, ModelShape, PlanError, learner_memory, model_shape, place_gpus, rollout_memory
 from learner.optim import takes_muon
-from tests.helpers import ROOT
+from tests.helpers import ROOT, kvrl_here
 
 A3B = ROOT / "configs" / "kimi-vl-a3b"
 SHAPE = ModelShape(
@@ -101,13 +98,13 @@ def test_engines_never_straddle_nodes():
         place_gpus(res, nodes=2, gpus_per_node=3)  # 7 GPUs asked, 6 there, and no node has 2 left
 
 
-def kvrl_plan(config, *overrides):
-    cmd = [sys.executable, "-m", "kvrl", "plan", "--config", str(config), *overrides]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=300)
+@pytest.fixture
+def kvrl_plan(capsys):
+    return lambda config, *overrides: kvrl_here("plan", "--config", str(config), *overrides, capsys=capsys)
 
 
 @pytest.mark.parametrize("name", ["rl-1x8", "rl-4x8"])
-def test_a3b_configs_fit_their_clusters(name):
+def test_a3b_configs_fit_their_clusters(name, kvrl_plan):
     proc = kvrl_plan(A3B / f"{name}.yaml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -121,7 +118,7 @@ def test_a3b_configs_fit_their_clusters(name):
         assert "overlap: rollout and learners on disjoint GPUs (1 node(s) hold both)" in out
 
 
-def test_the_plan_prints_muons_optimizer_state_beside_adamws():
+def test_the_plan_prints_muons_optimizer_state_beside_adamws(kvrl_plan):
     rows = {}
     for name in ("adamw", "muon"):
         out = kvrl_plan(A3B / "rl-4x8.yaml", f"learner.optimizer={name}").stdout
@@ -134,7 +131,7 @@ def test_the_plan_prints_muons_optimizer_state_beside_adamws():
     assert rows == {"adamw": pytest.approx(7.6 + 3.8, abs=0.11), "muon": pytest.approx(4.0 + 3.8, abs=0.11)}
 
 
-def test_the_plan_says_whether_rollout_and_learning_can_overlap():
+def test_the_plan_says_whether_rollout_and_learning_can_overlap(kvrl_plan):
     out = kvrl_plan(A3B / "rl-4x8.yaml", "trainer.max_staleness=1").stdout
     assert "overlap: rollout and learners on separate nodes; on: trainer.max_staleness 1" in out
     out = kvrl_plan(
@@ -148,7 +145,7 @@ def test_the_plan_says_whether_rollout_and_learning_can_overlap():
     assert "overlap: none possible: engines and learner ranks share GPUs and take turns" in out, out
 
 
-def test_a_plan_that_does_not_fit_says_what_and_exits_nonzero():
+def test_a_plan_that_does_not_fit_says_what_and_exits_nonzero(kvrl_plan):
     proc = kvrl_plan(A3B / "rl-1x8.yaml", "plan.gpu_memory_gib=40")
     assert proc.returncode == 1
     assert "does not fit: a learner rank needs 73.0 GiB of 40" in proc.stdout

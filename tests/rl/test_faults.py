@@ -7,13 +7,11 @@ import errno
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, assert_nothing_left, marked, start_run, wait_until
+from tests.helpers import ROOT, assert_nothing_left, kvrl_here, marked, start_run, wait_until
 
 
 def latest(run: Path) -> str | None:
@@ -133,10 +131,17 @@ def test_full_disk_on_checkpoint_keeps_the_previous_one(tiny_dir, tiny_trainer, 
         ("learner.zero_stage=4", "learner.zero_stage: 4 is not one of"),
     ],
 )
-def test_bad_config_value_fails_before_anything_starts(tiny_dir, tmp_path, override, message):
+def test_bad_config_value_fails_before_anything_starts(tiny_dir, tmp_path, capsys, override, message):
+    # in this process: the subject is the message and the code `kvrl` exits with, not the process (a
+    # real process's exit 2 on a bad config: tests/kvrl/test_demo.py's failing stage)
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "kvrl", "rl", "--config", str(ROOT / "configs/tiny/rl.yaml")]
-    cmd += [f"model={tiny_dir}", f"trainer.output_dir={run}", override]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    args = [
+        "rl",
+        "--config",
+        str(ROOT / "configs/tiny/rl.yaml"),
+        f"model={tiny_dir}",
+        f"trainer.output_dir={run}",
+    ]
+    proc = kvrl_here(*args, override, capsys=capsys)
     assert proc.returncode == 2 and f"kvrl rl: error: {message}" in proc.stderr, proc.stderr[-2000:]
     assert "Ray cluster" not in proc.stdout + proc.stderr and not run.exists()  # no Ray, no run dir

@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, kvrl
+from tests.helpers import ROOT, kvrl, kvrl_here
 
 
 @pytest.fixture(scope="module")
 def sft_run(tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("sft") / "run"
-    kvrl("sft", "--config", "configs/tiny/sft.yaml", f"model={tiny_dir}", f"trainer.output_dir={out}")
+    config = str(ROOT / "configs/tiny/sft.yaml")
+    code = kvrl_here("sft", "--config", config, f"model={tiny_dir}", f"trainer.output_dir={out}").returncode
+    assert code == 0, f"kvrl sft exited {code} (its output is above)"
     return out
 
 
@@ -35,17 +37,18 @@ def test_sft_heldout_loss_falls_and_checkpoint_starts_rl(sft_run, tmp_path):
     assert (final / "config.json").exists() and (final / "model.safetensors").exists()
     # `kvrl rl` from the SFT checkpoint: its vLLM engines load it and one iteration runs.
     rl_out = tmp_path / "rl"
-    kvrl(
+    code = kvrl_here(
         "rl",
         "--config",
-        "configs/tiny/rl.yaml",
+        str(ROOT / "configs/tiny/rl.yaml"),
         f"model={final}",
         f"trainer.output_dir={rl_out}",
         "trainer.iterations=1",
         "trainer.prompts_per_iteration=4",
         "rollout.sampling.n=2",
         "rollout.sampling.max_tokens=32",
-    )
+    ).returncode
+    assert code == 0, f"kvrl rl exited {code} (its output is above)"
     (rl_row,) = [json.loads(line) for line in (rl_out / "metrics.jsonl").read_text().splitlines()]
     assert rl_row["iteration"] == 0 and rl_row["response_len_mean"] > 0
 
