@@ -57,13 +57,14 @@ def restore_environ(saved: dict[str, str | None]) -> None:
             os.environ[key] = value
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def shared_ray(tmp_path_factory):
     """One Ray head for the whole session, with token authentication, which the tests and every ``kvrl``
-    process they start join (RAY_ADDRESS names it), instead of each starting a Ray of its own. It runs
-    with no PYTHONPATH: a plug-in verifier reaches its workers only through the job's runtime env
-    (``actors.placement.job_runtime_env``), as on a real cluster. The tests that are about cluster
-    start-up (tests/actors/test_cluster.py) start their own heads."""
+    process they start join (RAY_ADDRESS names it from the first module with a slow test on), instead
+    of each starting a Ray of its own. It runs with no PYTHONPATH: a plug-in verifier reaches its
+    workers only through the job's runtime env (``actors.placement.job_runtime_env``), as on a real
+    cluster. The tests that are about cluster start-up (tests/actors/test_cluster.py) start their own
+    heads. The fast tier starts none: none of its tests needs Ray."""
     for attempt in (1, 2):  # a head can time out starting on a loaded machine: one more try
         token = Path(AUTH["RAY_AUTH_TOKEN_PATH"])
         head = RayHead.start(tmp_path_factory.mktemp("ray-head"), num_cpus=32, token=token)  # logical CPUs
@@ -109,11 +110,17 @@ def ray_driver(shared_ray, plugin_path, signal_data):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def nothing_left_in_the_shared_cluster(ray_driver):
-    """After each test module (its module fixtures torn down), no actor or placement group made while
-    it ran is left in the shared cluster; those of a driver that just exited get 30 s to go. What is
-    left fails the module's last test and is removed, so it cannot fail the modules after it. (Per
-    module, not per test: a module-scoped pool that replaces a killed engine keeps the new one.)"""
+def nothing_left_in_the_shared_cluster(request):
+    """After each test module with a slow test (where the runs, actors and engines are; its module
+    fixtures torn down), no actor or placement group made while it ran is left in the shared cluster;
+    those of a driver that just exited get 30 s to go. What is left fails the module's last test and
+    is removed, so it cannot fail the modules after it. (Per module, not per test: a module-scoped pool
+    that replaces a killed engine keeps the new one.)"""
+    selected = [item for item in request.session.items if item.module is request.module]
+    if not any(item.get_closest_marker("slow") for item in selected):
+        yield
+        return
+    request.getfixturevalue("ray_driver")  # the shared head, and this process connected to it
     before = ray_leftovers()
     yield
     deadline = time.monotonic() + 30

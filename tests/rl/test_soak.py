@@ -1,5 +1,7 @@
-"""Soak: 50 iterations of the tiny RL config with bad rows in its data and secrets in its environment.
-Host memory of the driver and of every actor stays flat, nothing is left running, no secret is written."""
+"""Soak: 50 iterations of the tiny RL config (at the RL_FAST sizes: 4 prompts x 2 samples x 16 tokens an
+iteration, each iteration still sampling, scoring, learning, syncing, logging and checkpointing) with
+bad rows in its data and secrets in its environment (the driver's and its workers'). Host memory of the
+driver and of every actor stays flat, nothing is left running, no secret is written."""
 
 from __future__ import annotations
 
@@ -45,8 +47,7 @@ def test_fifty_iterations_hold_memory_flat_and_leave_nothing(tiny_dir, tmp_path)
         f"data.path={data / 'train.jsonl'}",
         "data.skip_bad_rows=true",
         "tracking.wandb=offline",
-        fast=False,
-        env=secret_env,
+        env=secret_env,  # the RL_FAST sizes: every phase of all 50 iterations, on smaller batches
     )
     assert proc.wait(timeout=3600) == 0, log.read_text()[-3000:]
     assert_nothing_left(marker)
