@@ -232,7 +232,10 @@ class RayHead:
         with open(log, "w") as out:  # the child keeps its own descriptor
             proc = subprocess.Popen(
                 [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", f"--num-cpus={num_cpus}",
-                 *dashboard, "--disable-usage-stats", f"--temp-dir={temp}"],
+                 *dashboard, "--disable-usage-stats", f"--temp-dir={temp}",
+                 # its dashboard agent's own port: at the default (52365) a second head on the machine
+                 # has no agent, and its job server answers "No available agent to submit job"
+                 f"--dashboard-agent-listen-port={free_port()}"],
                 env=env, start_new_session=True, stdout=out, stderr=subprocess.STDOUT, cwd=folder,
             )  # fmt: skip
         return cls(f"127.0.0.1:{port}", env, proc, temp, log)
