@@ -207,8 +207,10 @@ def image_entry(entry: Any, base: Path, where: str, index: int, check: bool) -> 
     if isinstance(entry, dict):
         entry = entry.get("bytes") or entry.get("path")
     if isinstance(entry, str):
+        # absolute: an actor or verifier process may run in another working directory (every worker of
+        # a Ray cluster the driver joined does), and the path must name the same file there
         path = Path(entry) if Path(entry).is_absolute() else base / entry
-        entry = str(path)
+        entry = str(path.absolute())
     elif not isinstance(entry, bytes | bytearray):
         raise DataError(f"{where}: images[{index}] is a {type(entry).__name__}; expected a path or bytes")
     if check:

@@ -1,4 +1,6 @@
-"""Shared fixtures: one tiny Kimi-VL checkpoint, one vLLM engine and RL data with a signal per session."""
+"""Shared fixtures: one Ray head (token authentication) that every run joins, one tiny Kimi-VL checkpoint,
+one vLLM engine and RL data with a signal per session; a check that no test module leaves actors or
+placement groups in the shared cluster."""
 
 from __future__ import annotations
 

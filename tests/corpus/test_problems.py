@@ -30,6 +30,17 @@ def test_loads_rows_with_images_relative_to_the_file(tmp_path):
     assert (b.id, b.verifier, b.row) == ("2", "exact", 2)  # id defaults to the row number
 
 
+def test_an_image_of_a_dataset_given_by_a_relative_path_is_named_absolutely(tmp_path, monkeypatch):
+    # the configs give data.path relative to the repository; an actor of a cluster the driver joined runs
+    # in another working directory, where "configs/tiny/data/images/x.png" named no file
+    (tmp_path / "data").mkdir()
+    gradient_image(30, 30).save(tmp_path / "data" / "img.png")
+    write_jsonl(tmp_path / "data" / "d.jsonl", [{"question": "q?", "answer": 3, "images": ["img.png"]}])
+    monkeypatch.chdir(tmp_path)
+    (problem,) = load_problems("data/d.jsonl").problems
+    assert problem.images == [str(tmp_path / "data" / "img.png")]
+
+
 @pytest.mark.fault
 @pytest.mark.parametrize(
     ("row", "reason"),
