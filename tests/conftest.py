@@ -31,23 +31,22 @@ def pytest_collection_modifyitems(config, items):
 PLUGIN = "def even_length(prediction, gold):\n    return len(prediction) % 2 == 0\n"
 
 
-AUTH = {}  # the session's Ray token: RAY_AUTH_MODE and RAY_AUTH_TOKEN_PATH
+AUTH = {}  # the session's Ray token file ("token") and the variables it replaced ("saved")
 
 
 def pytest_configure(config):
     """Token authentication for every Ray client of the session, set before any test module imports
     Ray (Ray reads these variables when it loads, so a fixture would be too late for this process)."""
-    folder = Path(tempfile.mkdtemp(prefix="kvrl-ray-token-"))
-    (folder / "auth_token").write_text(secrets.token_hex(32))
-    AUTH.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(folder / "auth_token"))
-    AUTH["saved"] = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=AUTH["RAY_AUTH_TOKEN_PATH"])
+    token = Path(tempfile.mkdtemp(prefix="kvrl-ray-token-")) / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    AUTH.update(token=token, saved={k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH")})
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
 
 
 def pytest_unconfigure(config):
     if not AUTH:
         return
-    shutil.rmtree(Path(AUTH["RAY_AUTH_TOKEN_PATH"]).parent, ignore_errors=True)
+    shutil.rmtree(AUTH["token"].parent, ignore_errors=True)
     restore_environ(AUTH["saved"])
 
 
@@ -68,8 +67,7 @@ def shared_ray(tmp_path_factory):
     cluster. The tests that are about cluster start-up (tests/actors/test_cluster.py) start their own
     heads. The fast tier starts none: none of its tests needs Ray."""
     for attempt in (1, 2):  # a head can time out starting on a loaded machine: one more try
-        token = Path(AUTH["RAY_AUTH_TOKEN_PATH"])
-        head = RayHead.start(tmp_path_factory.mktemp("ray-head"), num_cpus=32, token=token)  # logical CPUs
+        head = RayHead.start(tmp_path_factory.mktemp("ray-head"), num_cpus=32, token=AUTH["token"])  # logical
         try:
             head.wait_ready()
             break
@@ -105,9 +103,11 @@ def ray_driver(shared_ray, plugin_path, signal_data):
     workers import kvrl and the session's plug-ins through the job's runtime env."""
     import ray
 
+    from actors.placement import job_runtime_env
+
     paths = [str(plugin_path), str(signal_data), str(ROOT)]
     sys.path[:0] = [p for p in paths if p not in sys.path]
-    ray.init(address=shared_ray.address, runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}})
+    ray.init(address=shared_ray.address, runtime_env=job_runtime_env({"PYTHONPATH": os.pathsep.join(paths)}))
     return ray
 
 

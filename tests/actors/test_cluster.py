@@ -28,8 +28,8 @@ TINY_RUN = [
 def job_server(tmp_path):
     """A Ray head of its own with the job server on localhost, token authentication on, stopped (only
     it) after: this test is about submitting to a cluster, so it does not use the session's."""
-    head = RayHead.start(tmp_path, num_cpus=8, dashboard_port=free_port())
-    dashboard = re.search(r"--dashboard-port=(\d+)", " ".join(head.proc.args)).group(1)
+    dashboard = free_port()
+    head = RayHead.start(tmp_path, num_cpus=8, dashboard_port=dashboard)
     try:
         yield f"http://127.0.0.1:{dashboard}", head.env
     finally:
