@@ -12,8 +12,6 @@ import logging
 import math
 import os
 import shutil
-import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -26,6 +24,7 @@ from learner import qkclip
 from learner.experience import Collated, Experience, by_length, collate, micro_batches
 from learner.logprobs import head_logprobs
 from learner.loss import LossFn, LossInputs, Mean, combine
+from learner.opbuild import clear_stale_build_lock, prepare_op_builds
 from learner.optim import (
     check_groups,
     muon_optimizer_config,
@@ -126,41 +125,6 @@ def _device_kind() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-# DeepSpeed JIT-builds its CPU shared-memory comm op in about a minute here; a build lock older than this
-# was left by a build that was killed.
-STALE_BUILD_LOCK_S = 600.0
-
-
-def build_dir_in_environment() -> Path:
-    """Where torch JIT-builds ops (DeepSpeed's CPU comm op): TORCH_EXTENSIONS_DIR, set to a folder of this
-    Python environment (``sys.prefix/torch_extensions``) unless it is set already. ``scripts/setup.sh``
-    builds the op there, so no learner pays the build. torch's own default, ~/.cache/torch_extensions,
-    is one folder for every environment on the machine, and a build from another environment's headers
-    (a checkout's and CI's fresh clone's) makes the next learner build it again."""
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path(sys.prefix) / "torch_extensions"))
-    return Path(os.environ["TORCH_EXTENSIONS_DIR"])
-
-
-def clear_stale_build_lock(
-    name: str = "deepspeed_shm_comm", max_age_s: float = STALE_BUILD_LOCK_S
-) -> Path | None:
-    """Remove the ``lock`` file a killed JIT build of torch extension ``name`` left behind, if it is
-    older than ``max_age_s``: torch's loader waits on it, silently and forever, so every later learner
-    would hang in setup. Returns the removed lock's path (None: there was none, or it is recent)."""
-    from torch.utils.cpp_extension import _get_build_directory
-
-    lock = Path(_get_build_directory(name, verbose=False)) / "lock"
-    try:
-        age = time.time() - lock.stat().st_mtime
-    except FileNotFoundError:
-        return None
-    if age < max_age_s:
-        return None
-    log.warning("removing %s, left %.0f s ago by a JIT build of %s that did not finish", lock, age, name)
-    lock.unlink(missing_ok=True)
-    return lock
-
-
 def deepspeed_config(cfg: LearnerConfig, dtype: torch.dtype) -> dict[str, Any]:
     muon = cfg.optimizer == "muon"
     out: dict[str, Any] = {
@@ -236,7 +200,7 @@ class Learner:
         self.cfg, self.rank, self.world_size, self.model_path = cfg, rank, world_size, str(model_path)
         device = _device_kind()
         if device == "cpu":
-            build_dir_in_environment()
+            prepare_op_builds()
             clear_stale_build_lock()
         deepspeed.init_distributed(
             dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False

@@ -33,7 +33,7 @@ fi
 "$PY" -c "import torch, vllm, ray, deepspeed, kimivl; print('setup: torch', torch.__version__, '| vllm', vllm.__version__, '| ray', ray.__version__, '| deepspeed', deepspeed.__version__)"
 if [ "$STACK" = cpu ]; then
   # DeepSpeed's CPU comm op, JIT-built once here (about a minute) instead of by the first learner.
-  DS_ACCELERATOR=cpu "$PY" -c "from learner.rank import build_dir_in_environment as d; print('setup: building DeepSpeed ops in', d())
+  DS_ACCELERATOR=cpu "$PY" -c "from learner.opbuild import prepare_op_builds as p; print('setup: building DeepSpeed ops in', p())
 from deepspeed.comm.torch import build_shm_op; build_shm_op()"
 fi
 rm -f "$VENV"/.kvrl-setup-*
