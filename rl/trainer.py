@@ -262,6 +262,7 @@ class Trainer:
         if t.resume:
             ckpt, state = lifecycle.resume_point(t.resume)
             self.model_path = str(ckpt)
+            log.info("resuming from %s: the engines and the learners load it", ckpt)
             self.learner_state = learner_state_dir(ckpt, state.get("learner"), self.learner_layout())
         else:
             self.model_path = cfg.model

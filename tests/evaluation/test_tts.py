@@ -1,6 +1,6 @@
 """Test-time scaling curves (`kvrl eval tts`, `eval.tts_every` in RL): the math by hand, the two budget
 modes on the tiny model with real vLLM, the one-generation truncate path against per-budget
-generation, the output files, the CLI end to end, and curves during an RL run."""
+generation, the output files, the CLI end to end. Curves during an RL run: tests/rl/test_trainer.py."""
 
 from __future__ import annotations
 
@@ -300,46 +300,3 @@ def test_cli_end_to_end(tiny_dir, tmp_path):
     assert all(t["naive_matches"] for t in meta["timing"])
     assert (out / "tts.png").stat().st_size > 10_000
     assert list((out / "wandb").glob("offline-run-*"))
-
-
-@pytest.mark.slow
-def test_rl_logs_curves(tiny_dir, tmp_path):
-    from tests.helpers import kvrl_rl
-
-    out = tmp_path / "run"
-    metrics = kvrl_rl(
-        tiny_dir,
-        out,
-        "trainer.iterations=2",
-        "eval.tts_every=1",
-        "eval.max_samples=4",
-        "eval.budgets=[8,16]",
-        "eval.answer_tokens=4",
-    )
-    assert [m["iteration"] for m in metrics] == [0, 1]
-    for m in metrics:
-        assert {"tts/budget_8", "tts/budget_16", "time_eval"} <= set(m)
-        assert 0 <= m["tts/budget_8"] <= 1
-    curves = [json.loads(line) for line in (out / "tts_curves.jsonl").read_text().splitlines()]
-    assert [c["iteration"] for c in curves] == [0, 1]
-    for c in curves:
-        assert [p["budget"] for p in c["points"]] == [8, 16]
-        assert {p["checkpoint"] for p in c["points"]} == {f"iter_{c['iteration']:05d}"}
-        assert all(p["problems"] == 4 for p in c["points"])
-
-
-def test_eval_budgets_must_fit_the_engine(tiny_dir, tmp_path):
-    from rl.trainer import RLConfig, Trainer
-    from runkit.config import load_config
-
-    overrides = [
-        f"model={tiny_dir}",
-        f"trainer.output_dir={tmp_path / 'run'}",
-        f"data.path={DATA}",
-        "tracking.wandb=disabled",
-        "eval.tts_every=1",
-        "eval.budgets=[16,2048]",
-    ]
-    cfg = load_config(RLConfig, ROOT / "configs/tiny/rl.yaml", overrides)
-    with pytest.raises(ValueError, match=r"eval.budgets: .* rollout.max_model_len is 1024"):
-        Trainer(cfg)

@@ -64,6 +64,12 @@ def test_quick_demo_runs_every_stage_and_writes_a_well_formed_summary(tmp_path):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # Every stage on the real path left its own record: a wandb offline run, a checkpoint, a log.
     assert list((out / "rl" / "wandb").glob("offline-run-*"))
+    # `kvrl rl` from the SFT stage's checkpoint: its vLLM engines load it and every iteration samples
+    rl_info = json.loads((out / "rl" / "run_info.json").read_text())
+    assert Path(rl_info["config"]["model"]) == out / "checkpoints" / "sft"
+    rl_rows = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rl_rows] == list(range(PROFILES["quick"].rl_iterations))
+    assert all(r["response_len_mean"] > 0 for r in rl_rows)
     assert (out / "checkpoints" / "rl" / "config.json").exists()
     rows = [json.loads(line) for line in (out / "data" / "rl_train.jsonl").read_text().splitlines()]
     assert len(rows) == PROFILES["quick"].rl_pool and all(0.0 <= r["difficulty"] <= 1.0 for r in rows)

@@ -1,35 +1,22 @@
-"""`kvrl rl` end to end on the tiny model: exact resume, the checkpoint served by vLLM; the lr warm-up."""
+"""`kvrl rl` end to end on the tiny model: whole checkpoints, the in-training curves, SIGTERM while a
+checkpoint is written, and an exact resume from what it kept, whose vLLM engines serve that checkpoint as
+written; the lr warm-up."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import signal
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, kvrl_rl
+from kimivl import KimiVLForConditionalGeneration
+from tests.helpers import assert_nothing_left, kvrl_rl, metrics, start_run, wait_until
 
 
 def problems_at(out, iteration):
     rows = [json.loads(line) for line in (Path(out) / "samples.jsonl").read_text().splitlines()]
     return sorted(r["problem"] for r in rows if r["iteration"] == iteration)
-
-
-def assert_loads_in_vllm(ckpt: Path) -> None:
-    script = (
-        "from rollout.engine import EngineConfig, make_llm\n"
-        "from vllm import SamplingParams\n"
-        "if __name__ == '__main__':\n"
-        f"    llm = make_llm(EngineConfig(model={str(ckpt)!r}, max_model_len=256))\n"
-        "    out = llm.generate(['hello'], SamplingParams(max_tokens=4))\n"
-        "    print('TOKENS', len(out[0].outputs[0].token_ids))\n"
-    )
-    proc = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, cwd=ROOT
-    )
-    assert "TOKENS 4" in proc.stdout, proc.stderr[-3000:]
 
 
 REQUIRED = [
@@ -48,17 +35,34 @@ REQUIRED = [
 ]
 
 
+# 4 samples per prompt: with 2, all 4 groups agree on the parity verifier about once in 16 iterations,
+# and such an iteration has no gradient (loss 0), which would make the resume comparison vacuous.
+# reset_optimizer=false: Adam's moments carry over iterations, so they must come back on resume.
+# The in-training test-time-scaling curves after every iteration (their own test reads them), on both
+# runs: resume must be exact with them too.
+RUN = (
+    "rollout.sampling.n=4",
+    "trainer.reset_optimizer=false",
+    "eval.tts_every=1",
+    "eval.max_samples=4",
+    "eval.budgets=[8,16]",
+    "eval.answer_tokens=4",
+)
+
+
+@pytest.fixture(scope="module")
+def straight(tiny_dir, tmp_path_factory, signal_data):
+    """Three iterations never stopped, in this process: what the stopped and resumed run must match."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    return run, kvrl_rl(tiny_dir, run, "trainer.iterations=3", *RUN, data=signal_data)
+
+
 @pytest.mark.slow
-def test_rl_runs_and_resume_is_exact(tiny_dir, tmp_path, signal_data):
-    # 4 samples per prompt: with 2, all 4 groups agree on the parity verifier about once in 16 iterations,
-    # and such an iteration has no gradient (loss 0), which would make the comparison below vacuous.
-    # reset_optimizer=false: Adam's moments carry over iterations, so they must come back on resume.
-    n4 = ("rollout.sampling.n=4", "trainer.reset_optimizer=false")
-    straight = kvrl_rl(tiny_dir, tmp_path / "a", "trainer.iterations=3", *n4, data=signal_data)
-    assert [m["iteration"] for m in straight] == [0, 1, 2]
+def test_rl_runs_and_writes_whole_checkpoints(straight):
+    run, rows = straight
+    assert [m["iteration"] for m in rows] == [0, 1, 2]
     for key in REQUIRED:
-        assert all(key in m for m in straight), key
-    run = tmp_path / "a"
+        assert all(key in m for m in rows), key
     assert (run / "run_info.json").exists() and (run / "wandb").is_dir()
     latest = (run / "checkpoints" / "latest").read_text().strip()
     ckpt = run / "checkpoints" / latest
@@ -67,27 +71,66 @@ def test_rl_runs_and_resume_is_exact(tiny_dir, tmp_path, signal_data):
         and (ckpt / "model.safetensors").exists()
         and (ckpt / "trainer_state.json").exists()
         and (ckpt / "learner_state").is_dir()  # DeepSpeed's: optimizer moments, fp32 master weights
-    )
+    )  # that vLLM serves a checkpoint as written: the resumed run below
 
-    first = kvrl_rl(tiny_dir, tmp_path / "b", "trainer.iterations=2", *n4, data=signal_data)
-    resumed = kvrl_rl(
-        tiny_dir,
-        tmp_path / "b",
-        "trainer.iterations=3",
-        *n4,
-        f"trainer.resume={tmp_path / 'b'}",
-        data=signal_data,
+
+@pytest.mark.slow
+def test_rl_logs_curves(straight):
+    run, rows = straight
+    for m in rows:
+        assert {"tts/budget_8", "tts/budget_16", "time_eval"} <= set(m)
+        assert 0 <= m["tts/budget_8"] <= 1
+    curves = [json.loads(line) for line in (run / "tts_curves.jsonl").read_text().splitlines()]
+    assert [c["iteration"] for c in curves] == [0, 1, 2]
+    for c in curves:
+        assert [p["budget"] for p in c["points"]] == [8, 16]
+        assert {p["checkpoint"] for p in c["points"]} == {f"iter_{c['iteration']:05d}"}
+        assert all(p["problems"] == 4 for p in c["points"])
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_sigterm_while_a_checkpoint_is_written_keeps_a_whole_one_and_resume_is_exact(
+    tiny_dir, tmp_path, signal_data, straight
+):
+    """SIGTERM while iteration 1's checkpoint is written: the run stops with a whole checkpoint (the one
+    before, or this one if its rename came first); resumed from it, the run trains exactly as the
+    straight one (the same sampler draws, optimizer steps, losses and KL)."""
+    run, log = tmp_path / "run", tmp_path / "rl.log"
+    proc, marker = start_run("rl", tiny_dir, run, log, "trainer.iterations=3", *RUN, data=signal_data)
+    ckpts = run / "checkpoints"
+    wait_until(lambda: any(ckpts.glob("iter_00001.partial*")), proc, log, poll_s=0.002)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 1
+    text = log.read_text()
+    assert "kvrl rl: stopped: SIGTERM received. The last checkpoint is" in text, text[-3000:]
+    assert_nothing_left(marker)
+    kept = (ckpts / "latest").read_text().strip()
+    assert kept in ("iter_00000", "iter_00001")
+    assert (ckpts / kept / "trainer_state.json").exists()
+    KimiVLForConditionalGeneration.from_pretrained(ckpts / kept)  # the learner loads what was kept
+
+    proc, marker = start_run(
+        "rl", tiny_dir, run, log, "trainer.iterations=3", *RUN, f"trainer.resume={run}", data=signal_data
     )
-    assert [m["iteration"] for m in first] == [0, 1]
-    assert [m["iteration"] for m in resumed] == [0, 1, 2]  # the resumed run appended iteration 2 only
-    assert problems_at(tmp_path / "a", 2) == problems_at(tmp_path / "b", 2)  # same sampler draws
-    assert straight[2]["step"] == resumed[2]["step"] == 12  # 2 passes x 2 optimizer steps per iteration
+    assert proc.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert_nothing_left(marker)
+    assert not list(ckpts.glob("*.partial*"))
+    resumed = metrics(run)
+    assert [m["iteration"] for m in resumed] == [0, 1, 2]  # each once: rows after the checkpoint redone
+    # The resumed run's vLLM engines served the kept checkpoint as written: their log-probs of what they
+    # sampled are the learners' (loaded from DeepSpeed's state), before any weight sync.
+    assert f"resuming from {ckpts / kept}" in log.read_text()
+    first = resumed[int(kept.removeprefix("iter_")) + 1]
+    assert first["response_len_mean"] > 0 and first["rollout_learner_logprob_gap_max"] < 1e-3, first
+    straight_run, expected = straight
+    assert problems_at(straight_run, 2) == problems_at(run, 2)  # same sampler draws
+    assert expected[2]["step"] == resumed[2]["step"] == 12  # 2 passes x 2 optimizer steps per iteration
     shown = ("iteration", "loss", "kl", "reward_mean", "accuracy", "truncation_rate")
     # the comparison below is not between zeros
-    assert all(m["loss"] != 0 and m["kl"] > 0 for m in straight), [{k: m[k] for k in shown} for m in straight]
+    assert all(m["loss"] != 0 and m["kl"] > 0 for m in expected), [{k: m[k] for k in shown} for m in expected]
     for key in ("loss", "reward_mean", "kl", "response_len_mean", "entropy"):
-        assert abs(straight[2][key] - resumed[2][key]) <= 1e-5, (key, straight[2][key], resumed[2][key])
-    assert_loads_in_vllm(ckpt)  # the RL checkpoint serves in vLLM as written
+        assert abs(expected[2][key] - resumed[2][key]) <= 1e-5, (key, expected[2][key], resumed[2][key])
 
 
 def test_lr_warms_up_linearly_over_optimizer_steps():
