@@ -92,6 +92,7 @@ class RolloutPool:
         self._options = list(actor_options or [{}] * num_actors)
         self.actors = [self._start(i) for i in range(num_actors)]
         ray.get([a.weights_version.remote() for a in self.actors])  # wait until every engine is up
+        log.info("rollout pool up: %d engine(s)", num_actors)
         self.version = version  # the policy the engines hold
         self._state_ref: ray.ObjectRef | None = None
         self.replaced = 0
