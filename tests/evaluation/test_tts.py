@@ -300,3 +300,20 @@ def test_cli_end_to_end(tiny_dir, tmp_path):
     assert all(t["naive_matches"] for t in meta["timing"])
     assert (out / "tts.png").stat().st_size > 10_000
     assert list((out / "wandb").glob("offline-run-*"))
+
+
+def test_eval_budgets_must_fit_the_engine(tiny_dir, tmp_path):
+    from rl.trainer import RLConfig, Trainer
+    from runkit.config import load_config
+
+    overrides = [
+        f"model={tiny_dir}",
+        f"trainer.output_dir={tmp_path / 'run'}",
+        f"data.path={DATA}",
+        "tracking.wandb=disabled",
+        "eval.tts_every=1",
+        "eval.budgets=[16,2048]",
+    ]
+    cfg = load_config(RLConfig, ROOT / "configs/tiny/rl.yaml", overrides)
+    with pytest.raises(ValueError, match=r"eval.budgets: .* rollout.max_model_len is 1024"):
+        Trainer(cfg)
