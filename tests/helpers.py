@@ -103,6 +103,14 @@ def kvrl_rl(tiny_dir, out, *overrides, data=None) -> list[dict]:
     return metrics(out)
 
 
+def loads_in_learner(ckpt: Path) -> None:
+    """``ckpt`` is a whole checkpoint: it has its trainer state, and the learner's model class loads it."""
+    from kimivl import KimiVLForConditionalGeneration
+
+    assert (ckpt / "trainer_state.json").exists()
+    KimiVLForConditionalGeneration.from_pretrained(ckpt)
+
+
 def metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
 

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, assert_nothing_left, kvrl_here, marked, start_run, wait_until
+from tests.helpers import (
+    ROOT,
+    assert_nothing_left,
+    kvrl_here,
+    loads_in_learner,
+    marked,
+    start_run,
+    wait_until,
+)
 
 
 def latest(run: Path) -> str | None:
@@ -29,13 +37,6 @@ def kill_learner_rank(marker: str, rank_index: int = 1) -> None:
     )
     assert len(ranks) == 2, [" ".join(p.cmdline()) for p in ranks]
     ranks[rank_index].kill()
-
-
-def loads_in_learner(ckpt: Path) -> None:
-    from kimivl import KimiVLForConditionalGeneration
-
-    assert (ckpt / "trainer_state.json").exists()
-    KimiVLForConditionalGeneration.from_pretrained(ckpt)
 
 
 @pytest.mark.slow
