@@ -131,8 +131,9 @@ class RepeatConfig:
     """Stop a response whose last ``min_repeats`` blocks of some length up to ``max_period`` tokens are
     identical (k1.5 sec. 2.6.2: repeated sequences are detected, stopped early and penalized).
 
-    A repeat is checked between chunks, so a looping response costs at most one chunk more. The defaults
-    leave kvrl's own traces alone: the demo task's re-checks repeat a block at most 4 times.
+    A repeat is checked after every engine step (:class:`RepeatWatch`), on every rollout path, so a
+    looping response stops at the token that completes the repeat; nothing is appended to it. The
+    defaults leave kvrl's own traces alone: the demo task's re-checks repeat a block at most 4 times.
     """
 
     enabled: bool = True
@@ -161,3 +162,38 @@ def repeated_period(ids: list[int], max_period: int, min_repeats: int) -> int | 
         if all(ids[-span + k * p : len(ids) - span + (k + 1) * p] == block for k in range(min_repeats - 1)):
             return p
     return None
+
+
+class RepeatWatch:
+    """:func:`repeated_period` kept up to date token by token, at O(``max_period``) per token.
+
+    For each period p it counts how many of the latest tokens equal the token p before them; the last
+    ``min_repeats * p`` tokens are one block ``min_repeats`` times over exactly when that count reaches
+    ``(min_repeats - 1) * p``. ``history``: the tokens the response already has (a continuation).
+    """
+
+    def __init__(self, cfg: RepeatConfig, history: list[int] = ()):
+        self.max_period, self.min_repeats = cfg.max_period, cfg.min_repeats
+        self.tail: list[int] = []  # the last max_period + 1 tokens
+        self.runs = [0] * (cfg.max_period + 1)  # runs[p]: latest tokens equal to the token p before
+        for token in history:
+            self.push(token)
+
+    def push(self, token: int) -> bool:
+        """Add one token; True if the response now ends in a repeat."""
+        tail, runs = self.tail, self.runs
+        tail.append(token)
+        if len(tail) > self.max_period + 1:
+            del tail[0]
+        hit = False
+        for p in range(1, min(self.max_period, len(tail) - 1) + 1):
+            runs[p] = runs[p] + 1 if tail[-1 - p] == token else 0
+            hit = hit or runs[p] >= (self.min_repeats - 1) * p
+        return hit
+
+    def first_repeat(self, tokens: list[int]) -> int | None:
+        """Push ``tokens``; the count of them up to the one that completes a repeat (None: no repeat)."""
+        for i, token in enumerate(tokens):
+            if self.push(token):
+                return i + 1
+        return None

@@ -26,7 +26,7 @@ from runkit.tokens import THINK_CLOSE, THINK_OPEN
 
 from .engine import EngineConfig, Sample, make_llm, to_sample
 from .inputs import collapse_placeholders, make_request
-from .trajectory import REPEAT, RepeatConfig, Trajectory, repeated_period
+from .trajectory import REPEAT, RepeatConfig, RepeatWatch, Trajectory
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +136,11 @@ class RolloutWorker:
             stop_token_ids=stop_ids or None,
         )
 
-    def generate(self, requests: list[RolloutRequest], sampling: SamplingConfig) -> list[RolloutResult]:
-        """``sampling.n`` samples of each request; sample j of a request is seeded ``seed + j``."""
+    def generate(
+        self, requests: list[RolloutRequest], sampling: SamplingConfig, repeat: RepeatConfig | None = None
+    ) -> list[RolloutResult]:
+        """``sampling.n`` samples of each request; sample j of a request is seeded ``seed + j``. With
+        ``repeat``, a looping sample stops where its repeat completes (finish reason ``"repeat"``)."""
         self.stats = EngineStats()
         vllm_requests = [make_request(r.prompt, r.images, self.processor.image_processor) for r in requests]
         budget = sampling.thinking_budget
@@ -149,12 +152,13 @@ class RolloutWorker:
         prompts = [v for v in vllm_requests for _ in range(n)]
         params = [self._params(sampling, r.seed + j, 1, first_max, stops) for r in requests for j in range(n)]
         keys = [f"{r.request_id}/{j}" for r in requests for j in range(n)]
-        flat = self._run(prompts, params, keys)
+        watches = [RepeatWatch(repeat) for _ in keys] if repeat is not None and repeat.enabled else None
+        flat = self._run(prompts, params, keys, watches)
         results = []
         for i, (req, vreq) in enumerate(zip(requests, vllm_requests, strict=True)):
             samples = flat[i * n : (i + 1) * n]
             if budget:
-                samples = self._finish_answers(req, vreq, samples, sampling)
+                samples = self._finish_answers(req, vreq, samples, sampling, repeat)
             results.append(RolloutResult(req.request_id, samples))
         return results
 
@@ -174,7 +178,7 @@ class RolloutWorker:
         repeats one block (``"repeat"``); otherwise it comes back unfinished, to be continued.
         """
         if sampling.thinking_budget is not None:
-            return self._extend_budgeted(trajectories, sampling, max_new, version)
+            return self._extend_budgeted(trajectories, sampling, max_new, version, repeat)
         self.stats = EngineStats()
         built: dict[str, dict] = {}  # one decoded request (images included) per group
         prompts, params, todo = [], [], []
@@ -200,28 +204,30 @@ class RolloutWorker:
             params.append(self._params(sampling, t.seed(), 1, tokens, []))
             todo.append((t, tokens))
         tok = self.processor.tokenizer
-        outputs = self._run(prompts, params, [t.key for t, _ in todo])
+        watches = None
+        if repeat is not None and repeat.enabled:
+            watches = [RepeatWatch(repeat, t.response_ids) for t, _ in todo]
+        outputs = self._run(prompts, params, [t.key for t, _ in todo], watches)
         for (t, asked), s in zip(todo, outputs, strict=True):
             if not t.prompt_ids:
                 t.prompt_ids = s.prompt_token_ids
             t.extend(s.response_token_ids, s.logprobs, version)
             t.text = tok.decode(t.response_ids, skip_special_tokens=True)
-            if s.finish_reason == "stop":
-                t.finish_reason = "stop"
+            if s.finish_reason in ("stop", REPEAT):
+                t.finish_reason = s.finish_reason
             elif len(t.response_ids) >= sampling.max_tokens or len(s.response_token_ids) < asked:
                 t.finish_reason = "length"  # max_tokens, or the engine's max_model_len cut it short
-            elif (
-                repeat is not None
-                and repeat.enabled
-                and repeated_period(t.response_ids, repeat.max_period, repeat.min_repeats)
-            ):
-                t.finish_reason = REPEAT
             if t.done:
                 t.finished_at = s.finished_at
         return trajectories
 
     def _extend_budgeted(
-        self, trajectories: list[Trajectory], sampling: SamplingConfig, max_new: int | None, version: int
+        self,
+        trajectories: list[Trajectory],
+        sampling: SamplingConfig,
+        max_new: int | None,
+        version: int,
+        repeat: RepeatConfig | None,
     ) -> list[Trajectory]:
         """Whole groups under a thinking budget, through :meth:`generate` (which forces ``◁/think▷``)."""
         groups: dict[str, list[Trajectory]] = {}
@@ -234,7 +240,7 @@ class RolloutWorker:
                 "a thinking budget needs whole groups sampled in one piece: no divided rollout, no partial "
                 "rollouts (rollout.schedule.divided, rollout.partial.enabled)"
             )
-        results = self.generate([m[0].request for m in groups.values()], sampling)
+        results = self.generate([m[0].request for m in groups.values()], sampling, repeat)
         for members, result in zip(groups.values(), results, strict=True):
             for t in members:
                 s = result.samples[t.sample]
@@ -243,11 +249,17 @@ class RolloutWorker:
                 t.text, t.finish_reason, t.finished_at = s.text, s.finish_reason or "length", s.finished_at
         return trajectories
 
-    def _run(self, prompts: list[dict], params: list, keys: list[str]) -> list[Sample]:
+    def _run(
+        self, prompts: list[dict], params: list, keys: list[str], watches: list[RepeatWatch] | None = None
+    ) -> list[Sample]:
         """One sample per prompt (each ``params`` has n=1), stepping the engine here rather than in
         ``LLM.generate``: each sample gets the time stamp of the step that finished it, and the busy
         sequence slots are counted (``self.stats``). Requests are named ``keys`` (``"{group}/{sample}"``):
-        grouped speculative decoding reads the group from the name (``rollout/speculation.py``)."""
+        grouped speculative decoding reads the group from the name (``rollout/speculation.py``).
+
+        ``watches`` (one per prompt): after every step, a request whose response now ends in a repeat
+        is aborted and returned cut at the token that completed it, finish reason ``"repeat"``: every
+        token it keeps was sampled, none is added."""
         if not prompts:
             return []
         engine = self.llm.llm_engine
@@ -261,20 +273,35 @@ class RolloutWorker:
         out: list[Sample | None] = [None] * len(keys)
         slots, stats = self.cfg.max_num_seqs, self.stats
         start = last = time.perf_counter()
+        seen = [0] * len(keys)  # response tokens each request's watch has read
         while engine.has_unfinished_requests():
             held = min(engine.get_num_unfinished_requests(), slots)
-            finished = [o for o in engine.step() if o.finished]
+            outputs = engine.step()
             now = time.perf_counter()
             stats.slot_seconds += held * (now - last)
             stats.seq_steps += held
             stats.steps += 1
             last = now
             stamp = time.time()
-            for o in finished:
+            for o in outputs:
+                i = where[o.request_id]
+                cut = None
+                if watches is not None:
+                    ids = o.outputs[0].token_ids
+                    cut = watches[i].first_repeat(list(ids[seen[i] :]))
+                    cut = None if cut is None else seen[i] + cut
+                    seen[i] = len(ids)
+                if not o.finished and cut is None:
+                    continue
                 sample = to_sample(o, o.outputs[0])
+                if cut is not None:
+                    if not o.finished:
+                        engine.abort_request([o.request_id])
+                    del sample.response_token_ids[cut:], sample.logprobs[cut:]
+                    sample.finish_reason = REPEAT
                 sample.finished_at = stamp
                 stats.tokens += len(sample.response_token_ids)
-                out[where[o.request_id]] = sample
+                out[i] = sample
         stats.seconds += last - start
         stats.draft_tokens, stats.accepted_tokens = (
             b - a for a, b in zip(drafted, self._spec_counts(), strict=True)
@@ -292,7 +319,7 @@ class RolloutWorker:
         counts = {m.name: m.value for m in self.llm.get_metrics() if m.name in names}  # counters
         return int(counts.get(names[0], 0)), int(counts.get(names[1], 0))
 
-    def _finish_answers(self, req, vreq, samples: list[Sample], sampling: SamplingConfig):
+    def _finish_answers(self, req, vreq, samples: list[Sample], sampling: SamplingConfig, repeat=None):
         """Continue each sample past the thinking-budget window.
 
         Closed its thinking itself: sample the answer. Still thinking when the budget ran out: force
@@ -303,6 +330,8 @@ class RolloutWorker:
 
         follow, idx, room = [], [], []
         for j, s in enumerate(samples):
+            if s.finish_reason == REPEAT:  # stopped for looping: it ends there
+                continue
             ids = s.response_token_ids
             opened = (
                 bool(s.prompt_token_ids) and s.prompt_token_ids[-1] == self.think_open
@@ -332,7 +361,10 @@ class RolloutWorker:
         params = [
             self._params(sampling, answer_seed(req.seed, j), 1, n, []) for j, n in zip(idx, room, strict=True)
         ]
-        outs = self._run(follow, params, [f"{req.request_id}/{j}" for j in idx])
+        watches = None
+        if repeat is not None and repeat.enabled:  # the answer continues the response: watch all of it
+            watches = [RepeatWatch(repeat, samples[j].response_token_ids) for j in idx]
+        outs = self._run(follow, params, [f"{req.request_id}/{j}" for j in idx], watches)
         tok = self.processor.tokenizer
         for j, cont in zip(idx, outs, strict=True):
             s = samples[j]

@@ -3,10 +3,12 @@ on hand-made trajectories: no engine."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from rollout.schedule import RolloutQueue, ScheduleConfig, rollout_metrics
-from rollout.trajectory import Trajectory, repeated_period
+from rollout.trajectory import RepeatConfig, RepeatWatch, Trajectory, repeated_period
 from rollout.worker import RolloutRequest
 
 
@@ -108,6 +110,25 @@ def test_repeated_period_by_hand():
     assert repeated_period([5, 5, 5, 5], max_period=1, min_repeats=4) == 1
     assert repeated_period([1, 2, 3, 1, 2, 4], max_period=3, min_repeats=2) is None  # 1 2 3 vs 1 2 4
     assert repeated_period([7, 1, 2, 3, 1, 2, 3], max_period=2, min_repeats=2) is None  # period 3 > max
+
+
+def test_repeat_watch_fires_exactly_where_repeated_period_first_does():
+    """Token by token, the watch agrees with the whole-list check at every prefix, continuations
+    included: sequences over 3 symbols repeat often, so both answers get exercised."""
+    rng = random.Random(0)
+    cfg = RepeatConfig(max_period=4, min_repeats=3)
+    fired = 0
+    for _ in range(300):
+        ids = [rng.randrange(3) for _ in range(rng.randrange(1, 40))]
+        split = rng.randrange(len(ids) + 1)
+        watch = RepeatWatch(cfg, ids[:split])
+        for k in range(split, len(ids)):
+            expected = repeated_period(ids[: k + 1], cfg.max_period, cfg.min_repeats) is not None
+            assert watch.push(ids[k]) == expected, (ids, split, k)
+            fired += expected
+    assert fired > 100
+    # [9, 1, 2, 1, 2, 1, 2]: the third copy of (1, 2) completes at the 7th token
+    assert RepeatWatch(cfg).first_repeat([9, 1, 2, 1, 2, 1, 2, 1]) == 7
 
 
 def test_trajectory_seeds_first_as_vllm_then_by_position():

@@ -68,3 +68,37 @@ def test_engine_stats_count_steps_and_busy_slots(worker):
     # 4 sequences in 8 slots at most: at most half the slot-seconds of the engine's time
     assert 0 < stats.slot_seconds <= 4 * stats.seconds + 1e-9
     assert all(t.finished_at is not None for t in trajectories)
+
+
+LOOPING = 100.0  # the tiny model's LM head scaled so: near-greedy, and every sample falls into a loop
+
+
+@pytest.mark.slow
+def test_a_looping_response_stops_at_its_repeat_in_the_synchronous_path(worker, tiny_dir):
+    """Whole responses in one call (no divided rollout, no partial rollouts, every shipped config's
+    path): a response stops at the token that completes a repeat, as a prefix of what the engine
+    samples without the watch, with the same log-probs; nothing is forced into it."""
+    from rollout.trajectory import REPEAT, RepeatConfig, repeated_period
+
+    policy = KimiVLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32)
+    state = dict(policy.checkpoint_tensors())
+    looping = {k: v * LOOPING if k.endswith("lm_head.weight") else v for k, v in state.items()}
+    assert any(k.endswith("lm_head.weight") for k in state)
+    request = RolloutRequest("loop@0", chat_prompt(worker.processor, "What is 2+3?", 0), seed=1)
+    sampling, repeat = SamplingConfig(n=4, max_tokens=300), RepeatConfig(max_period=32, min_repeats=8)
+    worker.update_weights(looping, version=1)
+    try:
+        free = worker.extend([Trajectory(request, j) for j in range(4)], sampling, None, 1)
+        watched = worker.extend([Trajectory(request, j) for j in range(4)], sampling, None, 1, repeat)
+        steps = worker.stats.steps
+    finally:
+        worker.update_weights(state, version=0)
+    assert [t.finish_reason for t in free] == ["length"] * 4  # unwatched, each loops to max_tokens
+    for f, w in zip(free, watched, strict=True):
+        n = len(w.response_ids)
+        assert w.finish_reason == REPEAT and n < sampling.max_tokens
+        assert w.response_ids == f.response_ids[:n] and not w.forced  # only sampled tokens, cut
+        assert max(abs(a - b) for a, b in zip(w.logprobs, f.logprobs, strict=False)) < TOLERANCE
+        # cut at the first token that completes a repeat, not later
+        assert repeated_period(w.response_ids, 32, 8) and not repeated_period(w.response_ids[:-1], 32, 8)
+    assert steps < sampling.max_tokens  # the engine stopped early, it did not run on and trim
