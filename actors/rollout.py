@@ -98,6 +98,9 @@ class RolloutPool:
         self.replaced = 0
         self.closed = False
         self.inflight = 0  # chunks being generated right now (for monitoring and tests)
+        # the last extend's engine calls, each its own EngineStats and wall time (cost fits:
+        # benchmarks/longtail.py)
+        self.call_stats: list[dict] = []
 
     def _start(self, i: int):
         return RolloutActor.options(**self._options[i]).remote(self.cfg, self.cores)
@@ -176,6 +179,9 @@ class RolloutPool:
         running: dict[ray.ObjectRef, tuple[int, list[Trajectory], int]] = {}
         attempts: dict[str, int] = {}
         total = EngineStats()
+        self.call_stats = []
+        calls = chunked = 0
+        sent: dict[ray.ObjectRef, float] = {}  # when each call was made
         start = time.perf_counter()
         while queue.pending() or running:
             busy = {i for i, _, _ in running.values()}
@@ -184,8 +190,11 @@ class RolloutPool:
                     continue
                 batch = queue.take(self.cfg.max_num_seqs)
                 attempt = 1 + max(attempts.get(t.key, 0) for t in batch)
+                calls += 1
+                chunked += queue.max_new is not None
                 ref = self.actors[i].extend.remote(batch, sampling, queue.max_new, version, repeat)
                 running[ref] = (i, batch, attempt)
+                sent[ref] = time.perf_counter()
             self.inflight = len(running)
             (ref,), _ = ray.wait(list(running), num_returns=1)
             i, batch, attempt = running.pop(ref)
@@ -198,9 +207,11 @@ class RolloutPool:
                     message = f"rollout trajectories {keys} killed {attempt} engines; giving up"
                     raise RuntimeError(message) from e
                 attempts.update({t.key: attempt for t in batch})
+                sent.pop(ref, None)
                 queue.put_back(batch, None)
                 continue
             total.add(stats)
+            self.call_stats.append({**stats.__dict__, "wall_s": time.perf_counter() - sent.pop(ref)})
             queue.put_back(batch, returned)
         self.inflight = 0
         seconds = time.perf_counter() - start
@@ -209,8 +220,12 @@ class RolloutPool:
         metrics = rollout_metrics(queue.finished_here(), seconds, total.slot_seconds, slots)
         metrics["rollout_engine_steps"] = float(total.steps)
         metrics["rollout_tokens_per_seq_step"] = total.tokens / max(total.seq_steps, 1)
+        metrics["rollout_chunked_call_share"] = chunked / max(calls, 1)  # divided: calls cut at a chunk
         if total.draft_tokens:
             metrics["spec_acceptance"] = total.accepted_tokens / total.draft_tokens
+        if self.cfg.speculative_tokens:  # sequence-steps that verified a draft
+            metrics["spec_draft_share"] = total.drafts / max(total.seq_steps, 1)
+            metrics["spec_accepted_per_draft"] = total.accepted_tokens / max(total.drafts, 1)
         return results, metrics
 
     def rss_mb(self) -> list[float]:

@@ -39,21 +39,52 @@ from rl.partial import PartialBuffer, PartialConfig, group_key
 from rollout.engine import EngineConfig
 from rollout.prompts import chat_prompt
 from rollout.schedule import ScheduleConfig
-from rollout.trajectory import Trajectory
+from rollout.trajectory import RepeatConfig, Trajectory
 from rollout.worker import RolloutRequest, SamplingConfig
 
 from . import longtail_sim as sim
+from . import sim_cost
 from .common import result
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
 POLICY_DIR = ROOT / "runs" / "bench" / "longtail-policy"
+RAW_DIR = ROOT / "runs" / "bench"
 A3B_MAX_TOKENS = 16384  # rollout.sampling.max_tokens of configs/kimi-vl-a3b/rl-1x8.yaml
 SPECULATIVE_TOKENS = 4  # the longest draft of grouped speculative decoding
 SPECULATIVE_MAX_BATCH = 4  # draft only in the tail, where a step's fixed cost dominates (docs/benchmarks.md)
 # every policy of the simulation, measured here: the speculative ones on a second pool whose engines
 # have the grouped proposer (an engine has it or not), the others on a plain one
 MEASURED = dict(sim.POLICIES)
+SINGLES = ("partial", "divided", "context_aware", "speculative")
+
+
+@dataclass(frozen=True)
+class Size:
+    """The workload, fixed before any policy was tuned on it (issue #37). ``slots`` (each engine's
+    ``max_num_seqs``) is a quarter of an iteration's samples per engine: the samples do not all fit at
+    once, as 16K-32K-token responses fill a GPU engine's KV cache long before ``max_num_seqs``."""
+
+    iterations: int
+    prompts: int  # per iteration
+    samples: int  # per prompt
+    max_tokens: int
+    slots: int  # per engine
+    tune_iterations: int  # of the validation split
+    chunks: tuple[int, ...]  # the synchronous pool's grid: groups per unit of work
+    segments: tuple[int, ...]  # all together's grid: tokens per segment (and per divided chunk)
+    a3b_trace: tuple[int, int, int] = (5, 64, 8)  # the simulated A3B trace: iterations, prompts, samples
+
+    def describe(self) -> str:
+        return f"{self.iterations} iterations x {self.prompts} prompts x {self.samples} samples"
+
+
+# 64 samples an iteration on 2 engines of 8 slots; chunks of 8 groups give each engine its whole share
+# in one call. Both sides get one knob with 3 grid points, selected on a validation split.
+FULL = Size(12, 16, 4, 512, 8, 4, chunks=(2, 4, 8), segments=(32, 64, 128))
+# a check that it all runs (CI), not a measurement: lengths cut at 128 tokens
+QUICK = Size(3, 4, 4, 128, 2, 1, chunks=(1, 2), segments=(32, 64), a3b_trace=(2, 8, 4))
+ENGINES = 2
 
 
 @dataclass
@@ -63,94 +94,104 @@ class Workload:
     iterations: int
     chunk_tokens: int
     segment_tokens: int
+    seed: int = 0  # added to every prompt's sampling seed: another seed of the same workload
 
 
-def run(quick: bool = False, repeats: int = 3, model: str | None = None, engines: int = 2) -> list[dict]:
+def run(quick: bool = False, repeats: int = 3, model: str | None = None) -> list[dict]:
+    """Tune each side on a validation split, then measure every policy ``repeats`` times (each repeat
+    its own sampling seed) on held-out prompts; the result compares them and replays them in the
+    simulation (``benchmarks/longtail_sim.py``)."""
     model = model or build_policy()
-    # quick: a check that it all runs (CI), not a measurement; its lengths are cut at 128 tokens (two
-    # segments and two chunks of 64)
-    # 12 iterations: partial rollouts are credited only for finished work, and what is still in flight
-    # after the last iteration is lost; a long RL run has no last iteration
-    iterations, per, max_tokens = (3, 4, 128) if quick else (12, 16, 512)  # the policy's longest: ~250
-    n = 4
+    size = QUICK if quick else FULL
+    raw = measure(model, size, repeats)
+    # every run's measurements, so that the simulation can be replayed against them later
+    # (``python -m benchmarks.longtail_sim --calibrate FILE``)
+    RAW_DIR.mkdir(parents=True, exist_ok=True)
+    path = RAW_DIR / f"longtail-{'quick' if quick else 'full'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps({"size": asdict(size), **raw}, default=asdict))
+    log.info("measurements in %s", path)
+    return [summarize(raw, size, model) | {"measurements": str(path)}]
+
+
+def measure(model: str, size: Size, repeats: int) -> dict:
+    """Every run of the bench: the tuning runs on the validation split, then per repeat every policy on
+    the held-out split (policies interleaved, so that a slow spell of the machine hits all)."""
     processor = KimiVLProcessor.from_pretrained(model)
-    work = Workload(
-        _prompts(processor, iterations * per),
-        SamplingConfig(n=n, max_tokens=max_tokens),
-        iterations,
-        chunk_tokens=64,  # about the p75 of the policy's lengths
-        segment_tokens=64,  # about the p85: the longest sixth or so continue in the next iteration
-    )
-    measured: dict[str, list[dict]] = {name: [] for name in MEASURED}
-    with _pools(model, engines, chunk_size=-(-per // engines)) as (pools, weights):
-        warm = Workload(work.prompts[:per], work.sampling, 1, work.chunk_tokens, work.segment_tokens)
+    sampling = SamplingConfig(n=size.samples, max_tokens=size.max_tokens)
+    validation = _prompts(processor, size.tune_iterations * size.prompts, seed=2)
+    heldout = _prompts(processor, size.iterations * size.prompts, seed=1)
+    raw: dict = {"tuning": {"sync": {}, "all": {}}, "runs": {name: [] for name in MEASURED}}
+    with _pools(model, ENGINES, size.slots) as (pools, weights):
+        tune = Workload(
+            validation, sampling, size.tune_iterations, size.segments[0], size.segments[0], seed=100
+        )
         for speculative, pool in pools.items():
+            warm = replace(tune, prompts=validation[: size.prompts], iterations=1)
             _iterations(pool, weights, warm, sim.Policy("warm-up", speculative=speculative))
-        for _ in range(repeats):  # policies interleaved, so that a slow spell of the machine hits all
+        for chunk in size.chunks:
+            pools[False].chunk_size = chunk
+            raw["tuning"]["sync"][chunk] = _iterations(pools[False], weights, tune, MEASURED["sync"])
+        chunk = max(size.chunks, key=lambda c: raw["tuning"]["sync"][c]["throughput"])
+        for segment in size.segments:
+            work = replace(tune, chunk_tokens=segment, segment_tokens=segment)
+            pools[True].chunk_size = chunk
+            raw["tuning"]["all"][segment] = _iterations(pools[True], weights, work, MEASURED["all"])
+        segment = max(size.segments, key=lambda s: raw["tuning"]["all"][s]["throughput"])
+        raw["chunk_size"], raw["segment_tokens"] = chunk, segment
+        for pool in pools.values():
+            pool.chunk_size = chunk  # the tuned units serve every policy that runs whole samples
+        work = Workload(heldout, sampling, size.iterations, segment, segment)
+        for r in range(repeats):
             for name, policy in MEASURED.items():
-                measured[name].append(_iterations(pools[policy.speculative], weights, work, policy))
-    summary = {name: _median(runs) for name, runs in measured.items()}
+                runs = _iterations(pools[policy.speculative], weights, replace(work, seed=r), policy)
+                raw["runs"][name].append(runs)
+    return raw
+
+
+def summarize(raw: dict, size: Size, model: str) -> dict:
+    """The result record: medians per policy, each repeat's ratio, the techniques each policy used, and
+    the simulation (calibrated on this run's cost model first, then on the A3B one)."""
+    runs = raw["runs"]
+    summary = {name: _median(r) for name, r in runs.items()}
     base = summary["sync"]
     for s in summary.values():
         s["throughput_vs_sync"] = s["throughput"] / base["throughput"]
         s["tail_vs_sync"] = s["tail_s"] / base["tail_s"] if base["tail_s"] else math.nan
-    traces = measured["sync"][0]["trace"]
-    scale = A3B_MAX_TOKENS / max_tokens
-    scaled = [
-        [sim.Group(g.prompt_tokens, tuple(round(x * scale) for x in g.response_tokens)) for g in t]
-        for t in traces
-    ]
-    acceptance = summary["speculative"].get("spec_acceptance") or sim.Settings().accept_rate
-    settings = replace(
-        sim.Settings(),
-        accept_rate=acceptance,
-        draft_tokens=SPECULATIVE_TOKENS,
-        chunk_tokens=round(work.chunk_tokens * scale),
-        segment_tokens=round(work.segment_tokens * scale),
+    per_repeat = [a["throughput"] / b["throughput"] for a, b in zip(runs["all"], runs["sync"], strict=True)]
+    best_single = max(SINGLES, key=lambda name: summary[name]["throughput"])
+    simulation = sim_report(raw, size)
+    simulation["ratio"] = simulation["a3b_measured_trace"]["ratio"]
+    return result(
+        "longtail",
+        [r["throughput"] for r in runs["all"]],
+        [r["throughput"] for r in runs["sync"]],
+        "finished tokens/s",
+        higher_is_better=True,
+        size=size.describe(),
+        policies={k: {m: v for m, v in s.items() if m not in ("trace", "calls")} for k, s in summary.items()},
+        ratio_per_repeat=per_repeat,
+        best_single=best_single,
+        all_vs_best_single=summary["all"]["throughput"] / summary[best_single]["throughput"],
+        tail_ratio=summary["all"]["tail_vs_sync"],
+        tuning={
+            "what": "one knob per side, same grid size, chosen on a validation split (other prompts, another "
+            "seed), reported on the held-out split",
+            "sync_chunk_size": {str(k): v["throughput"] for k, v in raw["tuning"]["sync"].items()},
+            "all_segment_tokens": {str(k): v["throughput"] for k, v in raw["tuning"]["all"].items()},
+            "chosen": {"chunk_size": raw["chunk_size"], "segment_tokens": raw["segment_tokens"]},
+        },
+        workload=sim.describe_trace([g for t in runs["sync"][0]["trace"] for g in t]),
+        settings=dict(
+            asdict(size),
+            engines=ENGINES,
+            speculative_tokens=SPECULATIVE_TOKENS,
+            speculative_max_batch=SPECULATIVE_MAX_BATCH,
+        ),
+        simulation=simulation,
+        baseline_description="the synchronous pool at its tuned chunk size: whole groups in units of work, "
+        "every sample to its end",
+        model=model,
     )
-    simulated = sim.compare(scaled, settings)
-    # and on the simulator's own A3B-shaped trace (median 4K, p99 24K tokens), at the same acceptance
-    a3b = sim.compare(sim.synthetic_traces(5, 64, 8, seed=0), replace(sim.Settings(), accept_rate=acceptance))
-    return [
-        result(
-            "longtail",
-            [r["throughput"] for r in measured["all"]],
-            [r["throughput"] for r in measured["sync"]],
-            "finished tokens/s",
-            higher_is_better=True,
-            size=f"{iterations} iterations x {per} prompts x {n} samples",
-            policies={k: {m: v for m, v in s.items() if m != "trace"} for k, s in summary.items()},
-            tail_ratio=summary["all"]["tail_vs_sync"],
-            workload=sim.describe_trace([g for t in traces for g in t]),
-            settings=dict(
-                engines=engines,
-                iterations=iterations,
-                prompts_per_iteration=per,
-                samples_per_prompt=n,
-                max_tokens=max_tokens,
-                chunk_tokens=work.chunk_tokens,
-                segment_tokens=work.segment_tokens,
-                speculative_tokens=SPECULATIVE_TOKENS,
-                speculative_max_batch=SPECULATIVE_MAX_BATCH,
-            ),
-            simulation={
-                "what": "trace-driven simulation, not a measurement: the sync run's lengths x "
-                f"{scale:g} replayed on Kimi-VL-A3B engines (benchmarks/longtail_sim.py), at the "
-                "speculative acceptance measured here",
-                "settings": {k: v for k, v in asdict(settings).items() if k != "cost"},
-                "ratio": simulated["all"]["throughput_vs_sync"],
-                "policies": {k: _sim_summary(v) for k, v in simulated.items()},
-                "a3b_trace": {
-                    "what": "sim.synthetic_traces(5, 64, 8, seed=0): 64 prompts x 8 samples, median 4K, "
-                    "p99 24K tokens, rl-1x8's engines and knobs, the acceptance measured here",
-                    "ratio": a3b["all"]["throughput_vs_sync"],
-                    "policies": {k: _sim_summary(v) for k, v in a3b.items()},
-                },
-            },
-            baseline_description="the synchronous pool: whole groups in chunks, every sample to its end",
-            model=model,
-        )
-    ]
 
 
 def build_policy(out: Path = POLICY_DIR) -> str:
@@ -178,21 +219,20 @@ def build_policy(out: Path = POLICY_DIR) -> str:
     return str(final)
 
 
-def _prompts(processor, count: int) -> list[tuple[str, str]]:
-    """(id, chat prompt) of ``count`` fresh long-tail problems (another seed than the SFT data)."""
+def _prompts(processor, count: int, seed: int) -> list[tuple[str, str]]:
+    """(id, chat prompt) of ``count`` fresh long-tail problems (other seeds than the SFT data's 0)."""
     folder = Path(tempfile.mkdtemp(prefix="kvrl-bench-longtail-"))
-    make_longtail(folder, count, seed=1)
+    make_longtail(folder, count, seed=seed)
     rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
-    return [(r["id"], chat_prompt(processor, r["question"], 0)) for r in rows]
+    return [(f"{r['id']}~{seed}", chat_prompt(processor, r["question"], 0)) for r in rows]
 
 
 class _pools:
     """A local Ray, two pools of rollout actors (keyed by whether their engines speculate) and the
     policy's weights in the object store."""
 
-    def __init__(self, model: str, engines: int, chunk_size: int):
-        # the synchronous pool at its best: one chunk per engine, each engine batching all its prompts
-        self.model, self.engines, self.chunk_size = model, engines, chunk_size
+    def __init__(self, model: str, engines: int, slots: int):
+        self.model, self.engines, self.slots = model, engines, slots
         self.pools: dict[bool, RolloutPool] = {}
         self.placements = []
 
@@ -210,11 +250,11 @@ class _pools:
             engine = EngineConfig(
                 model=self.model,
                 max_model_len=1024,
-                max_num_seqs=64,
+                max_num_seqs=self.slots,
                 speculative_tokens=tokens,
-                speculative_max_batch=SPECULATIVE_MAX_BATCH,
+                speculative_max_batch=SPECULATIVE_MAX_BATCH,  # vLLM's schedule only below max_num_seqs
             )
-            self.pools[speculative] = RolloutPool(engine, self.engines, placement.rollout, self.chunk_size)
+            self.pools[speculative] = RolloutPool(engine, self.engines, placement.rollout)
         policy = KimiVLForConditionalGeneration.from_pretrained(self.model)
         return self.pools, ray.put(dict(policy.checkpoint_tensors()))
 
@@ -230,7 +270,9 @@ class _pools:
 
 
 def _iterations(pool: RolloutPool, weights, work: Workload, policy: sim.Policy) -> dict:
-    """``work.iterations`` rollouts of an equal share of ``work.prompts`` each, under ``policy``."""
+    """``work.iterations`` rollouts of an equal share of ``work.prompts`` each, under ``policy``; then,
+    with no new prompts, the rollouts that finish what partial rollouts still carry (the same responses
+    finished by every policy, the time that takes charged to the policy)."""
     schedule = ScheduleConfig(
         divided=policy.divided, chunk_tokens=work.chunk_tokens, context_aware=policy.context_aware
     )
@@ -239,25 +281,31 @@ def _iterations(pool: RolloutPool, weights, work: Workload, policy: sim.Policy) 
     prompts, iterations, sampling = work.prompts, work.iterations, work.sampling
     per = len(prompts) // iterations
     seconds, tokens, tails, busy, per_step, accepted, counted = 0.0, 0, [], [], [], [], set()
-    steps = 0.0
+    steps, spanning, chunked, drafted = 0.0, 0, [], []
     trace: list[list[sim.Group]] = []
+    calls: list[dict] = []
     drain, it = 0.0, 0
-    # then, with no new prompts, the iterations that finish what partial rollouts still carry: the
-    # same responses finished by every policy, and the time that takes charged to the policy
     while it < iterations or buffer.carried():
         fresh = [
-            Trajectory(RolloutRequest(group_key(pid, it), prompt, seed=zlib.crc32(pid.encode())), j)
+            Trajectory(
+                RolloutRequest(group_key(pid, it), prompt, seed=zlib.crc32(pid.encode()) + 7919 * work.seed),
+                j,
+            )
             for pid, prompt in prompts[it * per : (it + 1) * per]
             for j in range(sampling.n)
         ]
         start = time.perf_counter()
-        out, metrics = pool.extend(buffer.schedule(fresh, it), sampling, schedule, it)
+        out, metrics = pool.extend(buffer.schedule(fresh, it), sampling, schedule, it, RepeatConfig())
         seconds += time.perf_counter() - start
         drain += time.perf_counter() - start if it >= iterations else 0.0
+        calls += pool.call_stats
         done = [t for t in out if t.done and t.key not in counted]
         counted.update(t.key for t in done)
         tokens += sum(len(t.response_ids) for t in done)
+        spanning += sum(len(set(t.born)) > 1 for t in done)
         steps += metrics["rollout_engine_steps"]
+        chunked.append(metrics["rollout_chunked_call_share"])
+        drafted.append(metrics.get("spec_draft_share", 0.0))
         if it < iterations:
             tails.append(metrics["rollout_tail_s"])
             busy.append(metrics["rollout_busy_fraction"])
@@ -278,9 +326,22 @@ def _iterations(pool: RolloutPool, weights, work: Workload, policy: sim.Policy) 
         "busy_fraction": statistics.fmean(busy),
         "tokens_per_seq_step": statistics.fmean(per_step),
         "engine_steps": steps,  # summed over engines and iterations
+        # which techniques did something, and how much: an "all together" that quietly became one
+        # technique shows here
+        "active": {
+            "divided_chunked_calls": statistics.fmean(chunked),  # calls cut at a chunk boundary
+            "speculative_draft_steps": statistics.fmean(drafted),  # sequence-steps verifying a draft
+            "partial_spanning_responses": spanning / max(len(counted), 1),  # sampled over > 1 iteration
+        },
         **({"spec_acceptance": statistics.fmean(accepted)} if accepted else {}),
         "trace": [t for t in trace if t],
+        "calls": calls,
     }
+
+
+def _seed(prompt_id: str, seed: int) -> int:
+    """A prompt's sampling seed in workload seed ``seed``."""
+    return zlib.crc32(prompt_id.encode()) + 7919 * seed
 
 
 def _median(runs: list[dict]) -> dict:
@@ -291,6 +352,169 @@ def _median(runs: list[dict]) -> dict:
     return mid
 
 
+def sim_report(raw: dict, size: Size) -> dict:
+    """The simulation, in two steps. First on this machine's cost model (fitted to every engine call of
+    this run) with this run's settings and measured drafter, on the synchronous runs' own lengths: each
+    policy's simulated ratio against the measured one (the calibration). Then the same scheduling and
+    drafter on the Kimi-VL-A3B cost model, each side at the best of its grid there."""
+    runs = raw["runs"]
+    calls = [c for name in runs for r in runs[name] for c in r["calls"]]
+    cost, fit = sim_cost.fit_cost(calls)
+    overhead = sim_cost.fit_call_overhead(calls)
+    drafts = sum(c["drafts"] for c in calls)
+    if drafts:
+        drafter = {
+            "draft_tokens": sum(c["draft_tokens"] for c in calls) / drafts,
+            "accepted_per_draft": sum(c["accepted_tokens"] for c in calls) / drafts,
+            "draft_rate": drafts / sum(c["spec_seq_steps"] for c in calls),
+            "source": "measured",
+        }
+    else:  # no draft was made: say so, and what is used instead
+        d = sim.Settings()
+        drafter = {
+            "draft_tokens": d.draft_tokens,
+            "accepted_per_draft": d.accepted_per_draft,
+            "draft_rate": d.draft_rate,
+            "source": "assumed",
+        }
+    spec = {k: drafter[k] for k in ("draft_tokens", "accepted_per_draft", "draft_rate")}
+    traces = [_groups(t) for t in _median(runs["sync"])["trace"]]
+    cpu = sim.Settings(
+        engines=ENGINES,
+        max_num_seqs=size.slots,
+        kv_pool_tokens=10**9,  # the tiny model's KV never fills the engines' 1 GiB here
+        chunk_size=raw["chunk_size"],
+        chunk_tokens=raw["segment_tokens"],
+        segment_tokens=raw["segment_tokens"],
+        spec_max_batch=SPECULATIVE_MAX_BATCH if size.slots > SPECULATIVE_MAX_BATCH else 0,
+        global_kv_cache=False,
+        cost=cost,
+        call_s=overhead["call_s"],
+        call_request_s=overhead["call_request_s"],
+        **spec,
+    )
+    simulated = sim.compare(traces, cpu)
+    measured = {name: _median(r) for name, r in runs.items()}
+    table = {}
+    for name, r in simulated.items():
+        m = measured[name]["throughput"] / measured["sync"]["throughput"]
+        table[name] = {
+            "measured_ratio": m,
+            "simulated_ratio": r["throughput_vs_sync"],
+            "error": r["throughput_vs_sync"] / m - 1,
+            "measured_active": measured[name]["active"],
+            "simulated_active": r["active"],
+        }
+    scale = A3B_MAX_TOKENS / size.max_tokens
+    validation = [
+        _groups(t, scale)
+        for t in raw["tuning"]["sync"][_key(raw["tuning"]["sync"], raw["chunk_size"])]["trace"]
+    ]
+    a3b = sim.Settings(**spec, call_s=overhead["call_s"], call_request_s=overhead["call_request_s"])
+    return {
+        "what": "trace-driven simulation, not a measurement: the policies as kvrl implements them "
+        "(rollout/schedule.py's queue, the drafter's rules) replayed on a cost model "
+        "(benchmarks/sim_cost.py)",
+        "drafter": drafter,
+        "cpu_calibration": {
+            "what": "this machine's cost model fitted to this run's engine calls, this run's settings, on "
+            "the synchronous runs' lengths: simulated vs measured ratio to sync, per policy",
+            "fit": fit,
+            "call_overhead": overhead,
+            "policies": table,
+            "max_abs_error": max(abs(v["error"]) for v in table.values()),
+        },
+        "a3b_measured_trace": _a3b(
+            [_groups(t, scale) for t in traces],
+            validation,
+            a3b,
+            f"the sync runs' lengths x {scale:g} (max_tokens -> 16K) on Kimi-VL-A3B engines (rl-1x8)",
+        ),
+        "a3b_synthetic_trace": _a3b(
+            sim.synthetic_traces(*size.a3b_trace, seed=0),
+            sim.synthetic_traces(*size.a3b_trace, seed=100),
+            a3b,
+            f"sim.synthetic_traces{size.a3b_trace} (iterations, prompts, samples), median 4K, p99 24K "
+            "tokens, on Kimi-VL-A3B engines (rl-1x8)",
+        ),
+        "assumed": {
+            "a3b_cost_model": "benchmarks/sim_cost.py: bandwidth efficiency 0.7, prefill MFU 0.4, NCCL "
+            "latency 15 us, spec_factor 1.1 (unvalidated until a GPU run)",
+            "a3b_drafting": f"the drafter {drafter['source']} here, drafting at any batch size on GPU",
+            "a3b_lengths": f"the measured shape scaled x {scale:g}",
+            "a3b_call_overhead": "an engine call's overhead as measured on this CPU host",
+        },
+        "ratio": None,  # filled below: the A3B measured-trace ratio of all together, each side tuned
+    }
+
+
+A3B_CHUNKS = (2, 8, 32)  # groups per unit of the synchronous pool (rl-1x8 ships 8)
+A3B_SEGMENTS = (4096, 8192, 16384)  # all together: segment_tokens = chunk_tokens (16384: partial idle)
+
+
+def _a3b(traces, validation, settings: sim.Settings, what: str) -> dict:
+    """Every policy on the A3B cost model, the synchronous pool at the best chunk size of its grid and
+    all together at the best segment of its grid, both chosen on ``validation``; ratios on ``traces``."""
+
+    def rate(policy: str, **kw) -> float:
+        return sim.simulate(validation, policy, replace(settings, **kw))["throughput_tokens_per_s"]
+
+    chunk = max(A3B_CHUNKS, key=lambda c: rate("sync", chunk_size=c))
+    segment = max(A3B_SEGMENTS, key=lambda g: rate("all", chunk_size=chunk, chunk_tokens=g, segment_tokens=g))
+    tuned = replace(settings, chunk_size=chunk, chunk_tokens=segment, segment_tokens=segment)
+    out = sim.compare(traces, tuned)
+    best = max(SINGLES, key=lambda name: out[name]["throughput_tokens_per_s"])
+    return {
+        "what": what,
+        "tuned": {"chunk_size": chunk, "segment_tokens": segment, "grids": [A3B_CHUNKS, A3B_SEGMENTS]},
+        "ratio": out["all"]["throughput_vs_sync"],
+        "best_single": best,
+        "all_vs_best_single": out["all"]["throughput_tokens_per_s"] / out[best]["throughput_tokens_per_s"],
+        "policies": {k: _sim_summary(v) for k, v in out.items()},
+    }
+
+
+def _groups(trace, scale: float = 1.0) -> list[sim.Group]:
+    """A trace as groups (from this run, or from its JSON), lengths scaled."""
+    out = []
+    for g in trace:
+        prompt, lengths = (
+            (g.prompt_tokens, g.response_tokens)
+            if isinstance(g, sim.Group)
+            else (g["prompt_tokens"], g["response_tokens"])
+        )
+        out.append(sim.Group(prompt, tuple(max(1, round(x * scale)) for x in lengths)))
+    return out
+
+
+def _key(table: dict, key: int):
+    """``key`` as ``table`` holds it (an int in this run, a string once read back from JSON)."""
+    return key if key in table else str(key)
+
+
 def _sim_summary(r: dict) -> dict:
-    keys = ("throughput_tokens_per_s", "throughput_vs_sync", "tail_s", "tail_vs_sync", "busy_fraction")
+    keys = (
+        "throughput_tokens_per_s",
+        "throughput_vs_sync",
+        "tail_s",
+        "tail_vs_sync",
+        "busy_fraction",
+        "active",
+    )
     return {k: r[k] for k in keys}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m benchmarks.longtail --calibrate FILE``: the simulation again, from a run's measurements."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--calibrate", type=Path, required=True, help="runs/bench/longtail-*.json")
+    args = ap.parse_args(argv)
+    raw = json.loads(args.calibrate.read_text())
+    size = {**raw["size"], "a3b_trace": tuple(raw["size"]["a3b_trace"])}
+    print(json.dumps(sim_report(raw, Size(**size)), indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -149,6 +149,9 @@ class RolloutConfig:
     # draft only while an engine runs at most this many sequences (0: at any batch): vLLM's dynamic
     # speculative decoding schedule. Verifying drafts pays off in the tail, where batches are small.
     speculative_max_batch: int = 0
+    # draft only where drafting has paid on each engine, per batch size (measured tokens per second of
+    # step with and without drafts; rollout.speculation.SpeculationGate); false: whenever allowed above
+    speculative_adaptive: bool = True
     # true: allow sampling at temperature != 1 or top_p < 1. The loss still takes log-probs at
     # temperature 1, so it then trains on samples of another policy than the one it assumes (README).
     off_policy_sampling: bool = False
@@ -319,6 +322,7 @@ class Trainer:
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
             speculative_tokens=cfg.rollout.speculative_tokens,
             speculative_max_batch=cfg.rollout.speculative_max_batch,
+            speculative_adaptive=cfg.rollout.speculative_adaptive,
         )
         res = cfg.resources
         self.pool = RolloutPool(
@@ -367,7 +371,7 @@ class Trainer:
         and runs on the engines while the learners train; the weights sync once both are done."""
         last = self.cfg.trainer.iterations
         for it in tqdm(range(self.start_at, last), desc="RL iterations", unit="it"):
-            phase, start = _Phases(it), time.perf_counter()
+            phase, start, started_at = _Phases(it), time.perf_counter(), time.time()
             batch, self._ready = self._ready, None  # sampled ahead, during the last iteration
             ran_rollout = 0.0  # seconds the engines sampled during this iteration
             if batch is None:
@@ -401,6 +405,9 @@ class Trainer:
                 time_iteration=elapsed,
                 idle_rollout=max(0.0, 1.0 - ran_rollout / elapsed),
                 idle_learner=max(0.0, 1.0 - t_learn / elapsed),
+                # wall clock at the iteration's start: the gap to the next row's is the whole iteration,
+                # logging and checkpoint included (benchmarks/iteration.py times iterations by it)
+                started_at=started_at,
             )
             self.log(it, batch, rollouts, learn, times)
             phase("checkpoint", self.checkpoint, it)

@@ -35,6 +35,8 @@ class EngineConfig:
     # draft only while the engine runs at most this many sequences (0: always); vLLM's dynamic
     # speculative decoding schedule, which GroupSpeculator follows: verification is cheap only in the tail
     speculative_max_batch: int = 0
+    # draft only where drafting has paid on this engine (rollout.speculation.SpeculationGate)
+    speculative_adaptive: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -83,7 +85,8 @@ def make_llm(cfg: EngineConfig):
     if cfg.speculative_tokens:
         kwargs["speculative_config"] = {
             "method": "custom_class",
-            "model": "rollout.speculation.GroupSpeculator",
+            "model": "rollout.speculation."
+            + ("GroupSpeculator" if cfg.speculative_adaptive else "FixedGroupSpeculator"),
             "num_speculative_tokens": cfg.speculative_tokens,
         }
         if 0 < cfg.speculative_max_batch < cfg.max_num_seqs:

@@ -11,7 +11,10 @@ be compared (``kvrl bench longtail``):
   responses a partial rollout carries ride along with fresh work instead of making a round of their own.
 - **divided** (Seer, arXiv 2511.14617, "divided rollout"): every sample is its own request, generated
   ``chunk_tokens`` at a time; between chunks it comes back and goes to whichever engine is idle next, so
-  a few long responses end up spread over every engine instead of holding one.
+  a few long responses end up spread over every engine instead of holding one. A call is an even share
+  of the work left, dealt round the engines (every engines-th in queue order), which the engine's vLLM
+  batches; it is cut at a chunk only while the work left exceeds the engines' slots (there is a queue
+  to reorder), and runs to the end after.
 - **context-aware** (Seer, on top of divided): one probe sample per group runs first; the group's length
   estimate is its probe's length so far (exact once the probe finishes), and the other samples then run
   longest-estimated group first, approximating longest-job-first to cut the makespan.
@@ -61,6 +64,7 @@ class RolloutQueue:
         if not cfg.divided:
             self.waiting, self.units = self._deal(self.waiting)
         self.running = 0
+        self.capacity = 0  # the sequences an engine holds (the last take's)
         self.probes: set[str] = set()
         if cfg.context_aware:
             first: dict[str, str] = {}
@@ -70,8 +74,12 @@ class RolloutQueue:
 
     @property
     def max_new(self) -> int | None:
-        """Tokens per call: a chunk when divided, else to the end (or the budget)."""
-        return self.cfg.chunk_tokens if self.cfg.divided else None
+        """Tokens for the call just taken: a chunk when divided and the work left (waiting and running)
+        exceeds what the engines hold at once, else to the end (or the budget). Re-dispatching between
+        chunks only pays while there is a queue; once every sequence left has a slot, a chunk boundary
+        is only a barrier and a re-prefill."""
+        queued = len(self.waiting) + self.running > self.engines * self.capacity
+        return self.cfg.chunk_tokens if self.cfg.divided and queued else None
 
     def pending(self) -> bool:
         return bool(self.waiting)
@@ -86,9 +94,18 @@ class RolloutQueue:
             if self.cfg.context_aware:
                 estimates = self._estimates()
                 self.waiting.sort(key=lambda k: self._priority(k, estimates))
-            # an even share of what is left, so the engines that free up next get some too
-            count = min(capacity, max(1, math.ceil((len(self.waiting) + self.running) / self.engines)))
-        keys, self.waiting = self.waiting[:count], self.waiting[count:]
+            # an even share of what is left (the engine's vLLM batches it, refilling slots as sequences
+            # end), so the engines that free up next get some too
+            count = max(1, math.ceil((len(self.waiting) + self.running) / self.engines))
+        self.capacity = capacity
+        if self.cfg.divided and len(self.waiting) > count:
+            # dealt, not cut: every engines-th one, so that what clusters in the queue (the carried
+            # continuations, first; the longest groups, under context-aware) is spread over the engines
+            keys = self.waiting[:: self.engines][:count]
+            taken = set(keys)
+            self.waiting = [k for k in self.waiting if k not in taken]
+        else:
+            keys, self.waiting = self.waiting[:count], self.waiting[count:]
         self.running += len(keys)
         return [self.latest[k] for k in keys]
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Collection, Hashable, Sequence
@@ -281,6 +282,64 @@ class GroupedDrafter:
             del self._groups[group]
 
 
+@dataclass
+class _Rate:
+    """Tokens and seconds of one kind of step (plain or drafting), each decayed as new steps come."""
+
+    tokens: float = 0.0
+    seconds: float = 0.0
+    steps: int = 0
+
+    def add(self, tokens: int, seconds: float, decay: float) -> None:
+        self.tokens = decay * self.tokens + tokens
+        self.seconds = decay * self.seconds + seconds
+        self.steps += 1
+
+    @property
+    def per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class SpeculationGate:
+    """Draft only where drafting has paid on this engine: per batch size (in powers of two), the
+    tokens a step yielded per second of step, with and without drafts, each a decayed average of the
+    steps seen. Drafting wins a batch size when its rate is higher; until each kind has ``warmup``
+    steps there the two alternate, and after that the losing kind is tried again once every
+    ``explore_every`` steps, so a change in the workload is noticed.
+
+    Why: verifying a draft is nearly free where a step is memory-bound (a GPU engine) and costs a full
+    multi-token pass where it is not (vLLM's CPU MLA backend runs drafts through its prefill path): a
+    fixed batch-size schedule cannot know which, a measured rate does (``kvrl bench longtail``).
+    """
+
+    warmup: int = 4
+    explore_every: int = 16
+    decay: float = 0.95
+    max_step_s: float = 1.0  # a longer gap between two steps is the engine idling, not a step
+    rates: dict[int, tuple[_Rate, _Rate]] = field(default_factory=dict)  # bucket -> (plain, drafted)
+    calls: int = 0
+
+    @staticmethod
+    def bucket(rows: int) -> int:
+        return (max(rows, 1) - 1).bit_length()  # 1, 2, 3-4, 5-8, ...
+
+    def record(self, rows: int, drafted: bool, tokens: int, seconds: float) -> None:
+        """A step of ``rows`` requests, with drafts or not, yielded ``tokens`` in ``seconds``."""
+        if 0 < seconds <= self.max_step_s and tokens > 0:
+            pair = self.rates.setdefault(self.bucket(rows), (_Rate(), _Rate()))
+            pair[drafted].add(tokens, seconds, self.decay)
+
+    def allow(self, rows: int) -> bool:
+        """Whether the next step, of ``rows`` requests, should draft."""
+        self.calls += 1
+        plain, drafted = self.rates.get(self.bucket(rows), (_Rate(), _Rate()))
+        if min(plain.steps, drafted.steps) < self.warmup:
+            return drafted.steps <= plain.steps  # alternate until both are known
+        better = drafted.per_second > plain.per_second
+        return better != (self.calls % self.explore_every == 0)
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = 0
     for x, y in zip(a, b, strict=False):
@@ -305,6 +364,7 @@ class GroupSpeculator:
     # GroupedDrafter's keyword options (anchor, max_match, max_candidates, max_groups, k_init): vLLM
     # passes the proposer nothing but vllm_config, so a subclass named in speculative_config.model tunes.
     options: dict[str, int] = {}
+    adaptive = True  # draft only where it has paid (SpeculationGate); FixedGroupSpeculator: always
 
     def __init__(self, vllm_config: Any):
         spec = vllm_config.speculative_config
@@ -320,6 +380,8 @@ class GroupSpeculator:
                 vllm_max_batch_size=int(vllm_config.scheduler_config.max_num_seqs),
                 vllm_num_speculative_tokens=int(spec.num_speculative_tokens),
             )
+        self.gate = SpeculationGate() if self.adaptive else None
+        self._last: tuple[float, int, bool] | None = None  # the last step: start, rows, drafted
         _repair_cpu_expand()
         self._runner = _building_runner()
         if self._runner is None:
@@ -353,8 +415,9 @@ class GroupSpeculator:
             return [[] for _ in sampled_token_ids]
         batch = self._runner.input_batch
         req_ids = batch.req_ids
+        rows = len(sampled_token_ids)
         # at this batch size, drafts of at most ``cap`` tokens (0: none, but the tokens are still indexed)
-        cap = self.max_draft(len(sampled_token_ids))
+        cap = self.max_draft(rows) if self._gate(rows, sampled_token_ids) else 0
         drafts = []
         for row, sampled in enumerate(sampled_token_ids):
             total = int(num_tokens_no_spec[row])
@@ -367,7 +430,27 @@ class GroupSpeculator:
             draft = self.drafter.step(req_ids[row], row_ids[start:total], min(room, cap), row_ids[:start])
             drafts.append(draft)
         self.drafter.retire(set(req_ids))
+        if self._last is not None:
+            self._last = (self._last[0], rows, any(drafts))
         return drafts
+
+    def _gate(self, rows: int, sampled_token_ids: list[list[int]]) -> bool:
+        """Score the step that just ran (from the last call's start to this one's: its drafting, its
+        forward pass, its sampling) and say whether the next one drafts."""
+        if self.gate is None:
+            return True
+        now = time.perf_counter()
+        if self._last is not None:
+            start, last_rows, drafted = self._last
+            self.gate.record(last_rows, drafted, sum(len(s) for s in sampled_token_ids), now - start)
+        self._last = (now, rows, False)
+        return self.gate.allow(rows)
+
+
+class FixedGroupSpeculator(GroupSpeculator):
+    """``GroupSpeculator`` without the gate: drafts at every step the batch-size schedule allows."""
+
+    adaptive = False
 
 
 def _building_runner() -> Any | None:

@@ -93,12 +93,17 @@ class EngineStats:
     times the sequences it held (at most ``max_num_seqs``): divided by ``seconds * max_num_seqs`` it is
     the busy fraction of its sequence slots."""
 
+    requests: int = 0
     seconds: float = 0.0
     slot_seconds: float = 0.0
     steps: int = 0
     tokens: int = 0
     seq_steps: int = 0  # sequences held, summed over steps: tokens / seq_steps is tokens per step
-    draft_tokens: int = 0  # speculative decoding: tokens proposed, and accepted by the target model
+    context_steps: int = 0  # cached tokens (prompt + response) of the sequences that stepped, summed
+    prefill_tokens: int = 0  # prompt tokens computed (not found in the prefix cache)
+    spec_seq_steps: int = 0  # speculative decoding: sequence-steps at a batch where drafting is on
+    drafts: int = 0  # of them, those that verified a draft
+    draft_tokens: int = 0  # tokens proposed, and accepted by the target model
     accepted_tokens: int = 0
 
     def add(self, other: EngineStats) -> None:
@@ -269,9 +274,11 @@ class RolloutWorker:
             raise ValueError(f"request ids must be unique within a call; given more than once: {twice[:5]}")
         for key, prompt, param in zip(keys, prompts, params, strict=True):
             engine.add_request(key, prompt, param)
+        self.stats.requests += len(keys)
         drafted = self._spec_counts()
         out: list[Sample | None] = [None] * len(keys)
         slots, stats = self.cfg.max_num_seqs, self.stats
+        limit = (self.cfg.speculative_max_batch or slots) if self.cfg.speculative_tokens else 0
         start = last = time.perf_counter()
         seen = [0] * len(keys)  # response tokens each request's watch has read
         while engine.has_unfinished_requests():
@@ -280,17 +287,21 @@ class RolloutWorker:
             now = time.perf_counter()
             stats.slot_seconds += held * (now - last)
             stats.seq_steps += held
+            stats.spec_seq_steps += held if held <= limit else 0
             stats.steps += 1
             last = now
             stamp = time.time()
             for o in outputs:
                 i = where[o.request_id]
+                stats.context_steps += len(o.prompt_token_ids) + len(o.outputs[0].token_ids)
+                if not seen[i]:
+                    stats.prefill_tokens += len(o.prompt_token_ids) - (o.num_cached_tokens or 0)
                 cut = None
+                ids = o.outputs[0].token_ids
                 if watches is not None:
-                    ids = o.outputs[0].token_ids
                     cut = watches[i].first_repeat(list(ids[seen[i] :]))
                     cut = None if cut is None else seen[i] + cut
-                    seen[i] = len(ids)
+                seen[i] = len(ids)
                 if not o.finished and cut is None:
                     continue
                 sample = to_sample(o, o.outputs[0])
@@ -303,7 +314,7 @@ class RolloutWorker:
                 stats.tokens += len(sample.response_token_ids)
                 out[i] = sample
         stats.seconds += last - start
-        stats.draft_tokens, stats.accepted_tokens = (
+        stats.drafts, stats.draft_tokens, stats.accepted_tokens = (
             b - a for a, b in zip(drafted, self._spec_counts(), strict=True)
         )
         missing = [i for i, s in enumerate(out) if s is None]
@@ -311,13 +322,18 @@ class RolloutWorker:
             raise RuntimeError(f"the engine returned no output for {len(missing)} of {len(out)} requests")
         return out
 
-    def _spec_counts(self) -> tuple[int, int]:
-        """vLLM's running totals of drafted and accepted speculative tokens (0, 0 without speculation)."""
+    def _spec_counts(self) -> tuple[int, int, int]:
+        """vLLM's running totals of drafts (sequence-steps with one), drafted tokens and accepted tokens
+        (zeros without speculation)."""
         if self.llm.llm_engine.vllm_config.speculative_config is None:
-            return 0, 0
-        names = ("vllm:spec_decode_num_draft_tokens", "vllm:spec_decode_num_accepted_tokens")
+            return 0, 0, 0
+        names = (
+            "vllm:spec_decode_num_drafts",
+            "vllm:spec_decode_num_draft_tokens",
+            "vllm:spec_decode_num_accepted_tokens",
+        )
         counts = {m.name: m.value for m in self.llm.get_metrics() if m.name in names}  # counters
-        return int(counts.get(names[0], 0)), int(counts.get(names[1], 0))
+        return tuple(int(counts.get(name, 0)) for name in names)
 
     def _finish_answers(self, req, vreq, samples: list[Sample], sampling: SamplingConfig, repeat=None):
         """Continue each sample past the thinking-budget window.

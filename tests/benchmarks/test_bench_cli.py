@@ -53,6 +53,20 @@ def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
         assert {p["finished_samples"] for p in result["policies"].values()} == {sync["finished_samples"]}
         assert "simulation, not a measurement" in result["simulation"]["what"]
         assert math.isfinite(result["simulation"]["ratio"]) and result["simulation"]["ratio"] > 0
+        # each side tuned over a grid of the same size on the validation split
+        tuning = result["tuning"]
+        assert len(tuning["sync_chunk_size"]) == len(tuning["all_segment_tokens"]) >= 2
+        assert tuning["sync_chunk_size"][str(tuning["chosen"]["chunk_size"])] == max(
+            tuning["sync_chunk_size"].values()
+        )
+        # what each technique did: the synchronous pool cuts nothing, drafts nothing, carries nothing
+        assert set(sync["active"].values()) == {0.0}
+        assert every["active"]["partial_spanning_responses"] > 0
+        assert result["policies"]["divided"]["active"]["divided_chunked_calls"] > 0
+        # the calibration table covers every policy, measured beside simulated
+        table = result["simulation"]["cpu_calibration"]["policies"]
+        assert set(table) == policies and table["sync"]["measured_ratio"] == 1.0
+        assert result["simulation"]["drafter"]["source"] in ("measured", "assumed")
     if name == "optim":
         curves = result["curves"]
         assert [p["step"] for p in curves["adamw"]] == [0, 5, 6] == [p["step"] for p in curves["muon"]]

@@ -7,6 +7,7 @@ c_kv = 0) and prefill is free, so a sequence of L tokens takes L seconds and the
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import replace
 
 import pytest
@@ -60,31 +61,34 @@ def test_sync_waits_for_the_whole_chunk_and_divided_refills_the_slot():
 
 
 def test_arrival_order_piles_long_groups_on_one_engine_and_divided_spreads_them():
-    # 2 engines x 2 slots, chunk_size 2 groups. Arrival: A = (8, 8), B = (8, 8), C = (1, 1), D = (1, 1).
-    # sync: engine 0 takes {A, B}: A's two samples t=0..8, then B's t=8..16; engine 1 takes {C, D}:
-    #   t=0..1 and 1..2. Makespan 16; busy (16 + 2) / (2 x 16) = 0.5625.
-    # divided (first come first served, least-loaded engine): A0, A1, B0, B1 fill the four slots, all
-    #   done at t=8; C and D take t=8..9. Makespan 9; both engines busy throughout.
-    trace = [[Group(1, (8, 8)), Group(1, (8, 8)), Group(1, (1, 1)), Group(1, (1, 1))]]
-    settings = unit_settings(engines=2, max_num_seqs=2, chunk_size=2)
+    # 2 engines x 1 slot, chunk_tokens 2. Arrival: A = (6, 6), then B = (1, 1).
+    # sync, chunk_size 1 group: engine 0 takes A (A0 t=0..6, A1 6..12), engine 1 takes B (0..1, 1..2):
+    #   makespan 12; busy (12 + 2) / (2 x 12). chunk_size 2: engine 0 takes both groups: 14.
+    # divided (rollout/schedule.py): an even share, ceil(4 / 2) = 2, dealt every 2nd in queue order:
+    #   engine 0 takes A0, B0, engine 1 A1, B1; 4 samples for 2 slots, so each call is cut at a chunk:
+    #   A t=0..2, B 2..3 on each. At t=3 A0 and A1 come back at 2 tokens, one to each engine (2 left
+    #   for 2 slots: no cut): both end at t=7.
+    trace = [[Group(1, (6, 6)), Group(1, (1, 1))]]
+    settings = unit_settings(engines=2, max_num_seqs=1, chunk_size=1, chunk_tokens=2)
     sync = simulate(trace, "sync", settings)
-    assert sync["makespan_s"] == [16.0] and sync["busy_fraction"] == pytest.approx(0.5625)
+    assert sync["makespan_s"] == [12.0] and sync["busy_fraction"] == pytest.approx(14 / 24)
+    assert simulate(trace, "sync", replace(settings, chunk_size=2))["makespan_s"] == [14.0]
     divided = simulate(trace, "divided", settings)
-    assert divided["makespan_s"] == [9.0] and divided["busy_fraction"] == pytest.approx(1.0)
-    assert compare(trace, settings)["divided"]["makespan_vs_sync"] == pytest.approx(9 / 16)
+    assert divided["makespan_s"] == [7.0] and divided["active"]["divided_chunked_calls"] == 0.5
+    assert compare(trace, settings)["divided"]["makespan_vs_sync"] == pytest.approx(7 / 12)
 
 
-def test_context_aware_runs_the_long_group_first():
-    # 2 engines x 1 slot, chunk_size 1, groups of 3: S = (1, 1, 1) arrives before L = (4, 4, 4).
-    # sync: engine 0 runs S serially (t=0..3), engine 1 runs L serially (0..4, 4..8, 8..12): 12.
-    # divided (first come first served): S0 | S1 at t=0..1; S2 | L0 at 1..2 and 1..5; L1 on engine 0 at
-    #   2..6; L2 on engine 1 at 5..9: 9.
-    # context_aware: probes first, S0 | L0 at t=0; S is estimated 1 at t=1, L is unknown (counts as
-    #   longest), so L1 runs on engine 0 at 1..5 and L2 on engine 1 at 4..8; S1, S2 fill engine 0 at
-    #   5..6, 6..7: 8 (= the lower bound: 15 tokens over 2 engines, rounded up).
-    trace = [[Group(1, (1, 1, 1)), Group(1, (4, 4, 4))]]
-    settings = unit_settings(engines=2, max_num_seqs=1, chunk_size=1)
-    assert simulate(trace, "sync", settings)["makespan_s"] == [12.0]
+def test_context_aware_orders_the_queue_by_its_estimates():
+    # 2 engines x 1 slot, chunk_size 1, chunk_tokens 2; groups A = (1, 1), B = (3, 3), C = (4, 4).
+    # sync: engine 0 runs A (t=0..2) then C (2..6, 6..10), engine 1 runs B (0..3, 3..6): 10.
+    # divided: shares dealt every 2nd: engine 0 A0, B0, C0; engine 1 A1, B1, C1, each cut at 2 tokens:
+    #   both return at t=5 (1 + 2 + 2), the queue is then B1, C1, B0, C0 (last returned first): engine 0
+    #   takes B1, B0 (t=5..6, 6..7), engine 1 C1, C0 (5..7, 7..9): 9.
+    # context_aware: the probes A0, B0, C0 first, then A1, B1, C1: engine 0 A0, C0, B1, engine 1 B0, A1,
+    #   C1, both back at t=5; then B0, C0 to engine 0 (5..6, 6..8), C1, B1 to engine 1 (5..7, 7..8): 8.
+    trace = [[Group(1, (1, 1)), Group(1, (3, 3)), Group(1, (4, 4))]]
+    settings = unit_settings(engines=2, max_num_seqs=1, chunk_size=1, chunk_tokens=2)
+    assert simulate(trace, "sync", settings)["makespan_s"] == [10.0]
     assert simulate(trace, "divided", settings)["makespan_s"] == [9.0]
     assert simulate(trace, "context_aware", settings)["makespan_s"] == [8.0]
 
@@ -127,19 +131,28 @@ def test_prompt_prefill_is_shared_by_the_group_on_an_engine():
 
 
 def test_a_continuation_moved_to_another_engine_recomputes_without_a_global_kv_cache():
-    # 2 engines x 2 slots, chunk_tokens 2, prefill 1 s per token, no prompt; one group (4, 2, 4).
-    # t=0: s0 -> engine 0, s1 -> engine 1 (fewer sequences), s2 -> engine 0 (a tie: lowest index).
-    # t=2: every chunk ends; s1 is done. s0 goes back to engine 0 (empty too, but its KV is there);
-    #   s2 then goes to the less-loaded engine 1, where its 2-token context is not.
-    # With the global KV cache it is fetched: both finish at t=4, no prefill.
-    # Without: engine 1 recomputes 2 tokens (2 s, t=2..4), then decodes 2: t=6.
+    # 2 engines x 1 slot, chunk_tokens 2, prefill 1 s per token, no prompt; one group (1, 3, 1).
+    # Shares dealt every 2nd: engine 0 takes s0, s2, engine 1 s1 (3 samples for 2 slots: cut at a
+    #   chunk). Engine 0 runs s0 (t=0..1) and s2 (1..2); engine 1 runs s1 to its chunk's end, t=2.
+    # t=2: s1 comes back and engine 0, first in index order, takes it (1 left: no cut), away from its
+    #   KV. With the global KV cache its 2 tokens are fetched: it ends at t=3, no prefill. Without:
+    #   engine 0 recomputes them (2 s, t=2..4), then decodes 1: t=5.
     cost = CostModel(1.0, 0.0, 0.0, 0.0, 0.0, 0.0, prefill_token_s=1.0)
-    trace = [[Group(0, (4, 2, 4))]]
-    settings = unit_settings(engines=2, max_num_seqs=2, chunk_tokens=2, cost=cost)
+    trace = [[Group(0, (1, 3, 1))]]
+    settings = unit_settings(engines=2, max_num_seqs=1, chunk_tokens=2, cost=cost)
     fetched = simulate(trace, "divided", settings)
-    assert fetched["makespan_s"] == [4.0] and fetched["prefill_s"] == 0.0
+    assert fetched["makespan_s"] == [3.0] and fetched["prefill_s"] == 0.0
+    assert fetched["active"]["divided_chunked_calls"] == pytest.approx(2 / 3)
     recomputed = simulate(trace, "divided", replace(settings, global_kv_cache=False))
-    assert recomputed["makespan_s"] == [6.0] and recomputed["prefill_s"] == 2.0
+    assert recomputed["makespan_s"] == [5.0] and recomputed["prefill_s"] == 2.0
+
+
+def test_each_unit_of_work_pays_its_call_overhead_before_it_runs():
+    # 1 engine, chunk_size 1 group: 2 units of one 3-token group of 2 samples each. Each unit costs
+    # 0.5 s + 0.25 s per request = 1 s before its 3 steps: 4 s a unit, 8 s in all.
+    settings = unit_settings(chunk_size=1, call_s=0.5, call_request_s=0.25)
+    r = simulate([[Group(1, (3, 3)), Group(1, (3, 3))]], "sync", settings)
+    assert r["makespan_s"] == [8.0]
 
 
 def test_kv_pool_overflow_preempts_the_newest_and_recomputes_it():
@@ -160,10 +173,31 @@ def test_speculative_tokens_per_step():
     assert tokens_per_step(0.8, 4) == pytest.approx(3.3616, abs=1e-12)
 
 
-def test_speculative_decoding_divides_the_steps_and_pays_the_overhead():
-    # 15 tokens at 1.875 tokens per step = 8 steps, each 1 s x 1.2 overhead: 9.6 s.
-    settings = unit_settings(accept_rate=0.5, draft_tokens=3, spec_overhead=1.2)
-    assert simulate([[Group(1, (15,))]], "speculative", settings)["makespan_s"] == [pytest.approx(9.6)]
+def test_a_sample_drafts_only_where_a_sibling_has_text():
+    # 1 engine x 1 slot, one group (10, 10): s0 runs alone, 10 steps of 1 s, with no sibling that has
+    # text (no draft). s1 then has s0's response: it drafts every step, 2 tokens drafted and 1
+    # accepted per draft, so 2 tokens a step: 5 steps of 1 + 0.2 (per draft) + 2 x 0.1 (per drafted
+    # token) = 1.4 s: 7 s. Makespan 17; 5 of 15 sequence-steps drafted. Without speculation: 20.
+    cost = CostModel(1.0, 0.0, 0.0, 0.0, 0.0, 0.0, draft_s=0.2, draft_token_s=0.1)
+    settings = unit_settings(
+        max_num_seqs=1, accepted_per_draft=1.0, draft_tokens=2.0, cost=cost, spec_adaptive=False
+    )
+    spec = simulate([[Group(1, (10, 10))]], "speculative", settings)
+    assert spec["makespan_s"] == [pytest.approx(17.0)]
+    assert spec["active"]["speculative_draft_steps"] == pytest.approx(5 / 15)
+    assert simulate([[Group(1, (10, 10))]], "sync", settings)["makespan_s"] == [pytest.approx(20.0)]
+    # at 2 slots both run together, each with a sibling that has text: 5 steps of 1 + 2 x 0.2 + 4 x 0.1
+    both = simulate([[Group(1, (10, 10))]], "speculative", replace(settings, max_num_seqs=2))
+    assert both["makespan_s"] == [pytest.approx(9.0)] and both["active"]["speculative_draft_steps"] == 1.0
+    # a draft found on half the steps it may draft: 1.5 tokens a step, each step 1 + 0.1 + 0.1 = 1.2 s;
+    # s1's 10 tokens take 10 / 1.5 steps: 8 s, so 18 in all
+    half = simulate([[Group(1, (10, 10))]], "speculative", replace(settings, draft_rate=0.5))
+    assert half["makespan_s"] == [pytest.approx(18.0)]
+    # spec_max_batch 1, 2 slots, one group (4, 10, 10): s0 and s1 run together (t=0..4), 2 sequences:
+    # no draft; s2 starts at t=4, 2 sequences again: no draft. s1 ends at t=10, s2 is at 6 and runs
+    # alone: it drafts, 4 tokens in 2 steps of 1.4 s: t=12.8.
+    capped = replace(settings, max_num_seqs=2, spec_max_batch=1)
+    assert simulate([[Group(1, (4, 10, 10))]], "speculative", capped)["makespan_s"] == [pytest.approx(12.8)]
 
 
 def test_step_time_grows_with_cached_context():
@@ -186,7 +220,7 @@ def test_kimi_vl_cost_model_numbers_in_the_docstring():
 
 def test_model_constants_match_kvrl_plan():
     from actors.plan import kv_bytes_per_token, make_plan, model_shape
-    from benchmarks import longtail_sim as sim
+    from benchmarks import sim_cost as sim
     from rl.trainer import RLConfig
     from runkit.config import load_config
     from tests.helpers import ROOT
@@ -249,3 +283,31 @@ def test_bad_input_is_rejected():
         Group(10, ())
     with pytest.raises(ValueError, match="does not fit"):
         simulate([[Group(10, (100,))]], "sync", unit_settings(kv_pool_tokens=50))
+
+
+def test_the_cpu_cost_fit_recovers_known_coefficients():
+    # Calls timed by a known model (2 ms a step, 0.5 ms a sequence-step, 1 us a context token-step,
+    # 20 us a prefilled token, 3 ms a draft, none per drafted token): the fit gives them back, and the
+    # drafted-token term, which would come out negative on noise, stays at 0.
+    from benchmarks.sim_cost import fit_cost
+
+    rng = random.Random(0)
+    calls = []
+    for _ in range(60):
+        c = {"steps": rng.randint(10, 200), "prefill_tokens": rng.randint(0, 2000)}
+        c["seq_steps"] = c["steps"] * rng.randint(1, 8)
+        c["context_steps"] = c["seq_steps"] * rng.randint(20, 300)
+        c["drafts"] = rng.randint(0, c["steps"])
+        c["draft_tokens"] = 2 * c["drafts"]
+        exact = 2e-3 * c["steps"] + 5e-4 * c["seq_steps"] + 1e-6 * c["context_steps"]
+        exact += 2e-5 * c["prefill_tokens"] + 3e-3 * c["drafts"]
+        c["seconds"] = exact * (1 + rng.uniform(-0.001, 0.001))
+        calls.append(c)
+    cost, fit = fit_cost(calls)
+    assert cost.fixed_s == pytest.approx(2e-3, rel=0.02) and cost.seq_s == pytest.approx(5e-4, rel=0.02)
+    assert cost.kv_s == pytest.approx(1e-6, rel=0.05)
+    assert cost.prefill_token_s == pytest.approx(2e-5, rel=0.05)
+    assert cost.draft_s + 2 * cost.draft_token_s == pytest.approx(3e-3, rel=0.05)
+    assert min(fit["terms"].values()) >= 0 and fit["r2"] > 0.999
+    with pytest.raises(ValueError, match="at least 12 engine calls"):
+        fit_cost(calls[:3])

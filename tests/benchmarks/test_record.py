@@ -48,9 +48,11 @@ def test_every_pipeline_loop_is_a_valid_rl_config_and_gaps_pair_seed_by_seed():
     loaded = {name: load_config(RLConfig, tiny, overrides).trainer for name, overrides in LOOPS.items()}
     assert [(t.max_staleness, t.stale_reference) for t in loaded.values()] == [
         (0, "sampling"),
-        (1, "sampling"),
         (1, "learning"),
+        (1, "sampling"),
     ]
+    # the headline pair does the same work: both recompute the old log-probs on the learners
+    assert loaded["sync"].old_logprobs == loaded["pipelined"].old_logprobs == "learner"
     sync = [{"heldout_accuracy": 0.5}, {"heldout_accuracy": None}, {"heldout_accuracy": 0.25}]
     other = [{"heldout_accuracy": 0.375}, {"heldout_accuracy": 0.5}, {"heldout_accuracy": 0.5}]
     assert _gaps(sync, other) == [-0.125, 0.25]  # 0.375 - 0.5; seed 2 has no sync figure; 0.5 - 0.25

@@ -37,20 +37,21 @@ def test_synchronous_hands_out_whole_groups_in_arrival_order():
     assert q.take(capacity=64) == [] and not q.pending()
 
 
-def test_divided_shares_what_is_left_and_puts_unfinished_work_first():
+def test_divided_deals_an_even_share_and_puts_unfinished_work_first():
     cfg = ScheduleConfig(divided=True, chunk_tokens=8)
     q = RolloutQueue(group("a", 3) + group("b", 3), cfg, chunk_size=4, engines=2)
-    assert q.max_new == 8
-    first = q.take(capacity=64)
-    assert keys(first) == ["a/0", "a/1", "a/2"]  # ceil(6 / 2 engines)
+    first = q.take(capacity=2)
+    # ceil(6 / 2 engines) = 3, more than its 2 slots (vLLM queues the third), dealt every 2nd
+    assert keys(first) == ["a/0", "a/2", "b/1"]
+    assert q.max_new == 8  # 6 samples for 2 engines x 2 slots: a queue, so cut at a chunk
     second = q.take(capacity=2)
-    assert keys(second) == ["b/0", "b/1"]  # capped by the engine's slots
-    # the first engine finishes two, one goes on: it is queued before the waiting b/2
+    assert keys(second) == ["a/1", "b/0", "b/2"] and q.max_new == 8
+    # the first engine finishes two, one goes on: it is queued first
     back = [generate(first[0], 8, False), generate(first[1], 3, True), generate(first[2], 5, True)]
     q.put_back(first, back)
-    assert q.waiting == ["a/0", "b/2"]
-    # ceil((2 waiting + 2 running) / 2) = 2
-    assert keys(q.take(capacity=64)) == ["a/0", "b/2"]
+    assert q.waiting == ["a/0"]
+    # 1 waiting + 3 running fit 2 engines x 2 slots: the rest runs to its end, no chunk barrier
+    assert keys(q.take(capacity=2)) == ["a/0"] and q.max_new is None
 
 
 def test_a_dead_engines_batch_runs_again_unchanged():
@@ -65,13 +66,15 @@ def test_context_aware_runs_one_probe_per_group_then_the_longest_group_first():
     cfg = ScheduleConfig(divided=True, chunk_tokens=4, context_aware=True)
     trajectories = group("short", 3) + group("long", 3) + group("mid", 3)
     q = RolloutQueue(trajectories, cfg, chunk_size=1, engines=1)
-    probes = q.take(capacity=3)
-    assert keys(probes) == ["short/0", "long/0", "mid/0"]  # one per group, in arrival order
-    # the probes' first chunk: short finished at 2 tokens, mid at 3, long is still going after 4
+    everything = q.take(capacity=1)  # one engine: all of it, the probes first, in arrival order
+    assert keys(everything)[:3] == ["short/0", "long/0", "mid/0"]
+    probes = everything[:3]
+    # the probes' first chunk: short finished at 2 tokens, mid at 3, long is still going after 4;
+    # the other six come back untouched
     done = [generate(probes[0], 2, True), generate(probes[1], 4, False), generate(probes[2], 3, True)]
-    q.put_back(probes, done)
-    # longest estimated group first: long (>= 4, its probe still going first), mid (3), short (2)
-    assert keys(q.take(capacity=64)) == ["long/0", "long/1", "long/2", "mid/1", "mid/2", "short/1", "short/2"]
+    q.put_back(everything, [*done, *everything[3:]])
+    # longest estimated group first: long (4 so far, its probe going on first), then mid (3), short (2)
+    assert keys(q.take(capacity=1)) == ["long/0", "long/1", "long/2", "mid/1", "mid/2", "short/1", "short/2"]
 
 
 def test_context_aware_needs_divided():

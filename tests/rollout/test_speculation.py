@@ -407,3 +407,28 @@ def test_the_rollout_worker_names_requests_so_siblings_draft_for_each_other(shar
         with torch.no_grad():
             ours = response_logprobs(learner, t.prompt_ids, t.response_ids, None, None)
         assert (ours - torch.tensor(t.logprobs)).abs().max().item() <= TOLERANCE
+
+
+def test_the_gate_alternates_then_drafts_only_where_drafting_pays():
+    from rollout.speculation import SpeculationGate
+
+    gate = SpeculationGate(warmup=2, explore_every=4)
+    # until each kind has 2 steps at a batch size, the two alternate: draft, plain, draft, plain
+    decisions = []
+    for _ in range(4):
+        drafted = gate.allow(rows=3)
+        decisions.append(drafted)
+        # at 3-4 rows a drafting step yields 6 tokens in 0.3 s (20/s), a plain one 3 in 0.1 s (30/s)
+        gate.record(3, drafted, 6 if drafted else 3, 0.3 if drafted else 0.1)
+    assert decisions == [True, False, True, False]
+    # then plain wins at 3-4 rows; the gate drafts only on its exploring step, one in 4
+    later = [gate.allow(rows=4) for _ in range(8)]
+    assert later.count(True) == 2 and later.count(False) == 6
+    # another batch size is learned on its own: at 1 row drafting wins (3 tokens in 0.1 s against 1)
+    for _ in range(4):
+        drafted = gate.allow(rows=1)
+        gate.record(1, drafted, 3 if drafted else 1, 0.1)
+    assert [gate.allow(rows=1) for _ in range(8)].count(True) == 6
+    # an idle gap between steps (over max_step_s) is not a step
+    gate.record(1, False, 1, 5.0)
+    assert gate.rates[gate.bucket(1)][0].steps == 2
