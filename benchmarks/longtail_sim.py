@@ -25,7 +25,7 @@ any batch) and a sibling of its group has text (the drafter proposes a sibling's
 matching suffix, and nothing where no sibling has any); of the sequence-steps allowed to draft, a share
 ``draft_rate`` finds a match; a draft has ``draft_tokens`` tokens of which ``accepted_per_draft`` are
 accepted, so such a sequence gains 1 + ``draft_rate`` x ``accepted_per_draft`` tokens a step on
-average. With ``spec_adaptive`` (kvrl's default, ``rollout.speculation.SpeculationGate``) the engine
+average. With ``spec_adaptive`` (``rollout.speculative_adaptive``, ``SpeculationGate``) the engine
 drafts on most steps where a drafting step yields more tokens per second than a plain one, by the cost
 model at the current batch, and on one step in ``explore_every`` where it yields fewer. The three
 rates are measured (``kvrl bench longtail``), or labelled assumed where they were not.
@@ -111,7 +111,7 @@ class Settings:
     accepted_per_draft: float = tokens_per_step(0.5, 3) - 1.0  # assumed: i.i.d. acceptance 0.5
     draft_rate: float = 1.0  # share of the sequence-steps allowed to draft that find a match (assumed)
     spec_max_batch: int = 0  # speculative: draft only at batches up to this (0: any)
-    spec_adaptive: bool = True  # speculative: the engine's gate drafts where drafting pays (see below)
+    spec_adaptive: bool = False  # speculative: a gate drafts where drafting pays (see below)
     call_s: float = 0.0  # per unit of work (an engine call): its fixed overhead before it runs
     call_request_s: float = 0.0  # per request of a unit (building, tokenizing, returning it)
     global_kv_cache: bool = True  # Seer's Mooncake pool: continuations skip recompute on any engine

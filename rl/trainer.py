@@ -149,9 +149,10 @@ class RolloutConfig:
     # draft only while an engine runs at most this many sequences (0: at any batch): vLLM's dynamic
     # speculative decoding schedule. Verifying drafts pays off in the tail, where batches are small.
     speculative_max_batch: int = 0
-    # draft only where drafting has paid on each engine, per batch size (measured tokens per second of
-    # step with and without drafts; rollout.speculation.SpeculationGate); false: whenever allowed above
-    speculative_adaptive: bool = True
+    # true: draft only where drafting has paid on each engine, per batch size (measured tokens per second
+    # of step with and without drafts; rollout.speculation.SpeculationGate); false: whenever allowed
+    # above. Off by default: on this CPU it drafted too rarely and lost to the fixed schedule (README)
+    speculative_adaptive: bool = False
     # true: allow sampling at temperature != 1 or top_p < 1. The loss still takes log-probs at
     # temperature 1, so it then trains on samples of another policy than the one it assumes (README).
     off_policy_sampling: bool = False

@@ -36,7 +36,7 @@ class EngineConfig:
     # speculative decoding schedule, which GroupSpeculator follows: verification is cheap only in the tail
     speculative_max_batch: int = 0
     # draft only where drafting has paid on this engine (rollout.speculation.SpeculationGate)
-    speculative_adaptive: bool = True
+    speculative_adaptive: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -86,7 +86,7 @@ def make_llm(cfg: EngineConfig):
         kwargs["speculative_config"] = {
             "method": "custom_class",
             "model": "rollout.speculation."
-            + ("GroupSpeculator" if cfg.speculative_adaptive else "FixedGroupSpeculator"),
+            + ("AdaptiveGroupSpeculator" if cfg.speculative_adaptive else "GroupSpeculator"),
             "num_speculative_tokens": cfg.speculative_tokens,
         }
         if 0 < cfg.speculative_max_batch < cfg.max_num_seqs:

@@ -364,7 +364,7 @@ class GroupSpeculator:
     # GroupedDrafter's keyword options (anchor, max_match, max_candidates, max_groups, k_init): vLLM
     # passes the proposer nothing but vllm_config, so a subclass named in speculative_config.model tunes.
     options: dict[str, int] = {}
-    adaptive = True  # draft only where it has paid (SpeculationGate); FixedGroupSpeculator: always
+    adaptive = False  # AdaptiveGroupSpeculator: draft only where it has paid (SpeculationGate)
 
     def __init__(self, vllm_config: Any):
         spec = vllm_config.speculative_config
@@ -447,10 +447,13 @@ class GroupSpeculator:
         return self.gate.allow(rows)
 
 
-class FixedGroupSpeculator(GroupSpeculator):
-    """``GroupSpeculator`` without the gate: drafts at every step the batch-size schedule allows."""
+class AdaptiveGroupSpeculator(GroupSpeculator):
+    """``GroupSpeculator`` with a ``SpeculationGate``: drafts only where drafting has paid on this
+    engine (``rollout.speculative_adaptive``). Measured on this CPU (README) it loses to the plain
+    batch-size schedule: its first drafts of a request come from a cold drafter and look worse than
+    they are, and a step that switches between drafting and not costs more than either."""
 
-    adaptive = False
+    adaptive = True
 
 
 def _building_runner() -> Any | None:

@@ -147,6 +147,22 @@ def test_a_continuation_moved_to_another_engine_recomputes_without_a_global_kv_c
     assert recomputed["makespan_s"] == [5.0] and recomputed["prefill_s"] == 2.0
 
 
+def test_the_adaptive_gate_drafts_where_drafting_pays():
+    # s1 of a group (10, 10) on 1 slot, as above. A draft yields 2 tokens for a step of 1.4 s (1.43
+    # tokens/s against 1): the gate drafts on 15 steps of 16. A draft that costs 2.2 s (0.91 tokens/s)
+    # loses: it drafts on 1 step of 16 only (to notice a change).
+    cheap = CostModel(1.0, 0.0, 0.0, 0.0, 0.0, 0.0, draft_s=0.2, draft_token_s=0.1)
+    costly = replace(cheap, draft_s=1.0)
+    settings = unit_settings(max_num_seqs=1, accepted_per_draft=1.0, draft_tokens=2.0, spec_adaptive=True)
+    share = {}
+    for name, cost in (("cheap", cheap), ("costly", costly)):
+        r = simulate([[Group(1, (10, 10))]], "speculative", replace(settings, cost=cost))
+        share[name] = r["active"]["speculative_draft_steps"]
+    # s0's 10 steps never draft; s1 drafts on a share g of its steps, gaining 1 + g tokens a step
+    assert share["cheap"] == pytest.approx((15 / 16) * (10 / (1 + 15 / 16)) / (10 + 10 / (1 + 15 / 16)))
+    assert share["costly"] == pytest.approx((1 / 16) * (10 / (1 + 1 / 16)) / (10 + 10 / (1 + 1 / 16)))
+
+
 def test_each_unit_of_work_pays_its_call_overhead_before_it_runs():
     # 1 engine, chunk_size 1 group: 2 units of one 3-token group of 2 samples each. Each unit costs
     # 0.5 s + 0.25 s per request = 1 s before its 3 steps: 4 s a unit, 8 s in all.
