@@ -513,9 +513,14 @@ def main(argv: list[str] | None = None) -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description=main.__doc__)
-    ap.add_argument("--calibrate", type=Path, required=True, help="runs/bench/longtail-*.json")
+    ap.add_argument("--calibrate", type=Path, required=True, help="runs/bench/longtail-*.json (or .json.gz)")
     args = ap.parse_args(argv)
-    raw = json.loads(args.calibrate.read_text())
+    if args.calibrate.suffix == ".gz":
+        import gzip
+
+        raw = json.loads(gzip.decompress(args.calibrate.read_bytes()))
+    else:
+        raw = json.loads(args.calibrate.read_text())
     size = {**raw["size"], "a3b_trace": tuple(raw["size"]["a3b_trace"])}
     print(json.dumps(sim_report(raw, Size(**size)), indent=1))
 
