@@ -1,22 +1,31 @@
 """``kvrl bench longtail``: rollout without the long tail, measured on a policy whose own lengths are
-heavy-tailed, and replayed through a GPU-cluster simulation.
+heavy-tailed, on engines that cannot hold an iteration's samples at once; then replayed through a
+simulation calibrated against this run before it is given a GPU cluster's cost model.
 
 The workload (``corpus/longtail.py``): "Add these numbers" prompts whose list length follows a power law,
 and a tiny Kimi-VL SFT'd on their running-total traces (``configs/longtail/sft.yaml``), so its samples stop
 by themselves after a number of steps the prompt sets: heavy-tailed and correlated within a group, nothing
-forced. Built once into ``runs/bench/longtail-policy`` (a few minutes) unless ``--model`` names one.
+forced. Built once into ``runs/bench/longtail-policy`` (a few minutes) unless ``--model`` names one. The
+sizes (``Size``: iterations, prompts, samples, ``max_tokens``, each engine's slots) were fixed before any
+policy was tuned on them.
 
-Side by side in one run, on one pool of rollout actors, the same prompts and seeds per iteration, with a
-weight sync between iterations as in RL (it drops the engines' KV caches, so continuing a partial rollout
-pays its prefill again): the synchronous pool (baseline) and each technique alone and together (the
-policies of ``benchmarks/longtail_sim.py``). Reported per policy over several iterations: rollout
-throughput (tokens of responses that finished / rollout seconds: partial rollouts are credited only for
-finished work), the mean tail time (``rollout/schedule.py``) and the engines' busy fraction. The top-level
-``ratio`` is all techniques together against the synchronous pool, in throughput.
+Side by side in one run, the same prompts and seeds per iteration, with a weight sync between iterations
+as in RL (it drops the engines' KV caches, so continuing a partial rollout pays its prefill again) and
+repeat detection on: the synchronous pool (baseline) and each technique alone and together (the policies
+of ``benchmarks/longtail_sim.py``). Each side first tunes one knob over a grid of the same size on a
+validation split (other prompts, another seed): the pool its ``chunk_size``, all together its
+``segment_tokens``. Reported per policy, on the held-out split, each repeat with its own sampling seed:
+rollout throughput (tokens of responses that finished / rollout seconds: partial rollouts are credited
+only for finished work), the tail time (``rollout/schedule.py``), the engines' busy fraction, and the
+share of its calls, sequence-steps and responses in which each technique acted. The top-level ``ratio``
+is all techniques together against the synchronous pool, in throughput.
 
-The simulation replays the baseline's measured lengths, scaled so that this run's ``max_tokens`` maps to
-the A3B configs' 16K-token responses (the shape of the distribution is what was measured; the scale is a
-stated assumption), through ``benchmarks/longtail_sim.py``'s cost model of a Kimi-VL-A3B decode step.
+The simulation (``sim_report``) first fits this machine's cost model to the run's engine calls and
+replays every repeat on its own synchronous lengths (the calibration: simulated against measured ratio,
+per policy), then the same scheduling on the Kimi-VL-A3B cost model, on the measured lengths scaled so
+that ``max_tokens`` maps to the A3B configs' 16K tokens (a stated assumption) and on a synthetic A3B
+trace. Every run's measurements are written to ``runs/bench/longtail-*.json``, and
+``python -m benchmarks.longtail --calibrate FILE`` replays the simulation from them.
 """
 
 from __future__ import annotations
@@ -105,7 +114,7 @@ def run(quick: bool = False, repeats: int = 3, model: str | None = None) -> list
     size = QUICK if quick else FULL
     raw = measure(model, size, repeats)
     # every run's measurements, so that the simulation can be replayed against them later
-    # (``python -m benchmarks.longtail_sim --calibrate FILE``)
+    # (``python -m benchmarks.longtail --calibrate FILE``)
     RAW_DIR.mkdir(parents=True, exist_ok=True)
     path = RAW_DIR / f"longtail-{'quick' if quick else 'full'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path.write_text(json.dumps({"size": asdict(size), **raw}, default=asdict))
