@@ -5,19 +5,20 @@ response length of every sample in tokens, as a policy actually sampled them. Th
 trace on E vLLM engines under several scheduling policies and reports rollout throughput, tail time,
 makespan and engine busy fraction. Pure Python: no torch, no vLLM, no Ray. The engines' step and prefill
 times come from a cost model (``benchmarks/sim_cost.py``): Kimi-VL-A3B on H100s, or this machine's CPU
-engine fitted to measured calls, against which the simulator is first checked (``calibrate``).
+engine fitted to measured calls, against which the simulator is first checked
+(``benchmarks.longtail.sim_report``).
 
 The scheduling is kvrl's own, not an idealisation of it: the simulated pool asks the rollout queue
 (``rollout.schedule.RolloutQueue``, the class ``actors/rollout.py`` uses) for a unit of work whenever an
-engine is idle, runs it with vLLM's continuous batching (``max_num_seqs`` slots, first come first
-served, admitted while the KV pool holds them), and hands it back when every sequence of the unit has
-finished, reached its chunk's end or spent its partial-rollout budget: a unit is a barrier, as an engine
-call is. So ``sync`` is whole groups, ``chunk_size`` to a unit; ``divided`` is Seer's divided rollout as
-kvrl implements it (an even share of the waiting samples per unit, cut at ``chunk_tokens`` while work
-still waits); ``context_aware`` orders that queue by the implemented estimate (probes first, then each
-group's longest response so far); ``partial`` caps a trajectory at ``segment_tokens`` per iteration and
-carries the rest to the next, on new weights, its context recomputed; after the last trace, iterations
-with no new prompts finish what is carried, their time charged (as ``kvrl bench longtail`` does).
+engine is idle, runs it with vLLM's continuous batching (``max_num_seqs`` slots, first come first served,
+admitted while the KV pool holds them), and hands it back when every sequence of the unit has finished,
+reached its chunk's end or spent its partial-rollout budget: a unit is a barrier, as an engine call is. So
+``sync`` is whole groups, ``chunk_size`` to a unit; ``divided`` is Seer's divided rollout as kvrl implements
+it (an even share of the waiting samples per unit, dealt every engines-th, cut at ``chunk_tokens`` while the
+work left exceeds the engines' slots); ``context_aware`` orders that queue by the implemented estimate (probes
+first, then each group's longest response so far); ``partial`` caps a trajectory at ``segment_tokens`` per
+iteration and carries the rest to the next, on new weights, its context recomputed; after the last trace,
+iterations with no new prompts finish what is carried, their time charged (as ``kvrl bench longtail`` does).
 
 Grouped speculative decoding follows the real drafter's rules: a sequence may draft only while its
 engine runs at most ``spec_max_batch`` sequences (vLLM's ``num_speculative_tokens_per_batch_size``; 0:
