@@ -375,7 +375,7 @@ def sim_report(raw: dict, size: Size) -> dict:
         drafter = {
             "draft_tokens": sum(c["draft_tokens"] for c in calls) / drafts,
             "accepted_per_draft": sum(c["accepted_tokens"] for c in calls) / drafts,
-            "draft_rate": drafts / sum(c["spec_seq_steps"] for c in calls),
+            "draft_rate": drafts / max(sum(c["spec_seq_steps"] for c in calls), drafts),
             "source": "measured",
         }
     else:  # no draft was made: say so, and what is used instead
