@@ -182,6 +182,12 @@ class RepeatWatch:
     def push(self, token: int) -> bool:
         """Add one token; True if the response now ends in a repeat."""
         tail, runs = self.tail, self.runs
+        if token not in tail:  # matches no token up to max_period back: every run restarts (the usual case)
+            tail.append(token)
+            if len(tail) > self.max_period + 1:
+                del tail[0]
+            runs[:] = [0] * len(runs)
+            return False
         tail.append(token)
         if len(tail) > self.max_period + 1:
             del tail[0]
