@@ -6,7 +6,8 @@ packed once; each epoch visits them in a fresh seeded order. The learning rate f
 ``schedule`` (``sft/schedule.py``), one value per optimizer step.
 
 Writes, under ``trainer.output_dir``: ``metrics.jsonl`` (one row per step; ``eval_loss`` on the
-held-out split at step 0, every ``eval_every`` steps and at the end), ``run_info.json``, a wandb run,
+held-out split at step 0, every ``eval_every`` steps and at the end; ``test_loss`` beside it on
+``data.test_path`` when given), ``run_info.json``, a wandb run,
 the HF checkpoint ``final/`` that ``kvrl rl`` and vLLM load, and every ``save_every`` steps a checkpoint
 ``checkpoints/step_NNNNNN`` with the full training state, which ``trainer.resume`` continues from exactly
 (the run lifecycle, ``runkit/lifecycle.py``, is the one RL uses).
@@ -47,6 +48,9 @@ class SFTDataConfig:
     path: str = ""
     eval_path: str | None = None  # held-out conversations; default: eval_fraction of ``path``
     eval_fraction: float = 0.1
+    # A second held-out set, scored as ``test_loss`` whenever ``eval_loss`` is: when eval_loss picks a
+    # setting (an lr, a step), the figure to report is the one on data the choice never saw.
+    test_path: str | None = None
     skip_bad_rows: bool = False  # skip and count bad rows (and over-long ones) instead of stopping
     check_images: bool = True
     max_length: int = 4096  # tokens per conversation
@@ -156,9 +160,8 @@ class SFTTrainer:
         )
         lengths = [len(e) for e in self.train]
         self.rows = [[self.train[i] for i in b] for b in pack(lengths, cfg.data.pack_length)]
-        self.eval_rows = [
-            [self.held_out[i] for i in b] for b in pack([len(e) for e in self.held_out], cfg.data.pack_length)
-        ]
+        self.eval_rows = self._packed(self.held_out)
+        self.test_rows = self._packed(self._test_set())
         self.steps_per_epoch = math.ceil(len(self.rows) / t.batch_size)
         self.total_steps = sum(phase_steps(cfg.schedule, self.steps_per_epoch))
         if t.max_steps:
@@ -193,6 +196,16 @@ class SFTTrainer:
             state_dir=self.learner_state,
             cores=resources.learner_cores,
         )
+
+    def _packed(self, examples: list[SFTExample]) -> list[list[SFTExample]]:
+        return [[examples[i] for i in b] for b in pack([len(e) for e in examples], self.cfg.data.pack_length)]
+
+    def _test_set(self) -> list[SFTExample]:
+        d = self.cfg.data
+        if not d.test_path:
+            return []
+        convs = load_conversations(d.test_path, d.skip_bad_rows, d.check_images).conversations
+        return encode_all(self.processor, convs, d.max_length, d.skip_bad_rows, d.test_path)
 
     def _split(self) -> tuple[list[Conversation], list[Conversation]]:
         d = self.cfg.data
@@ -273,11 +286,14 @@ class SFTTrainer:
         }
 
     def evaluate(self) -> dict:
-        """Token-mean NLL of the held-out split (empty dict without one)."""
-        if not self.eval_rows:
-            return {}
-        m = self.learners.sft_eval(self.eval_rows, sft_loss)
-        return {"eval_loss": m["nll_sum"] / max(m["tokens"], 1.0)}
+        """Token-mean NLL of the held-out split (``eval_loss``) and of the test set (``test_loss``), each
+        where there is one."""
+        out = {}
+        for name, rows in (("eval_loss", self.eval_rows), ("test_loss", self.test_rows)):
+            if rows:
+                m = self.learners.sft_eval(rows, sft_loss)
+                out[name] = m["nll_sum"] / max(m["tokens"], 1.0)
+        return out
 
     def close(self) -> None:
         """Flush tracking and shut the learners down; safe after a partial :meth:`start`."""

@@ -68,12 +68,16 @@ def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
         assert set(table) == policies and table["sync"]["measured_ratio"] == 1.0
         assert result["simulation"]["drafter"]["source"] in ("measured", "assumed")
     if name == "optim":
-        curves = result["curves"]
-        assert [p["step"] for p in curves["adamw"]] == [0, 5, 6] == [p["step"] for p in curves["muon"]]
-        assert result["target_loss"] == curves["adamw"][-1]["eval_loss"]
-        assert result["steps_to_target"]["adamw"] == result["baseline"] <= 6
+        # one seed at --repeats 1: its curves on both splits, the lr picked on validation, steps on test
+        assert result["seeds"] == [0] and result["tuned_on"].startswith("final eval_loss (validation")
+        adamw, muon = (result["curves"][k][0] for k in ("adamw", "muon"))
+        assert [p["step"] for p in adamw] == [0, 5, 6] == [p["step"] for p in muon]
+        assert all(p["eval_loss"] != p["test_loss"] for p in adamw)  # two different splits
+        assert result["target_loss"] == [adamw[-1]["test_loss"]]
+        assert result["steps_to_target"]["adamw"] == result["baseline_runs"] and result["baseline"] <= 6
+        assert result["validation_loss"]["adamw"]["0.003"] == [adamw[-1]["eval_loss"]]
         assert Path(result["plot"]).is_file()
-        assert result["rl"]["adamw"]["iterations"] == result["rl"]["muon"]["iterations"] == 2
+        assert [r["iterations"] for r in result["rl"]["adamw"] + result["rl"]["muon"]] == [2, 2]
     if name == "pipeline":
         sync, pipelined = result["runs"]["sync"], result["runs"]["pipelined"]
         assert sync["staleness"] == [0.0, 0.0, 0.0] and pipelined["staleness"] == [0.0, 1.0, 1.0]
