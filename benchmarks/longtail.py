@@ -34,34 +34,30 @@ import json
 import logging
 import math
 import statistics
-import tempfile
 import time
-import zlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from actors.placement import ResourceConfig, place, start_ray
-from actors.rollout import RolloutPool
-from corpus.longtail import make_longtail
-from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
-from rl.partial import PartialBuffer, PartialConfig, group_key
-from rollout.engine import EngineConfig
-from rollout.prompts import chat_prompt
-from rollout.schedule import ScheduleConfig
-from rollout.trajectory import RepeatConfig, Trajectory
-from rollout.worker import RolloutRequest, SamplingConfig
+from kimivl import KimiVLProcessor
+from rollout.worker import SamplingConfig
 
 from . import longtail_sim as sim
 from . import sim_cost
 from .common import result
+from .longtail_engines import (
+    SPECULATIVE_MAX_BATCH,
+    SPECULATIVE_TOKENS,
+    Pools,
+    Workload,
+    build_policy,
+    make_prompts,
+    run_policy,
+)
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[1]
-POLICY_DIR = ROOT / "runs" / "bench" / "longtail-policy"
 RAW_DIR = ROOT / "runs" / "bench"
 A3B_MAX_TOKENS = 16384  # rollout.sampling.max_tokens of configs/kimi-vl-a3b/rl-1x8.yaml
-SPECULATIVE_TOKENS = 4  # the longest draft of grouped speculative decoding
-SPECULATIVE_MAX_BATCH = 4  # draft only in the tail, where a step's fixed cost dominates (docs/benchmarks.md)
 # every policy of the simulation, measured here: the speculative ones on a second pool whose engines
 # have the grouped proposer (an engine has it or not), the others on a plain one
 MEASURED = dict(sim.POLICIES)
@@ -96,16 +92,6 @@ QUICK = Size(3, 4, 4, 128, 2, 1, chunks=(1, 2), segments=(32, 64), a3b_trace=(2,
 ENGINES = 2
 
 
-@dataclass
-class Workload:
-    prompts: list[tuple[str, str]]  # (id, chat prompt), iterations x prompts_per_iteration of them
-    sampling: SamplingConfig
-    iterations: int
-    chunk_tokens: int
-    segment_tokens: int
-    seed: int = 0  # added to every prompt's sampling seed: another seed of the same workload
-
-
 def run(quick: bool = False, repeats: int = 3, model: str | None = None) -> list[dict]:
     """Tune each side on a validation split, then measure every policy ``repeats`` times (each repeat
     its own sampling seed) on held-out prompts; the result compares them and replays them in the
@@ -127,24 +113,24 @@ def measure(model: str, size: Size, repeats: int) -> dict:
     the held-out split (policies interleaved, so that a slow spell of the machine hits all)."""
     processor = KimiVLProcessor.from_pretrained(model)
     sampling = SamplingConfig(n=size.samples, max_tokens=size.max_tokens)
-    validation = _prompts(processor, size.tune_iterations * size.prompts, seed=2)
-    heldout = _prompts(processor, size.iterations * size.prompts, seed=1)
+    validation = make_prompts(processor, size.tune_iterations * size.prompts, seed=2)
+    heldout = make_prompts(processor, size.iterations * size.prompts, seed=1)
     raw: dict = {"tuning": {"sync": {}, "all": {}}, "runs": {name: [] for name in MEASURED}}
-    with _pools(model, ENGINES, size.slots) as (pools, weights):
+    with Pools(model, ENGINES, size.slots) as (pools, weights):
         tune = Workload(
             validation, sampling, size.tune_iterations, size.segments[0], size.segments[0], seed=100
         )
         for speculative, pool in pools.items():
             warm = replace(tune, prompts=validation[: size.prompts], iterations=1)
-            _iterations(pool, weights, warm, sim.Policy("warm-up", speculative=speculative))
+            run_policy(pool, weights, warm, sim.Policy("warm-up", speculative=speculative))
         for chunk in size.chunks:
             pools[False].chunk_size = chunk
-            raw["tuning"]["sync"][chunk] = _iterations(pools[False], weights, tune, MEASURED["sync"])
+            raw["tuning"]["sync"][chunk] = run_policy(pools[False], weights, tune, MEASURED["sync"])
         chunk = max(size.chunks, key=lambda c: raw["tuning"]["sync"][c]["throughput"])
         for segment in size.segments:
             work = replace(tune, chunk_tokens=segment, segment_tokens=segment)
             pools[True].chunk_size = chunk
-            raw["tuning"]["all"][segment] = _iterations(pools[True], weights, work, MEASURED["all"])
+            raw["tuning"]["all"][segment] = run_policy(pools[True], weights, work, MEASURED["all"])
         segment = max(size.segments, key=lambda s: raw["tuning"]["all"][s]["throughput"])
         raw["chunk_size"], raw["segment_tokens"] = chunk, segment
         for pool in pools.values():
@@ -152,7 +138,7 @@ def measure(model: str, size: Size, repeats: int) -> dict:
         work = Workload(heldout, sampling, size.iterations, segment, segment)
         for r in range(repeats):
             for name, policy in MEASURED.items():
-                runs = _iterations(pools[policy.speculative], weights, replace(work, seed=r), policy)
+                runs = run_policy(pools[policy.speculative], weights, replace(work, seed=r), policy)
                 raw["runs"][name].append(runs)
     return raw
 
@@ -203,156 +189,6 @@ def summarize(raw: dict, size: Size, model: str) -> dict:
     )
 
 
-def build_policy(out: Path = POLICY_DIR) -> str:
-    """The workload's policy: a tiny Kimi-VL SFT'd on long-tail traces (reused once built)."""
-    final = out / "sft" / "final"
-    if (final / "config.json").exists():
-        return str(final)
-    from kimivl.tiny import make_tiny
-    from runkit.config import load_config
-    from sft.trainer import SFTConfig, train
-
-    log.info("building the long-tail policy in %s (a few minutes, once)", out)
-    tiny = make_tiny(out / "tiny", seed=0)
-    make_longtail(out / "data", 1000, seed=0, sft_problems=2000, sft_alpha=1.0)
-    overrides = [
-        f"model={tiny}",
-        f"data.path={out / 'data' / 'sft_train.jsonl'}",
-        f"trainer.output_dir={out / 'sft'}",
-    ]
-    train(load_config(SFTConfig, ROOT / "configs" / "longtail" / "sft.yaml", overrides))
-    import ray
-
-    if ray.is_initialized():  # SFT's Ray is sized for its learners; the rollout pools start their own
-        ray.shutdown()
-    return str(final)
-
-
-def _prompts(processor, count: int, seed: int) -> list[tuple[str, str]]:
-    """(id, chat prompt) of ``count`` fresh long-tail problems (other seeds than the SFT data's 0)."""
-    folder = Path(tempfile.mkdtemp(prefix="kvrl-bench-longtail-"))
-    make_longtail(folder, count, seed=seed)
-    rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
-    return [(f"{r['id']}~{seed}", chat_prompt(processor, r["question"], 0)) for r in rows]
-
-
-class _pools:
-    """A local Ray, two pools of rollout actors (keyed by whether their engines speculate) and the
-    policy's weights in the object store."""
-
-    def __init__(self, model: str, engines: int, slots: int):
-        self.model, self.engines, self.slots = model, engines, slots
-        self.pools: dict[bool, RolloutPool] = {}
-        self.placements = []
-
-    def __enter__(self):
-        import ray
-
-        self.started = not ray.is_initialized()
-        if self.started:
-            # both pools' placements at once
-            start_ray(ResourceConfig(rollout_actors=2 * self.engines, learner_ranks=2))
-        for speculative in (False, True):
-            placement = place(ResourceConfig(rollout_actors=self.engines, learner_ranks=1))
-            self.placements.append(placement)
-            tokens = SPECULATIVE_TOKENS if speculative else 0
-            engine = EngineConfig(
-                model=self.model,
-                max_model_len=1024,
-                max_num_seqs=self.slots,
-                speculative_tokens=tokens,
-                speculative_max_batch=SPECULATIVE_MAX_BATCH,  # vLLM's schedule only below max_num_seqs
-            )
-            self.pools[speculative] = RolloutPool(engine, self.engines, placement.rollout)
-        policy = KimiVLForConditionalGeneration.from_pretrained(self.model)
-        return self.pools, ray.put(dict(policy.checkpoint_tensors()))
-
-    def __exit__(self, *exc):
-        import ray
-
-        for pool in self.pools.values():
-            pool.shutdown()
-        for placement in self.placements:
-            placement.remove()
-        if self.started:
-            ray.shutdown()
-
-
-def _iterations(pool: RolloutPool, weights, work: Workload, policy: sim.Policy) -> dict:
-    """``work.iterations`` rollouts of an equal share of ``work.prompts`` each, under ``policy``; then,
-    with no new prompts, the rollouts that finish what partial rollouts still carry (the same responses
-    finished by every policy, the time that takes charged to the policy)."""
-    schedule = ScheduleConfig(
-        divided=policy.divided, chunk_tokens=work.chunk_tokens, context_aware=policy.context_aware
-    )
-    partial = PartialConfig(enabled=policy.partial, segment_tokens=work.segment_tokens, max_iterations=8)
-    buffer = PartialBuffer(partial)
-    prompts, iterations, sampling = work.prompts, work.iterations, work.sampling
-    per = len(prompts) // iterations
-    seconds, tokens, tails, busy, per_step, accepted, counted = 0.0, 0, [], [], [], [], set()
-    steps, spanning, chunked, drafted = 0.0, 0, [], []
-    trace: list[list[sim.Group]] = []
-    calls: list[dict] = []
-    drain, it = 0.0, 0
-    while it < iterations or buffer.carried():
-        fresh = [
-            Trajectory(
-                RolloutRequest(group_key(pid, it), prompt, seed=zlib.crc32(pid.encode()) + 7919 * work.seed),
-                j,
-            )
-            for pid, prompt in prompts[it * per : (it + 1) * per]
-            for j in range(sampling.n)
-        ]
-        start = time.perf_counter()
-        out, metrics = pool.extend(buffer.schedule(fresh, it), sampling, schedule, it, RepeatConfig())
-        seconds += time.perf_counter() - start
-        drain += time.perf_counter() - start if it >= iterations else 0.0
-        calls += pool.call_stats
-        done = [t for t in out if t.done and t.key not in counted]
-        counted.update(t.key for t in done)
-        tokens += sum(len(t.response_ids) for t in done)
-        spanning += sum(len(set(t.born)) > 1 for t in done)
-        steps += metrics["rollout_engine_steps"]
-        chunked.append(metrics["rollout_chunked_call_share"])
-        drafted.append(metrics.get("spec_draft_share", 0.0))
-        if it < iterations:
-            tails.append(metrics["rollout_tail_s"])
-            busy.append(metrics["rollout_busy_fraction"])
-            per_step.append(metrics["rollout_tokens_per_seq_step"])
-        if "spec_acceptance" in metrics:
-            accepted.append(metrics["spec_acceptance"])
-        groups = buffer.collect(out)
-        trace.append([sim.Group(len(g[0].prompt_ids), tuple(len(t.response_ids) for t in g)) for g in groups])
-        pool.update_weights(weights)  # as in RL: new weights, the engines' caches dropped
-        it += 1
-    return {
-        "throughput": tokens / seconds,
-        "seconds": seconds,
-        "finished_tokens": tokens,
-        "finished_samples": len(counted),
-        "drain_s": drain,  # of ``seconds``: finishing what partial rollouts carried past the last iteration
-        "tail_s": statistics.fmean(tails),
-        "busy_fraction": statistics.fmean(busy),
-        "tokens_per_seq_step": statistics.fmean(per_step),
-        "engine_steps": steps,  # summed over engines and iterations
-        # which techniques did something, and how much: an "all together" that quietly became one
-        # technique shows here
-        "active": {
-            "divided_chunked_calls": statistics.fmean(chunked),  # calls cut at a chunk boundary
-            "speculative_draft_steps": statistics.fmean(drafted),  # sequence-steps verifying a draft
-            "partial_spanning_responses": spanning / max(len(counted), 1),  # sampled over > 1 iteration
-        },
-        **({"spec_acceptance": statistics.fmean(accepted)} if accepted else {}),
-        "trace": [t for t in trace if t],
-        "calls": calls,
-    }
-
-
-def _seed(prompt_id: str, seed: int) -> int:
-    """A prompt's sampling seed in workload seed ``seed``."""
-    return zlib.crc32(prompt_id.encode()) + 7919 * seed
-
-
 def _median(runs: list[dict]) -> dict:
     """The run with the median throughput (its tail and busy fraction with it), plus every throughput."""
     ordered = sorted(runs, key=lambda r: r["throughput"])
@@ -370,22 +206,7 @@ def sim_report(raw: dict, size: Size) -> dict:
     calls = [c for name in runs for r in runs[name] for c in r["calls"]]
     cost, fit = sim_cost.fit_cost(calls)
     overhead = sim_cost.fit_call_overhead(calls)
-    drafts = sum(c["drafts"] for c in calls)
-    if drafts:
-        drafter = {
-            "draft_tokens": sum(c["draft_tokens"] for c in calls) / drafts,
-            "accepted_per_draft": sum(c["accepted_tokens"] for c in calls) / drafts,
-            "draft_rate": drafts / max(sum(c["spec_seq_steps"] for c in calls), drafts),
-            "source": "measured",
-        }
-    else:  # no draft was made: say so, and what is used instead
-        d = sim.Settings()
-        drafter = {
-            "draft_tokens": d.draft_tokens,
-            "accepted_per_draft": d.accepted_per_draft,
-            "draft_rate": d.draft_rate,
-            "source": "assumed",
-        }
+    drafter = _drafter(calls)
     spec = {k: drafter[k] for k in ("draft_tokens", "accepted_per_draft", "draft_rate")}
     traces = [_groups(t) for t in _median(runs["sync"])["trace"]]
     cpu = sim.Settings(
@@ -402,22 +223,7 @@ def sim_report(raw: dict, size: Size) -> dict:
         call_request_s=overhead["call_request_s"],
         **spec,
     )
-    # each repeat (its own sampling seed) replayed on its own synchronous run's lengths, each
-    # policy's ratio set against the same repeat's measured one; the medians over the repeats compared
-    simulated = [sim.compare([_groups(t) for t in r["trace"]], cpu) for r in runs["sync"]]
-    table = {}
-    for name in MEASURED:
-        m = [a["throughput"] / b["throughput"] for a, b in zip(runs[name], runs["sync"], strict=True)]
-        x = [r[name]["throughput_vs_sync"] for r in simulated]
-        table[name] = {
-            "measured_ratio": statistics.median(m),
-            "simulated_ratio": statistics.median(x),
-            "error": statistics.median(x) / statistics.median(m) - 1,
-            "measured_ratio_runs": m,
-            "simulated_ratio_runs": x,
-            "measured_active": _median(runs[name])["active"],
-            "simulated_active": simulated[len(simulated) // 2][name]["active"],
-        }
+    table = _calibration(runs, cpu)
     scale = A3B_MAX_TOKENS / size.max_tokens
     validation = [
         _groups(t, scale)
@@ -459,6 +265,46 @@ def sim_report(raw: dict, size: Size) -> dict:
         },
         "ratio": None,  # filled below: the A3B measured-trace ratio of all together, each side tuned
     }
+
+
+def _drafter(calls: list[dict]) -> dict:
+    """The drafter's rates over the run's engine calls, or, where no draft was made, the simulator's
+    assumed ones, labelled so."""
+    drafts = sum(c["drafts"] for c in calls)
+    if not drafts:
+        d = sim.Settings()
+        return {
+            "draft_tokens": d.draft_tokens,
+            "accepted_per_draft": d.accepted_per_draft,
+            "draft_rate": d.draft_rate,
+            "source": "assumed",
+        }
+    return {
+        "draft_tokens": sum(c["draft_tokens"] for c in calls) / drafts,
+        "accepted_per_draft": sum(c["accepted_tokens"] for c in calls) / drafts,
+        "draft_rate": drafts / max(sum(c["spec_seq_steps"] for c in calls), drafts),
+        "source": "measured",
+    }
+
+
+def _calibration(runs: dict, cpu: sim.Settings) -> dict:
+    """Each repeat (its own sampling seed) replayed on its own synchronous run's lengths, each policy's
+    simulated ratio set against the same repeat's measured one; the medians over the repeats compared."""
+    simulated = [sim.compare([_groups(t) for t in r["trace"]], cpu) for r in runs["sync"]]
+    table = {}
+    for name in MEASURED:
+        m = [a["throughput"] / b["throughput"] for a, b in zip(runs[name], runs["sync"], strict=True)]
+        x = [r[name]["throughput_vs_sync"] for r in simulated]
+        table[name] = {
+            "measured_ratio": statistics.median(m),
+            "simulated_ratio": statistics.median(x),
+            "error": statistics.median(x) / statistics.median(m) - 1,
+            "measured_ratio_runs": m,
+            "simulated_ratio_runs": x,
+            "measured_active": _median(runs[name])["active"],
+            "simulated_active": simulated[len(simulated) // 2][name]["active"],
+        }
+    return table
 
 
 A3B_CHUNKS = (2, 8, 32)  # groups per unit of the synchronous pool (rl-1x8 ships 8)
