@@ -12,11 +12,13 @@ synchronous.
 Repeat k trains with ``trainer.seed`` = the config's seed + k, every loop alike: another seed moves the
 demo's RL accuracy by a few points (DESIGN.md), so one seed cannot tell a 2-point gap from noise.
 ``accuracy_gaps`` holds pipelined minus synchronous per seed and ``accuracy_gap`` their mean; the speed
-figures are medians over the repeats. Both sides do the same work: the pipelined loop runs with
-``trainer.stale_reference: learning`` (README), so its learners recompute each batch's old log-probs as
-the synchronous loop's do. At the full size a third loop runs beside them, pipelined with
-``stale_reference: sampling``, which skips that recompute (less work, and about 11 points lost on the
-demo), with its own ``accuracy_gaps_sampling`` and ``accuracy_gap_sampling`` on the same seeds.
+figures are medians over the repeats. Both sides do the same work: the learners score each batch before
+learning it (the reference and the mismatch monitor), and the pipelined loop runs with
+``trainer.stale_reference: learning``, the default (README). At the full size a third loop runs
+beside them, pipelined with ``stale_reference: sampling`` (each step centred on the policy that
+sampled its batch: about 11 points lost on the demo), with its own ``accuracy_gaps_sampling`` and
+``accuracy_gap_sampling`` on the same seeds. (Before the monitor, the ``sampling`` loop skipped the
+learners' scoring of a batch sampled ahead, less work than the others.)
 
 Full: the demo's RL stage (``kvrl demo``: its SFT checkpoint, RL data and ``configs/rl.yaml``) for its
 iterations, with the held-out accuracy measured once, after the last (``eval`` at the largest budget, 4
@@ -47,10 +49,9 @@ ONE_EACH = [
     "resources.learner_cores=[1]",
 ]
 PHASES = ("time_rollout", "time_reward", "time_learn", "time_wait", "time_sync")
-# name -> overrides of each loop; the last runs only at the full size. The first two do the same work:
-# the learners recompute the old log-probs of every batch (the synchronous loop always does; the
-# pipelined one, whose batch was sampled by the previous policy, does with stale_reference=learning).
-# pipelined_sampling centres tau on the sampling policy and skips that recompute: less work, shown beside.
+# name -> overrides of each loop; the last runs only at the full size. All do the same work: the
+# learners score every batch before learning it (the reference and the mismatch monitor).
+# pipelined_sampling centres tau on the sampling policy instead (k1.5's eq. 3 as written), shown beside.
 LOOPS = {
     "sync": ["trainer.max_staleness=0", "trainer.old_logprobs=learner"],
     "pipelined": [

@@ -26,6 +26,10 @@ class Experience:
     forced: list[int] = field(default_factory=list)  # response positions not sampled (thinking budget)
     stale: int = 0  # leading response tokens an older policy sampled (partial rollouts)
     loss_from: int = 0  # response positions before it carry no loss (masked older segments)
+    # off-policy correction (rl/offpolicy.py): per-token weights on the policy-gradient term (None: 1),
+    # and positions dropped from every term of the loss
+    pg_weights: list[float] | None = None
+    dropped: list[int] = field(default_factory=list)
     advantage: float = 0.0  # from the loss's advantage function over the sample's whole group (driver)
 
 
@@ -40,6 +44,7 @@ class Collated:
     advantages: torch.Tensor  # (B,)
     group_ids: torch.Tensor  # (B,)
     old_logprobs: torch.Tensor | None  # (B, T)
+    pg_weights: torch.Tensor | None  # (B, T) the policy-gradient term's token weights (None: all 1)
     pixel_values: torch.Tensor | None  # (sum P, 3, 14, 14) in sample order
     image_grid_hws: torch.Tensor | None  # (sum N, 2)
 
@@ -59,6 +64,7 @@ def collate(samples: Sequence[Experience], pad_id: int) -> Collated:
     index = torch.zeros((len(samples), resp_width), dtype=torch.long)
     mask = torch.zeros((len(samples), resp_width), dtype=torch.float32)
     old = torch.zeros((len(samples), resp_width), dtype=torch.float32)
+    weights = torch.ones((len(samples), resp_width), dtype=torch.float32)
     for b, s in enumerate(samples):
         ids = list(s.prompt_ids) + list(s.response_ids)
         input_ids[b, : len(ids)] = torch.tensor(ids)
@@ -71,6 +77,12 @@ def collate(samples: Sequence[Experience], pad_id: int) -> Collated:
         for f in s.forced:  # tokens the budget inserted are not the policy's choice: no loss on them
             mask[b, f] = 0
         mask[b, : s.loss_from] = 0
+        for d in s.dropped:  # the off-policy correction left them out
+            mask[b, d] = 0
+        if s.pg_weights is not None:
+            if len(s.pg_weights) != n:
+                raise ValueError(f"sample {b}: {len(s.pg_weights)} token weights for {n} response tokens")
+            weights[b, :n] = torch.tensor(s.pg_weights)
         if s.old_logprobs is not None:
             if len(s.old_logprobs) != n:
                 raise ValueError(f"sample {b}: {len(s.old_logprobs)} old log-probs for {n} response tokens")
@@ -87,6 +99,7 @@ def collate(samples: Sequence[Experience], pad_id: int) -> Collated:
         advantages=torch.tensor([float(s.advantage) for s in samples]),
         group_ids=torch.tensor([int(s.group_id) for s in samples]),
         old_logprobs=old if have_old else None,
+        pg_weights=weights if any(s.pg_weights is not None for s in samples) else None,
         pixel_values=torch.cat([s.pixel_values for s in images]) if images else None,
         image_grid_hws=torch.cat([s.image_grid_hws for s in images]) if images else None,
     )

@@ -41,9 +41,12 @@ class LossInputs:
     """One micro-batch as a loss sees it."""
 
     logprobs: torch.Tensor  # (B, T) log pi_theta of the sampled tokens (with grad)
-    old_logprobs: torch.Tensor  # (B, T) log pi_theta_i: the policy that sampled them
+    old_logprobs: torch.Tensor  # (B, T) the reference, log pi_theta_i (trainer.stale_reference: README)
     response_mask: torch.Tensor  # (B, T) 1 on tokens the policy chose; 0 on padding and forced tokens
     advantages: torch.Tensor  # (B,) from ``PolicyLoss.advantages`` over whole groups
+    # (B, T) per-token weights on the policy-gradient term: the off-policy correction's (rl/offpolicy.py);
+    # None: all 1
+    pg_weights: torch.Tensor | None = None
 
 
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, Mean]]]

@@ -157,7 +157,8 @@ def shard_for_ranks(items: Sequence[Any], world_size: int, pad: Any) -> list[lis
 
 def inactive(sample: Experience) -> Experience:
     """A copy with no response tokens: it contributes nothing to any loss (padding for equal shards)."""
-    return replace(sample, response_ids=[], old_logprobs=[] if sample.old_logprobs is not None else None)
+    empty = {k: [] if getattr(sample, k) is not None else None for k in ("old_logprobs", "pg_weights")}
+    return replace(sample, response_ids=[], dropped=[], **empty)
 
 
 def policy_metrics(inputs: LossInputs, entropy: torch.Tensor) -> dict[str, Mean]:
@@ -321,7 +322,9 @@ class Learner:
                     raise ValueError("train_step needs old log-probs on every sample")
                 self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
                 logprobs, entropy = self._response_logprobs(batch)
-                inputs = LossInputs(logprobs, batch.old_logprobs, batch.response_mask, batch.advantages)
+                inputs = LossInputs(
+                    logprobs, batch.old_logprobs, batch.response_mask, batch.advantages, batch.pg_weights
+                )
                 loss, metrics = loss_fn(inputs, normalizer)
                 loss_sum += float(self._backward(loss, logprobs, k, bad).detach())
                 parts.append({**metrics, **policy_metrics(inputs, entropy)})

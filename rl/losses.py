@@ -19,6 +19,15 @@ averaged over prompts, where rbar is the group's mean reward (or, optionally, th
 tau * log mean exp(r / tau) of the derivation). log pi(y|x) is the sum of the response's token
 log-probs; the token-normalized variant divides both sums by the response length. The tau term's
 gradient is zero at pi = pi_old: it acts only from the second optimizer step on the same samples.
+
+Off-policy correction (``rl/offpolicy.py``, README "Off-policy correction"). Eq. 3 is an expectation
+over y ~ pi_old, but the engine sampled y from mu. The exact correction weighs each response's whole
+term by pi_old(y) / mu(y), a product over its tokens whose variance grows with length. kvrl corrects
+only the policy-gradient term, token by token: -(r_j - rbar) * sum_t w_t log pi(y_jt), w_t the truncated
+ratio min(pi_old / mu, C) of token t (TIS; the per-token form drops the ratio of the prefix, as every
+token-level correction does). The tau term stays as it is: it is a proximity penalty centred on pi_old,
+minimized at pi = pi_old whatever distribution its samples come from, so weighting it would only add
+variance. Masks (IcePop per token, MIS per response) drop tokens from both terms alike.
 """
 
 from __future__ import annotations
@@ -92,8 +101,11 @@ def group_baseline(rewards: torch.Tensor, group_ids: torch.Tensor, tau: float | 
     return (tau * (gmax + torch.log(sums / counts)))[inverse]
 
 
-def _sequence_sums(logprobs: torch.Tensor, mask: torch.Tensor, token_normalized: bool) -> torch.Tensor:
-    sums = (logprobs * mask).sum(-1)  # (B,)
+def _sequence_sums(
+    logprobs: torch.Tensor, mask: torch.Tensor, token_normalized: bool, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B,) sum (or mean) of the masked token log-probs, each times its weight if ``weights`` (B, T)."""
+    sums = (logprobs * mask * (1.0 if weights is None else weights.detach().to(mask.dtype))).sum(-1)
     return sums / mask.sum(-1).clamp(min=1) if token_normalized else sums
 
 
@@ -119,19 +131,25 @@ def opmd_advantages(
 def opmd_micro_loss(
     inputs: LossInputs, normalizer: float, *, tau: float, token_normalized: bool = False, **_
 ) -> tuple[torch.Tensor, dict[str, Mean]]:
-    """Kimi k1.5 eq. 3 on one micro-batch: sum_j [-A_j S_j + tau/2 (S_j - S_old_j)^2] / normalizer.
+    """Kimi k1.5 eq. 3 on one micro-batch: sum_j [-A_j S^w_j + tau/2 (S_j - S_old_j)^2] / normalizer.
 
     ``normalizer``: the number of samples in the whole batch divided by the number of data-parallel
     ranks (they average gradients), so micro-batch losses add up to the batch mean.
     token_normalized: S_j = mean instead of sum of token log-probs (not in the paper; tames long responses).
+    S^w_j weighs each token by ``inputs.pg_weights`` (the off-policy correction; S^w = S without one).
     """
     if tau <= 0:
         raise ValueError(f"tau must be > 0, got {tau}")
     mask = inputs.response_mask.to(inputs.logprobs.dtype)
     s = _sequence_sums(inputs.logprobs, mask, token_normalized)
+    s_pg = (
+        s
+        if inputs.pg_weights is None
+        else _sequence_sums(inputs.logprobs, mask, token_normalized, inputs.pg_weights)
+    )
     s_old = _sequence_sums(inputs.old_logprobs.detach(), mask, token_normalized)
     advantage = inputs.advantages.to(s.dtype).detach()
-    per_sample = -advantage * s + 0.5 * tau * (s - s_old) ** 2
+    per_sample = -advantage * s_pg + 0.5 * tau * (s - s_old) ** 2
     metrics = {"advantage_abs_mean": _advantage_abs_mean(advantage, mask)}
     return per_sample.sum() / normalizer, metrics
 
@@ -146,16 +164,18 @@ def opmd_loss(
     tau: float,
     exact_baseline: bool = False,
     token_normalized: bool = False,
+    pg_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, Mean]]:
     """Kimi k1.5 eq. 3 on a whole batch (every group complete), averaged over its B samples.
 
     logprobs, old_logprobs, response_mask: (B, T); rewards, group_ids: (B,). With equal-size groups,
-    (1/G) sum_groups (1/k) sum_j = (1/B) sum_j, which is what is computed.
+    (1/G) sum_groups (1/k) sum_j = (1/B) sum_j, which is what is computed. pg_weights (B, T): the
+    off-policy correction's token weights on the policy-gradient term (module docstring).
     """
     advantages = opmd_advantages(
         rewards.to(logprobs.dtype), group_ids, tau=tau, exact_baseline=exact_baseline
     )
-    inputs = LossInputs(logprobs, old_logprobs, response_mask, advantages)
+    inputs = LossInputs(logprobs, old_logprobs, response_mask, advantages, pg_weights)
     return opmd_micro_loss(inputs, len(rewards), tau=tau, token_normalized=token_normalized)
 
 
@@ -169,9 +189,10 @@ def mean_baseline_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, **_
 
 @register_loss("reinforce", mean_baseline_advantages)
 def reinforce_micro_loss(inputs: LossInputs, normalizer: float, **_) -> tuple[torch.Tensor, dict[str, Mean]]:
-    """-A_j * log pi(y_j|x), summed over the micro-batch and divided by ``normalizer``."""
+    """-A_j * log pi(y_j|x) (its tokens weighted by ``pg_weights`` if given), summed over the micro-batch
+    and divided by ``normalizer``."""
     mask = inputs.response_mask.to(inputs.logprobs.dtype)
-    s = (inputs.logprobs * mask).sum(-1)
+    s = _sequence_sums(inputs.logprobs, mask, False, inputs.pg_weights)
     advantage = inputs.advantages.to(s.dtype).detach()
     metrics = {"advantage_abs_mean": _advantage_abs_mean(advantage, mask)}
     return (-advantage * s).sum() / normalizer, metrics
@@ -192,11 +213,14 @@ def clipped_micro_loss(
     inputs: LossInputs, normalizer: float, *, clip_eps: float = 0.2, **_
 ) -> tuple[torch.Tensor, dict[str, Mean]]:
     """PPO/GRPO-style clipped surrogate with token-level ratios, averaged over each response's tokens,
-    then summed over samples and divided by ``normalizer``."""
+    then summed over samples and divided by ``normalizer``; each token's surrogate times its
+    ``pg_weights`` if given (TIS as verl applies it)."""
     mask = inputs.response_mask.to(inputs.logprobs.dtype)
     advantage = inputs.advantages.to(mask.dtype).detach()[:, None]  # (B, 1)
     ratio = torch.exp(inputs.logprobs - inputs.old_logprobs.detach())
     surrogate = torch.minimum(ratio * advantage, ratio.clamp(1 - clip_eps, 1 + clip_eps) * advantage)
+    if inputs.pg_weights is not None:
+        surrogate = surrogate * inputs.pg_weights.detach().to(mask.dtype)
     per_sample = -(surrogate * mask).sum(-1) / mask.sum(-1).clamp(min=1)
     clipped = ((ratio.detach() - 1).abs() > clip_eps).to(mask.dtype)
     metrics = {"clip_fraction": Mean(float((clipped * mask).sum()), float(mask.sum()))}

@@ -33,6 +33,7 @@ from learner.experience import Experience
 from learner.rank import LearnerConfig, learner_layout, learner_state_dir
 from rewards import RewardConfig, Task, Verdict, total_rewards
 from rl.losses import assign_advantages, combine, get_loss
+from rl.offpolicy import correct, mismatch_metrics
 from rl.partial import PartialBuffer, PartialConfig, group_key, parse_group
 from rollout.engine import EngineConfig, Sample
 from rollout.prompts import chat_prompt
@@ -64,10 +65,18 @@ class TrainerConfig:
     reset_optimizer: bool = True  # k1.5: fresh optimizer state at every mirror-descent iteration
     old_logprobs: Literal["learner", "rollout"] = "learner"
     # The reference of tokens an older policy sampled (a batch sampled ahead, a partial rollout's earlier
-    # segments). sampling: that policy's own log-probs, from the rollout (k1.5's eq. 3 as written).
-    # learning: the policy about to learn the batch, recomputed by the learners before its first step,
-    # so the mirror-descent step starts from its own reference as in the synchronous loop (README).
-    stale_reference: Literal["sampling", "learning"] = "sampling"
+    # segments). learning: the policy about to learn the batch, recomputed by the learners before its
+    # first step, so the mirror-descent step starts from its own reference as in the synchronous loop;
+    # the sampling policy enters through off_policy_correction (README). sampling: that policy's own
+    # log-probs, from the rollout (k1.5's eq. 3 as written; about 11 points lost pipelined on the demo).
+    stale_reference: Literal["sampling", "learning"] = "learning"
+    # Correct for the gap between the policy that sampled a token and the reference (rl/offpolicy.py,
+    # README "Off-policy correction"): none; tis (token weights min(rho, correction_cap) on the
+    # policy-gradient term); icepop (tokens whose rho is outside correction_band leave the loss); mis
+    # (responses whose geometric-mean rho is outside correction_band leave it). Needs old_logprobs=learner.
+    off_policy_correction: Literal["none", "tis", "icepop", "mis"] = "none"
+    correction_cap: float = 2.0
+    correction_band: tuple[float, float] = (0.5, 2.0)
     # Leave out groups whose rewards are all equal (no policy gradient): a departure from eq. 3 (README).
     drop_zero_signal_groups: bool = False
     save_every: int = 1
@@ -85,10 +94,22 @@ class TrainerConfig:
                 f"trainer.max_staleness must be 0 (synchronous) or 1 (one batch sampled ahead), "
                 f"got {self.max_staleness}"
             )
-        if self.stale_reference == "learning" and self.old_logprobs != "learner":
+        if self.max_staleness and self.stale_reference == "learning" and self.old_logprobs != "learner":
             raise ValueError(
                 "trainer.stale_reference=learning needs trainer.old_logprobs=learner (the learners "
-                "recompute the reference)"
+                "recompute the reference); pipelined with old_logprobs=rollout, set "
+                "trainer.stale_reference=sampling"
+            )
+        if self.off_policy_correction != "none" and self.old_logprobs != "learner":
+            raise ValueError(
+                f"trainer.off_policy_correction={self.off_policy_correction} needs "
+                "trainer.old_logprobs=learner (rho is the learner's reference over the rollout's log-prob)"
+            )
+        lo, hi = self.correction_band
+        if not (self.correction_cap >= 1.0 and 0.0 < lo < 1.0 < hi):
+            raise ValueError(
+                "trainer.correction_cap must be >= 1 and trainer.correction_band [lo, hi] have "
+                f"0 < lo < 1 < hi, got {self.correction_cap} and {list(self.correction_band)}"
             )
         if self.max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {self.max_restarts}")
@@ -139,6 +160,9 @@ class RolloutConfig:
     chunk_size: int = 4
     tensor_parallel_size: int = 1  # GPUs per vLLM engine (resources.rollout_gpus must match)
     gpu_memory_utilization: float = 0.85  # of each engine GPU, for weights + KV cache (GPU only)
+    # the engines' weights and activations: auto is float32 on CPU, bfloat16 on GPU. bfloat16 on this
+    # CPU (avx512_bf16) against the fp32 learner is a real train/inference mismatch (the monitor's testbed)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # Seer's divided, context-aware
     partial: PartialConfig = field(default_factory=PartialConfig)  # k1.5's partial rollouts
@@ -316,6 +340,7 @@ class Trainer:
         self.placement = place(cfg.resources)
         engine = EngineConfig(
             model=self.model_path,
+            dtype=cfg.rollout.dtype,
             seed=cfg.trainer.seed,
             max_model_len=cfg.rollout.max_model_len,
             max_num_seqs=cfg.rollout.max_num_seqs,
@@ -538,23 +563,24 @@ class Trainer:
             batch = [e for e in batch if e.group_id not in zero_signal]
         if not batch:
             return {**metrics, "skipped": 1.0, "reward_spread": 0.0}
-        # tokens an older policy sampled keep its log-probs (from the rollout) as their reference unless
-        # stale_reference=learning: with nothing sampled by this policy (a batch sampled ahead), the
-        # learners then need not recompute any
-        learning_ref = cfg.trainer.stale_reference == "learning"
-        fresh = any(e.stale < len(e.response_ids) for e in batch)
-        if cfg.trainer.old_logprobs == "learner" and (fresh or learning_ref):
+        t = cfg.trainer
+        if t.old_logprobs == "learner":
+            # the learners score every token under the policy about to train: the monitor sees stale
+            # tokens too, and they become the reference unless stale_reference=sampling keeps an older
+            # policy's own log-probs (the rollout's) for the tokens it sampled
+            rollout_lps = [list(e.old_logprobs) for e in batch]
             learner_lps = self.learners.logprobs(batch)
-            metrics.update(logprob_gaps(batch, learner_lps))
+            metrics.update(mismatch_metrics(batch, rollout_lps, learner_lps))
             for e, lp in zip(batch, learner_lps, strict=True):
-                # an older policy's tokens keep its own log-probs, unless the learning policy's are asked
-                keep = 0 if learning_ref else e.stale
+                keep = e.stale if t.stale_reference == "sampling" else 0
                 e.old_logprobs = e.old_logprobs[:keep] + lp[keep:]
+            metrics.update(
+                correct(batch, rollout_lps, t.off_policy_correction, t.correction_cap, t.correction_band)
+            )
         loss = get_loss(cfg.loss.name)
         assign_advantages(batch, loss, cfg.loss.kwargs())
-        if cfg.trainer.reset_optimizer:
+        if t.reset_optimizer:
             self.learners.reset_optimizer()
-        t = cfg.trainer
         steps = optimizer_steps(batch, t.optimizer_steps_per_iteration, t.epochs_per_iteration)
         results = [
             self.learners.train_step(part, loss.bound(cfg.loss.kwargs()), self.lr(k))
@@ -748,21 +774,6 @@ class _Phases:
 
     def close(self) -> None:
         self.bar.close()
-
-
-def logprob_gaps(batch: list[Experience], learner_lps: list[list[float]]) -> dict[str, float]:
-    """Largest and mean |rollout - learner| log-prob of the tokens this policy sampled (a forced one has
-    no rollout value; an older policy's, in a partial rollout, is not this policy's)."""
-    gaps = [
-        abs(a - b)
-        for e, lp in zip(batch, learner_lps, strict=True)
-        for t, (a, b) in enumerate(zip(e.old_logprobs, lp, strict=True))
-        if t >= e.stale and t not in e.forced
-    ]
-    return {
-        "rollout_learner_logprob_gap_max": max(gaps, default=0.0),
-        "rollout_learner_logprob_gap_mean": sum(gaps) / max(len(gaps), 1),
-    }
 
 
 def optimizer_steps(batch: list[Experience], steps_per_pass: int, passes: int) -> list[list[Experience]]:

@@ -109,13 +109,17 @@ def carried() -> list[Experience]:
 
 
 def test_older_policys_tokens_keep_their_rollout_logprobs_as_reference(trainer_with):
-    # the learner (this policy) scores the stale tokens -1.4 and -2.6; they must stay -1.0 and -2.0
+    # stale_reference=sampling: the learner (this policy) scores the stale tokens -1.4 and -2.6; they
+    # must stay -1.0 and -2.0 as the reference
     learner = [[-1.4, -2.6, -3.001], [-1.5]]
     group = RecordingOld(learner, [OK])
-    metrics = trainer_with(group).learn(carried())
+    metrics = trainer_with(group, stale_reference="sampling").learn(carried())
     assert group.sent == [([-1.0, -2.0, -3.001], 0), ([-1.5], 0)]
-    # the gap compares this policy's tokens only: |-3.0 - -3.001|, not the stale 0.6
-    assert metrics["rollout_learner_logprob_gap_max"] == pytest.approx(0.001)
+    # the monitor reads every token, the stale ones included: gaps 0.4, 0.6, 0.001, 0
+    assert metrics["rollout_learner_logprob_gap_max"] == pytest.approx(0.6)
+    assert metrics["mismatch_stale_token_share"] == 0.5
+    # this policy's own tokens alone: k3 of log rho = -0.001 and 0, e^-0.001 - 1 + 0.001 = 5.0e-7, mean 2.5e-7
+    assert metrics["mismatch_kl_fresh"] == pytest.approx(2.5e-7, rel=1e-3)
 
 
 def test_masked_older_segments_carry_no_loss(tiny_trainer):
@@ -150,30 +154,33 @@ def sampled_ahead(trainer, iteration: int, version: int):
     return Batch(iteration, version, [problem], [[first, second]], {}, 0.0)
 
 
-class NoLogprobs(RecordingOld):
-    def logprobs(self, batch):
-        raise AssertionError("a batch no token of which this policy sampled needs no learner log-probs")
-
-
-def test_a_batch_sampled_ahead_keeps_its_sampling_policys_logprobs_as_reference(trainer_with):
-    # Pipelined (trainer.max_staleness=1): iteration 2's batch was sampled by policy 1 while policy 2
-    # learned iteration 1's. Learned by policy 2, every token is stale: the reference is policy 1's own
-    # log-probs (the rollout's), whatever the learner would compute now, and nothing is recomputed.
-    trainer = trainer_with(NoLogprobs([], [OK]), max_staleness=1)
+def test_a_fully_stale_batch_is_monitored_and_keeps_the_sampling_reference_when_asked(trainer_with):
+    # Pipelined (trainer.max_staleness=1) with stale_reference=sampling: iteration 2's batch was sampled
+    # by policy 1 while policy 2 learned iteration 1's, so every token is stale. The reference stays
+    # policy 1's own log-probs (the rollout's), but the monitor still compares them with what policy 2
+    # (the learner) gives the same tokens: it must not read "no gap" exactly when the policies differ.
+    group = RecordingOld([[-0.6, -1.1, -2.2], [-1.4]], [OK])
+    trainer = trainer_with(group, max_staleness=1, stale_reference="sampling")
     rollouts = trainer.flatten(sampled_ahead(trainer, iteration=2, version=1))
     assert [(r.stale, r.older) for r in rollouts] == [(3, 1), (1, 0)]
     for r in rollouts:
         r.reward = 1.0 if r.sample.response_token_ids[0] == 2 else 0.0
-    trainer.learn(trainer.experiences(rollouts))
+    metrics = trainer.learn(trainer.experiences(rollouts))
     assert trainer.learners.sent == [([-0.5, -1.0, -2.0], 0), ([-1.5], 0)]
+    # log rho = learner - rollout: -0.1, -0.1, -0.2, +0.1; |.| max 0.2, mean 0.125
+    assert metrics["rollout_learner_logprob_gap_max"] == pytest.approx(0.2)
+    assert metrics["rollout_learner_logprob_gap_mean"] == pytest.approx(0.125)
+    # k3 = e^x - 1 - x: 0.0048374, 0.0048374, 0.0187308, 0.0051709 -> mean 0.0083941
+    assert metrics["mismatch_kl"] == pytest.approx(0.0083941, rel=1e-4)
+    assert metrics["mismatch_stale_token_share"] == 1.0 and metrics["mismatch_kl_fresh"] == 0.0
 
 
 def test_stale_reference_learning_takes_the_learning_policys_logprobs_for_every_token(trainer_with):
-    # Opt-in (trainer.stale_reference=learning): the same batch sampled ahead by policy 1, learned by
+    # The default (trainer.stale_reference=learning): the same batch sampled ahead by policy 1, learned by
     # policy 2, which scores its tokens [-0.6, -1.1, -2.2] and [-1.4]; those are the reference now,
     # not the rollout's [-0.5, -1.0, -2.0] and [-1.5].
     group = RecordingOld([[-0.6, -1.1, -2.2], [-1.4]], [OK])
-    trainer = trainer_with(group, max_staleness=1, stale_reference="learning")
+    trainer = trainer_with(group, max_staleness=1)
     rollouts = trainer.flatten(sampled_ahead(trainer, iteration=2, version=1))
     for r in rollouts:
         r.reward = 1.0 if r.sample.response_token_ids[0] == 2 else 0.0
@@ -183,7 +190,7 @@ def test_stale_reference_learning_takes_the_learning_policys_logprobs_for_every_
 
 def test_stale_reference_learning_needs_the_learners_logprobs(tiny_trainer):
     with pytest.raises(ValueError, match=r"stale_reference=learning needs trainer\.old_logprobs=learner"):
-        tiny_trainer("trainer.stale_reference=learning", "trainer.old_logprobs=rollout")
+        tiny_trainer("trainer.max_staleness=1", "trainer.old_logprobs=rollout")
 
 
 def test_pipelining_with_the_sampling_reference_warns_and_names_the_alternative(caplog):
@@ -202,7 +209,7 @@ def test_pipelining_with_the_sampling_reference_warns_and_names_the_alternative(
 def test_masking_older_segments_masks_earlier_rollouts_not_the_pipeline_lag(trainer_with):
     # old_segments=mask drops what earlier rollouts sampled (sample 0's first token), not the tokens
     # the batch's own rollout sampled one version back
-    trainer = trainer_with(NoLogprobs([], [OK]), max_staleness=1)
+    trainer = trainer_with(RecordingOld([], [OK]), max_staleness=1)
     trainer.cfg.rollout.partial.old_segments = "mask"
     rollouts = trainer.flatten(sampled_ahead(trainer, iteration=2, version=1))
     assert [(e.stale, e.loss_from) for e in trainer.experiences(rollouts)] == [(3, 1), (1, 0)]

@@ -72,6 +72,9 @@ def test_every_batch_after_the_first_is_sampled_one_version_back(straight):
     assert sorted(got) == list(range(ITERATIONS))
     assert [got[i]["staleness"] for i in range(ITERATIONS)] == [0.0, 1.0, 1.0, 1.0]
     assert all(got[i]["loss"] != 0 and got[i]["kl"] > 0 for i in range(ITERATIONS))
+    # the monitor reads the stale batches too: sampled by policy i, scored by policy i + 1, they differ
+    assert [got[i]["mismatch_stale_token_share"] for i in range(ITERATIONS)] == [0.0, 1.0, 1.0, 1.0]
+    assert min(got[i]["mismatch_kl"] for i in range(1, ITERATIONS)) > 10 * got[0]["mismatch_kl"]
     # each curve measured the weights just synced (policy it + 1), never the engines mid-rollout
     evals = [(i, got[i]["eval_policy"]) for i in range(ITERATIONS) if "eval_policy" in got[i]]
     assert evals == [(1, 2.0), (3, 4.0)]
