@@ -55,14 +55,17 @@ class LearnerActor:
             os.environ["DS_ACCELERATOR"] = "cpu"
         self.learner = Learner(model_path, cfg, self.rank, self.world_size, state_dir)
 
-    def logprobs(self, samples: list[Experience]) -> list[list[float]]:
-        return self.learner.logprobs(samples)
+    def logprobs(self, samples: list[Experience], replay: bool | None = None) -> list[list[float]]:
+        return self.learner.logprobs(samples, replay)
 
     def train_step(self, samples, loss_fn, global_batch, lr=None) -> dict[str, Mean]:
         return self.learner.train_step(samples, loss_fn, global_batch, lr)
 
     def reset_optimizer(self) -> None:
         self.learner.reset_optimizer()
+
+    def routing_disagreement(self) -> list[Mean]:
+        return self.learner.routing_disagreement()
 
     def sft_step(self, rows, total_targets: int, lr: float, loss_fn) -> dict[str, float]:
         return self.learner.sft_step(rows, total_targets, lr, loss_fn)
@@ -119,10 +122,11 @@ class LearnerGroup:
         gather([a.setup.remote(model_path, cfg, addr, port, state_dir) for a in self.actors])
         log.info("learner group up: %d ranks, ZeRO-%d", world_size, cfg.zero_stage)
 
-    def logprobs(self, samples: Sequence[Experience]) -> list[list[float]]:
-        """Teacher-forced log-probs, in sample order."""
+    def logprobs(self, samples: Sequence[Experience], replay: bool | None = None) -> list[list[float]]:
+        """Teacher-forced log-probs, in sample order; ``replay`` overrides ``routing_replay`` for samples
+        with routes (learner/routing.py)."""
         shards = shard_for_ranks(samples, self.world_size, inactive(samples[0]))
-        results = gather([a.logprobs.remote(s) for a, s in zip(self.actors, shards, strict=True)])
+        results = gather([a.logprobs.remote(s, replay) for a, s in zip(self.actors, shards, strict=True)])
         out: list[list[float]] = [[] for _ in samples]
         for r, shard_result in enumerate(results):
             for j, lp in enumerate(shard_result[: len(samples[r :: self.world_size])]):
@@ -148,6 +152,12 @@ class LearnerGroup:
 
     def reset_optimizer(self) -> None:
         gather([a.reset_optimizer.remote() for a in self.actors])
+
+    def routing_disagreement(self) -> list[float]:
+        """Per MoE layer, over every rank's last log-prob pass: the share of tokens whose rollout-recorded
+        experts differ from the learner's own choice (learner/routing.py)."""
+        per_rank = gather([a.routing_disagreement.remote() for a in self.actors])
+        return [float(sum(layer, Mean(0.0, 0.0))) for layer in zip(*per_rank, strict=True)]
 
     def sft_step(
         self, rows: Sequence[Sequence[SFTExample]], lr: float, loss_fn: TokenLossFn

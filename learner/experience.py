@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
+
+from learner.routing import collate_routes
 
 
 @dataclass
@@ -30,6 +33,9 @@ class Experience:
     # and positions dropped from every term of the loss
     pg_weights: list[float] | None = None
     dropped: list[int] = field(default_factory=list)
+    # the experts the rollout routed each token of prompt + response to (kimivl/routes.py): replayed by
+    # the learner's MoE layers with trainer.routing_replay, else compared with its own routing
+    routes: np.ndarray | None = None
     advantage: float = 0.0  # from the loss's advantage function over the sample's whole group (driver)
 
 
@@ -45,6 +51,7 @@ class Collated:
     group_ids: torch.Tensor  # (B,)
     old_logprobs: torch.Tensor | None  # (B, T)
     pg_weights: torch.Tensor | None  # (B, T) the policy-gradient term's token weights (None: all 1)
+    routes: torch.Tensor | None  # (B * L, moe_layers, top_k) the rollout's experts, -1 where none
     pixel_values: torch.Tensor | None  # (sum P, 3, 14, 14) in sample order
     image_grid_hws: torch.Tensor | None  # (sum N, 2)
 
@@ -100,6 +107,7 @@ def collate(samples: Sequence[Experience], pad_id: int) -> Collated:
         group_ids=torch.tensor([int(s.group_id) for s in samples]),
         old_logprobs=old if have_old else None,
         pg_weights=weights if any(s.pg_weights is not None for s in samples) else None,
+        routes=collate_routes([s.routes for s in samples], width),
         pixel_values=torch.cat([s.pixel_values for s in images]) if images else None,
         image_grid_hws=torch.cat([s.image_grid_hws for s in images]) if images else None,
     )

@@ -32,6 +32,7 @@ from learner.optim import (
     optimizer_summary,
 )
 from learner.packing import SFTExample, collate_packed, packed_logits
+from learner.routing import RoutingReplay
 from runkit.files import replacing
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ class LearnerConfig:
     # QK-clip (Kimi K2): tau, the largest pre-softmax logit any head may keep after a step (0: off; K2
     # used 100). learner/qkclip.py.
     qk_clip: float = 0.0
+    # Rollout routing replay (learner/routing.py): the MoE layers route each token to the experts the
+    # rollout recorded (samples that carry routes); false: they route themselves and the recorded
+    # routes are only compared. Set by kvrl rl from trainer.routing_replay.
+    routing_replay: bool = False
 
     def __post_init__(self):
         if self.muon_adamw_lr_ratio <= 0:
@@ -216,6 +221,7 @@ class Learner:
             model.gradient_checkpointing_enable()
         if cfg.qk_clip:
             qkclip.enable(model)
+        self.routing = RoutingReplay(model)  # hooks on the MoE routers; idle unless a batch has routes
         self.pad_id = KimiVLProcessor.from_pretrained(self.model_path).tokenizer.pad_token_id
         self.engine, self.optimizer, self.lr_scales = self._initialize(deepspeed, model)
         self.set_lr(cfg.lr)
@@ -277,14 +283,18 @@ class Learner:
         return logprobs * batch.response_mask, token_entropy
 
     @torch.no_grad()
-    def logprobs(self, samples: Sequence[Experience]) -> list[list[float]]:
-        """Teacher-forced log-probs of each sample's response tokens (collective under ZeRO-3)."""
+    def logprobs(self, samples: Sequence[Experience], replay: bool | None = None) -> list[list[float]]:
+        """Teacher-forced log-probs of each sample's response tokens (collective under ZeRO-3); samples
+        with routes replay them if ``replay`` (default: ``routing_replay``), else only compare them."""
+        replay = self.cfg.routing_replay if replay is None else replay
         self.engine.eval()
         order = by_length(samples)
         out: list[list[float]] = [[] for _ in samples]
+        self.routing.disagreement(reset=True)  # what routing_disagreement() reads: this pass alone
         for mb in micro_batches(order, self.cfg.micro_batch_size):
             batch = collate([samples[i] for i in mb], self.pad_id).to(self.device)
-            lp, _ = self._response_logprobs(batch)
+            with self.routing.active(batch.routes, replay):
+                lp, _ = self._response_logprobs(batch)
             for b, i in enumerate(mb):
                 out[i] = lp[b, : len(samples[i].response_ids)].tolist()
         return out
@@ -321,12 +331,14 @@ class Learner:
                 if batch.old_logprobs is None:
                     raise ValueError("train_step needs old log-probs on every sample")
                 self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)
-                logprobs, entropy = self._response_logprobs(batch)
-                inputs = LossInputs(
-                    logprobs, batch.old_logprobs, batch.response_mask, batch.advantages, batch.pg_weights
-                )
-                loss, metrics = loss_fn(inputs, normalizer)
-                loss_sum += float(self._backward(loss, logprobs, k, bad).detach())
+                # forward and backward: gradient checkpointing routes again in backward
+                with self.routing.active(batch.routes, self.cfg.routing_replay):
+                    logprobs, entropy = self._response_logprobs(batch)
+                    inputs = LossInputs(
+                        logprobs, batch.old_logprobs, batch.response_mask, batch.advantages, batch.pg_weights
+                    )
+                    loss, metrics = loss_fn(inputs, normalizer)
+                    loss_sum += float(self._backward(loss, logprobs, k, bad).detach())
                 parts.append({**metrics, **policy_metrics(inputs, entropy)})
         stepped, clipped = self._step(bad)
         if not stepped:
@@ -450,6 +462,12 @@ class Learner:
             for name in totals:
                 totals[name] += metrics[name]
         return totals
+
+    def routing_disagreement(self) -> list[Mean]:
+        """Per MoE layer, over the last :meth:`logprobs` pass (the weights that start learning): the share
+        of tokens with recorded routes whose recorded expert set differs from this model's own choice."""
+        d = self.routing
+        return [Mean(float(a), float(b)) for a, b in zip(d.differing, d.counted, strict=True)]
 
     def reset_optimizer(self) -> None:
         """Drop Adam's moments and Muon's momentum (Kimi k1.5 resets the optimizer at each mirror-descent

@@ -50,6 +50,10 @@ class TrainerConfig:
     # policy-gradient term); icepop (tokens whose rho is outside correction_band leave the loss); mis
     # (responses whose geometric-mean rho is outside correction_band leave it). Needs old_logprobs=learner.
     off_policy_correction: Literal["none", "tis", "icepop", "mis"] = "none"
+    # Rollout routing replay (R3): the engines record which experts each token went to and the learners'
+    # MoE layers route the same tokens to the same experts, with gate weights from their own routers
+    # (learner/routing.py, README). Implies rollout.record_routes.
+    routing_replay: bool = False
     correction_cap: float = 2.0
     correction_band: tuple[float, float] = (0.5, 2.0)
     # Leave out groups whose rewards are all equal (no policy gradient): a departure from eq. 3 (README).
@@ -74,6 +78,11 @@ class TrainerConfig:
                 "trainer.stale_reference=learning needs trainer.old_logprobs=learner (the learners "
                 "recompute the reference); pipelined with old_logprobs=rollout, set "
                 "trainer.stale_reference=sampling"
+            )
+        if self.routing_replay and self.old_logprobs != "learner":
+            raise ValueError(
+                "trainer.routing_replay needs trainer.old_logprobs=learner (the reference is recomputed "
+                "with the replayed routing)"
             )
         if self.off_policy_correction != "none" and self.old_logprobs != "learner":
             raise ValueError(
@@ -138,6 +147,9 @@ class RolloutConfig:
     # the engines' weights and activations: auto is float32 on CPU, bfloat16 on GPU. bfloat16 on this
     # CPU (avx512_bf16) against the fp32 learner is a real train/inference mismatch (the monitor's testbed)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # record each token's experts in every MoE layer (rollout/routing.py): the learners then log how
+    # often their own routing differs (routing_disagreement/layer_<i>); trainer.routing_replay uses them
+    record_routes: bool = False
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # Seer's divided, context-aware
     partial: PartialConfig = field(default_factory=PartialConfig)  # k1.5's partial rollouts

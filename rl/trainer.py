@@ -180,6 +180,7 @@ class Trainer:
             speculative_tokens=cfg.rollout.speculative_tokens,
             speculative_max_batch=cfg.rollout.speculative_max_batch,
             speculative_adaptive=cfg.rollout.speculative_adaptive,
+            record_routes=cfg.rollout.record_routes or cfg.trainer.routing_replay,
         )
         res = cfg.resources
         self.pool = RolloutPool(
@@ -192,7 +193,7 @@ class Trainer:
         )
         self.learners = LearnerGroup(
             self.model_path,
-            cfg.learner,
+            replace(cfg.learner, routing_replay=cfg.trainer.routing_replay),
             res.learner_ranks,
             self.placement.learner,
             state_dir=self.learner_state,
@@ -376,6 +377,7 @@ class Trainer:
                 forced=list(r.sample.forced),
                 stale=r.stale,
                 loss_from=r.older if mask else 0,
+                routes=r.sample.routes,
                 **self._pixel_inputs(r.problem),
             )
             for r in rollouts
@@ -400,8 +402,10 @@ class Trainer:
             # tokens too, and they become the reference unless stale_reference=sampling keeps an older
             # policy's own log-probs (the rollout's) for the tokens it sampled
             rollout_lps = [list(e.old_logprobs) for e in batch]
-            learner_lps = self.learners.logprobs(batch)
+            learner_lps = self.learners.logprobs(batch, replay=t.routing_replay)
             metrics.update(mismatch_metrics(batch, rollout_lps, learner_lps))
+            if any(e.routes is not None for e in batch):
+                metrics.update(self._routing_metrics(batch, rollout_lps))
             for e, lp in zip(batch, learner_lps, strict=True):
                 keep = e.stale if t.stale_reference == "sampling" else 0
                 e.old_logprobs = e.old_logprobs[:keep] + lp[keep:]
@@ -431,6 +435,20 @@ class Trainer:
         metrics["skipped"] = float(skipped == len(results))
         metrics["nonfinite_steps"] = skipped
         metrics["reward_spread"] = max(flat) - min(flat)
+        return metrics
+
+    def _routing_metrics(self, batch: list[Experience], rollout_lps: list[list[float]]) -> dict[str, float]:
+        """Per MoE layer, how often the learner's own routing differs from the rollout's (read from the
+        log-prob pass just made); and the mismatch with routing replay off and on, from one more pass
+        with the other setting: how much of the gap routing explains."""
+        metrics = {
+            f"routing_disagreement/layer_{layer}": share
+            for layer, share in enumerate(self.learners.routing_disagreement())
+        }
+        replay = self.cfg.trainer.routing_replay
+        other = self.learners.logprobs(batch, replay=not replay)
+        kl = mismatch_metrics(batch, rollout_lps, other)["mismatch_kl"]
+        metrics["mismatch_kl_replay_off" if replay else "mismatch_kl_replay_on"] = kl
         return metrics
 
     def lr(self, k: int) -> float:

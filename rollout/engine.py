@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 
@@ -37,6 +39,8 @@ class EngineConfig:
     speculative_max_batch: int = 0
     # draft only where drafting has paid on this engine (rollout.speculation.SpeculationGate)
     speculative_adaptive: bool = False
+    # record which experts every MoE layer routed each token to (rollout/routing.py), onto each Sample
+    record_routes: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -51,6 +55,9 @@ class Sample:
     finish_reason: str | None
     forced: list[int] = field(default_factory=list)  # indices of tokens a thinking budget forced in
     finished_at: float | None = None  # wall clock (time.time()) of the engine step that finished it
+    # with EngineConfig.record_routes: the experts each token of prompt + response was routed to
+    # (kimivl/routes.py)
+    routes: np.ndarray | None = None
 
 
 def on_cpu() -> bool:

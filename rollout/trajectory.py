@@ -18,6 +18,10 @@ import zlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from kimivl.routes import routes_from_state, routes_state
+
 from .engine import Sample
 
 if TYPE_CHECKING:
@@ -42,6 +46,7 @@ class Trajectory:
     finished_at: float | None = None  # wall clock (time.time()) of the step that finished it
     text: str = ""
     budget: int | None = None  # tokens it may still sample in this rollout (partial rollouts); None: no cap
+    routes: np.ndarray | None = None  # the experts each token went to, when recorded (kimivl/routes.py)
 
     @property
     def group(self) -> str:
@@ -86,6 +91,7 @@ class Trajectory:
             self.finish_reason,
             list(self.forced),
             self.finished_at,
+            self.routes,
         )
 
     def state_dict(self) -> dict:
@@ -100,6 +106,7 @@ class Trajectory:
             "forced": self.forced,
             "finish_reason": self.finish_reason,
             "text": self.text,
+            "routes": routes_state(self.routes),
         }
 
     @classmethod
@@ -123,6 +130,7 @@ class Trajectory:
             state.get("finish_reason"),
             None,
             state.get("text", ""),
+            routes=routes_from_state(state.get("routes")),
         )
 
 

@@ -15,6 +15,8 @@ sync).
 
 from __future__ import annotations
 
+from rollout.routing import RouteRecording
+
 
 def _cpu_experts(layer):
     impl = getattr(getattr(getattr(layer, "quant_method", None), "moe_kernel", None), "impl", None)
@@ -24,7 +26,9 @@ def _cpu_experts(layer):
     return None
 
 
-class WeightReceiver:
+class WeightReceiver(RouteRecording):
+    """kvrl's worker extension: weight loading here, routing recording from ``rollout/routing.py``."""
+
     def kvrl_load_weights(self, weights: list) -> int:
         """Reload the model from ``weights`` in place; returns the number of tensors received."""
         self.model_runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)

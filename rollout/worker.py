@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kimivl import KimiVLProcessor
+from kimivl.routes import merge_routes
 from runkit.tokens import THINK_CLOSE, THINK_OPEN
 
 from .engine import EngineConfig, Sample, make_llm, to_sample
@@ -127,6 +128,8 @@ class RolloutWorker:
         self.image_token_id = tok.convert_tokens_to_ids("<|media_pad|>")
         self.weights_version = 0
         self.stats = EngineStats()  # of the last call
+        if cfg.record_routes:
+            self.llm.collective_rpc("kvrl_record_routes")
 
     def _params(self, sampling: SamplingConfig, seed: int, n: int, max_tokens: int, stop_ids: list[int]):
         from vllm import SamplingParams
@@ -217,6 +220,7 @@ class RolloutWorker:
             if not t.prompt_ids:
                 t.prompt_ids = s.prompt_token_ids
             t.extend(s.response_token_ids, s.logprobs, version)
+            t.routes = merge_routes(t.routes, s.routes)  # keep-first: a segment keeps its own routing
             t.text = tok.decode(t.response_ids, skip_special_tokens=True)
             if s.finish_reason in ("stop", REPEAT):
                 t.finish_reason = s.finish_reason
@@ -249,7 +253,7 @@ class RolloutWorker:
         for members, result in zip(groups.values(), results, strict=True):
             for t in members:
                 s = result.samples[t.sample]
-                t.prompt_ids, t.forced = s.prompt_token_ids, list(s.forced)
+                t.prompt_ids, t.forced, t.routes = s.prompt_token_ids, list(s.forced), s.routes
                 t.extend(s.response_token_ids, s.logprobs, version)
                 t.text, t.finish_reason, t.finished_at = s.text, s.finish_reason or "length", s.finished_at
         return trajectories
@@ -281,6 +285,7 @@ class RolloutWorker:
         limit = (self.cfg.speculative_max_batch or slots) if self.cfg.speculative_tokens else 0
         start = last = time.perf_counter()
         seen = [0] * len(keys)  # response tokens each request's watch has read
+        done: list[int] = []  # requests finished in this step
         while engine.has_unfinished_requests():
             held = min(engine.get_num_unfinished_requests(), slots)
             outputs = engine.step()
@@ -313,6 +318,9 @@ class RolloutWorker:
                 sample.finished_at = stamp
                 stats.tokens += len(sample.response_token_ids)
                 out[i] = sample
+                done.append(i)
+            self._take_routes([keys[i] for i in done], [out[i] for i in done])
+            done.clear()
         stats.seconds += last - start
         stats.drafts, stats.draft_tokens, stats.accepted_tokens = (
             b - a for a, b in zip(drafted, self._spec_counts(), strict=True)
@@ -321,6 +329,17 @@ class RolloutWorker:
         if missing:
             raise RuntimeError(f"the engine returned no output for {len(missing)} of {len(out)} requests")
         return out
+
+    def _take_routes(self, keys: list[str], samples: list[Sample]) -> None:
+        """With ``record_routes``: each finished sample's routes, for its prompt + response tokens."""
+        if not self.cfg.record_routes or not keys:
+            return
+        lengths = {
+            k: len(s.prompt_token_ids) + len(s.response_token_ids) for k, s in zip(keys, samples, strict=True)
+        }
+        (routes,) = self.llm.collective_rpc("kvrl_take_routes", args=(lengths,))
+        for key, sample in zip(keys, samples, strict=True):
+            sample.routes = routes[key]
 
     def _spec_counts(self) -> tuple[int, int, int]:
         """vLLM's running totals of drafts (sequence-steps with one), drafted tokens and accepted tokens
@@ -386,6 +405,7 @@ class RolloutWorker:
             s = samples[j]
             s.response_token_ids = s.response_token_ids + cont.response_token_ids
             s.logprobs = s.logprobs + cont.logprobs
+            s.routes = merge_routes(s.routes, cont.routes)
             s.text = tok.decode(s.response_token_ids, skip_special_tokens=True)
             s.finish_reason = cont.finish_reason
             s.finished_at = cont.finished_at

@@ -19,7 +19,7 @@ class RecordingGroup:
     def __init__(self, learner_logprobs, step_metrics):
         self.learner_logprobs, self.step_metrics, self.steps = learner_logprobs, step_metrics, []
 
-    def logprobs(self, batch):
+    def logprobs(self, batch, replay=None):
         return [list(lp) for lp in self.learner_logprobs]
 
     def reset_optimizer(self):
@@ -213,3 +213,36 @@ def test_masking_older_segments_masks_earlier_rollouts_not_the_pipeline_lag(trai
     trainer.cfg.rollout.partial.old_segments = "mask"
     rollouts = trainer.flatten(sampled_ahead(trainer, iteration=2, version=1))
     assert [(e.stale, e.loss_from) for e in trainer.experiences(rollouts)] == [(3, 1), (1, 0)]
+
+
+class RoutingGroup(RecordingGroup):
+    """Answers log-probs by replay setting, as learners whose routing differs from the rollout's would."""
+
+    def __init__(self, by_replay, step_metrics):
+        super().__init__(by_replay[False], step_metrics)
+        self.by_replay, self.asked = by_replay, []
+
+    def logprobs(self, batch, replay=None):
+        self.asked.append(replay)
+        return [list(lp) for lp in self.by_replay[bool(replay)]]
+
+    def routing_disagreement(self):
+        return [0.25, 0.5]
+
+
+def test_recorded_routes_report_routing_disagreement_and_the_gap_with_replay_the_other_way(trainer_with):
+    import numpy as np
+
+    batch = carried()
+    for e in batch:
+        e.routes = np.zeros((len(e.prompt_ids) + len(e.response_ids), 2, 1), dtype=np.uint8)
+    # the rollout's log-probs: [-1.0, -2.0, -3.0] and [-1.5]; the learner's without replay differ by 0.1
+    # on every token, with replay only on sample 0's last token (-3.01)
+    group = RoutingGroup({False: [[-1.1, -2.1, -3.1], [-1.4]], True: [[-1.0, -2.0, -3.01], [-1.5]]}, [OK])
+    metrics = trainer_with(group, routing_replay=True).learn(batch)
+    assert group.asked == [True, False]  # the configured pass (replay), then one without
+    assert metrics["routing_disagreement/layer_0"] == 0.25 and metrics["routing_disagreement/layer_1"] == 0.5
+    # k3 of log rho: with replay one token at -0.01 -> (e^-0.01 - 1 + 0.01) / 4 = 1.2458e-5;
+    # without, -0.1 three times and +0.1 once -> (3 * 0.0048374 + 0.0051709) / 4 = 0.0049208
+    assert metrics["mismatch_kl"] == pytest.approx(1.2458e-5, rel=1e-3)
+    assert metrics["mismatch_kl_replay_off"] == pytest.approx(0.0049208, rel=1e-4)

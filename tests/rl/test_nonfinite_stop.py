@@ -13,7 +13,7 @@ def test_trainer_stops_after_five_nonfinite_steps_in_a_row(tiny_trainer):
     from runkit.lifecycle import RunStopped
 
     class StubGroup:  # only the learner group is stubbed: this tests the trainer's counting
-        def logprobs(self, batch):
+        def logprobs(self, batch, replay=None):
             return [e.old_logprobs for e in batch]
 
         def reset_optimizer(self):

@@ -389,7 +389,13 @@ def test_the_rollout_worker_names_requests_so_siblings_draft_for_each_other(shar
     with pytest.MonkeyPatch.context() as env:
         env.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         worker = RolloutWorker(
-            EngineConfig(model=str(sharp_dir), max_model_len=512, max_num_seqs=16, speculative_tokens=4)
+            EngineConfig(
+                model=str(sharp_dir),
+                max_model_len=512,
+                max_num_seqs=16,
+                speculative_tokens=4,
+                record_routes=True,
+            )
         )
         try:
             request = RolloutRequest("q@0", chat_prompt(worker.processor, "What is 12 + 30?", 0), seed=3)
@@ -398,6 +404,7 @@ def test_the_rollout_worker_names_requests_so_siblings_draft_for_each_other(shar
             worker.extend(trajectories, sampling, max_new=32, version=0)
             first = worker.stats
             worker.extend(trajectories, sampling, max_new=None, version=0)  # continued: same names
+            processor = worker.processor
         finally:
             worker.shutdown()
     assert first.draft_tokens > 0 and 0 < first.accepted_tokens <= first.draft_tokens
@@ -407,6 +414,13 @@ def test_the_rollout_worker_names_requests_so_siblings_draft_for_each_other(shar
         with torch.no_grad():
             ours = response_logprobs(learner, t.prompt_ids, t.response_ids, None, None)
         assert (ours - torch.tensor(t.logprobs)).abs().max().item() <= TOLERANCE
+    # routing replay's record under speculation, over two calls (the second continues the first): a
+    # rejected draft's experts never stay in it, and every token has the learner's own experts
+    from tests.rollout.test_routing_capture import assert_same_experts, learner_routes
+
+    for t in trajectories:
+        assert t.routes.shape[0] == len(t.prompt_ids) + len(t.response_ids)
+        assert_same_experts(t.routes, learner_routes(learner, processor, request.prompt, [], t.to_sample()))
 
 
 def test_the_gate_alternates_then_drafts_only_where_drafting_pays():
