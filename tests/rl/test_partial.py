@@ -116,6 +116,10 @@ def test_a_resumed_trainer_continues_the_carried_trajectories(tiny_trainer, tiny
     carried[0].finish_reason = "stop"
     carried[1].extend([13, 14, 15], [-0.3, -0.4, -0.5], 0)
     carried[1].prompt_ids = carried[0].prompt_ids = [1, 2]
+    # routing replay's record travels with a carried trajectory: 5 positions, 1 MoE layer, top-2
+    import numpy as np
+
+    carried[1].routes = np.array([[[0, 1]], [[2, 3]], [[1, 3]], [[0, 2]], [[255, 255]]], dtype=np.uint8)
     trainer.buffer.waiting = carried
     trainer.checkpoint(0)
 
@@ -123,6 +127,7 @@ def test_a_resumed_trainer_continues_the_carried_trajectories(tiny_trainer, tiny
     assert resumed.start_at == 1
     back = resumed.buffer.waiting
     assert [t.state_dict() for t in back] == [t.state_dict() for t in carried]
+    assert back[0].routes is None and (back[1].routes == carried[1].routes).all()
     # the request is rebuilt from the problem and the iteration that started the group: same prompt, seed
     assert back[1].request == carried[1].request
     assert back[1].seed() == carried[1].seed()
