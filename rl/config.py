@@ -187,6 +187,10 @@ class RLConfig:
 
     def __post_init__(self):
         get_loss(self.loss.name)  # unknown names fail here, listing the valid ones
+        if self.learner.routing_replay and not self.trainer.routing_replay:
+            raise ValueError(
+                "learner.routing_replay is set by kvrl rl from trainer.routing_replay: set that one instead"
+            )
         if self.resources.rollout_actors < 1:
             raise ValueError("resources.rollout_actors must be >= 1 for RL")
         sampling = self.rollout.sampling

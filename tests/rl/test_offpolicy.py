@@ -95,6 +95,8 @@ def test_tis_weights_enter_the_policy_gradient_term_only():
         (["trainer.correction_cap=0.5"], "correction_cap must be >= 1"),
         (["trainer.correction_band=[1.2, 2.0]"], r"0 < lo < 1 < hi, got 2.0 and \[1.2, 2.0\]"),
         (["trainer.off_policy_correction=ppo"], "off_policy_correction"),
+        (["learner.routing_replay=true"], "set by kvrl rl from trainer.routing_replay"),
+        (["trainer.routing_replay=true", "trainer.old_logprobs=rollout"], "routing_replay needs"),
     ],
 )
 def test_bad_correction_settings_are_refused_by_name(tiny_trainer, keys, message):
