@@ -151,6 +151,9 @@ class RolloutConfig:
     # record each token's experts in every MoE layer (rollout/routing.py): the learners then log how
     # often their own routing differs (routing_disagreement/layer_<i>); trainer.routing_replay uses them
     record_routes: bool = False
+    # the engines' MoE router output dtype (vLLM's moe_router_dtype): float32, as the learner's router
+    # always computes, or auto (the engine's dtype)
+    router_dtype: Literal["float32", "auto"] = "float32"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # Seer's divided, context-aware
     partial: PartialConfig = field(default_factory=PartialConfig)  # k1.5's partial rollouts

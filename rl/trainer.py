@@ -181,6 +181,7 @@ class Trainer:
             speculative_max_batch=cfg.rollout.speculative_max_batch,
             speculative_adaptive=cfg.rollout.speculative_adaptive,
             record_routes=cfg.rollout.record_routes or cfg.trainer.routing_replay,
+            router_dtype=cfg.rollout.router_dtype,
         )
         res = cfg.resources
         self.pool = RolloutPool(

@@ -64,6 +64,8 @@ def test_the_engine_records_each_tokens_experts_images_included(tiny_dir):
             ]
             results = worker.generate(requests, SamplingConfig(n=2, max_tokens=24))
             processor = worker.processor
+            text = worker.llm.llm_engine.vllm_config.model_config.hf_config.text_config
+            assert text.moe_router_dtype == "float32"  # rollout.router_dtype's default reached vLLM
         finally:
             worker.shutdown()
     learner = KimiVLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32).eval()
