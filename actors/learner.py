@@ -6,13 +6,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Sequence
 from typing import Any
 
 import ray
 
 from actors.memory import rss_mb
-from actors.placement import pin_threads
+from actors.placement import ACTOR_FAILURES, pin_threads
 from learner.experience import Experience
 from learner.loss import LossFn, Mean, combine
 from learner.packing import SFTExample
@@ -89,14 +90,46 @@ class LearnerActor:
         self.learner.save_state(checkpoint_dir)
 
 
+PEER_DEATH_WAIT_S = 30.0  # how long a rank's collective error waits to be explained by a dead peer
+
+
 def gather(refs: Sequence[ray.ObjectRef]) -> list:
     """Every rank's result, raising as soon as one rank fails: the others would otherwise wait in a
-    collective for the dead one until the process-group timeout (tens of minutes)."""
+    collective for the dead one until the process-group timeout (tens of minutes).
+
+    A killed rank usually shows first as its peers' broken collective (gloo: "Connection reset by
+    peer"), before Ray reports the death itself; the run's lifecycle restarts on a death but stops on
+    any other error. So an error is held for up to ``PEER_DEATH_WAIT_S`` while the other ranks are
+    asked whether one died, and that death is raised instead."""
     pending = list(refs)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        ray.get(done)
+        try:
+            ray.get(done)
+        except ACTOR_FAILURES:
+            raise
+        except ray.exceptions.RayTaskError as error:
+            death = _peer_death(pending)
+            if death is not None:
+                raise death from error
+            raise
     return ray.get(list(refs))
+
+
+def _peer_death(refs: Sequence[ray.ObjectRef]) -> Exception | None:
+    """The death of one of ``refs``' actors, if Ray reports one within ``PEER_DEATH_WAIT_S``."""
+    deadline = time.monotonic() + PEER_DEATH_WAIT_S
+    pending = list(refs)
+    while pending and (left := deadline - time.monotonic()) > 0:
+        done, pending = ray.wait(pending, num_returns=1, timeout=left)
+        for ref in done:
+            try:
+                ray.get(ref)
+            except ACTOR_FAILURES as death:
+                return death
+            except Exception:  # another rank's own error: keep looking for a death
+                continue
+    return None
 
 
 class LearnerGroup:

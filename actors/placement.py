@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from ray.util.placement_group import placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 log = logging.getLogger(__name__)
+# what a call to an actor raises when the actor itself is gone (killed, crashed, its node lost)
+ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
 class ClusterTooSmall(ValueError):

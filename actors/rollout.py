@@ -17,17 +17,16 @@ from collections.abc import Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
+from ray.exceptions import GetTimeoutError
 
 from actors.memory import rss_mb
-from actors.placement import pin_threads
+from actors.placement import ACTOR_FAILURES, pin_threads
 from rollout.engine import EngineConfig
 from rollout.schedule import RolloutQueue, ScheduleConfig, rollout_metrics
 from rollout.trajectory import RepeatConfig, Trajectory
 from rollout.worker import EngineStats, RolloutRequest, RolloutResult, SamplingConfig
 
 log = logging.getLogger(__name__)
-ACTOR_FAILURES = (RayActorError, ActorDiedError, ActorUnavailableError)
 
 
 class RolloutUnavailable(RuntimeError):

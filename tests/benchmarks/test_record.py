@@ -47,7 +47,7 @@ def test_every_pipeline_loop_is_a_valid_rl_config_and_gaps_pair_seed_by_seed():
     tiny = ROOT / "configs" / "tiny" / "rl.yaml"
     loaded = {name: load_config(RLConfig, tiny, overrides).trainer for name, overrides in LOOPS.items()}
     assert [(t.max_staleness, t.stale_reference) for t in loaded.values()] == [
-        (0, "sampling"),
+        (0, "learning"),  # the default; a synchronous loop has no stale tokens for it to act on
         (1, "learning"),
         (1, "sampling"),
     ]
