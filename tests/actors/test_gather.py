@@ -26,11 +26,14 @@ def test_a_peers_collective_error_is_reported_as_the_death_behind_it(ray_cluster
             time.sleep(seconds)
             raise RuntimeError("Connection reset by peer")  # as gloo reports a vanished peer
 
-    dying, survivor = Rank.remote(), Rank.remote()
-    # the survivor's error comes first (0.5 s), the death after it (1.5 s): what a killed rank looks like
-    with pytest.raises(ACTOR_FAILURES):
-        gather([survivor.fail_in.remote(0.5), dying.die_in.remote(1.5)])
-    # with no death behind it, the error is the error
-    other = Rank.remote()
-    with pytest.raises(ray.exceptions.RayTaskError, match="Connection reset by peer"):
-        gather([other.fail_in.remote(0.1), other.fail_in.remote(0.2)])
+    dying, survivor, other = Rank.remote(), Rank.remote(), Rank.remote()
+    try:
+        # the survivor's error comes first (0.5 s), the death after it (1.5 s): a killed rank's pattern
+        with pytest.raises(ACTOR_FAILURES):
+            gather([survivor.fail_in.remote(0.5), dying.die_in.remote(1.5)])
+        # with no death behind it, the error is the error
+        with pytest.raises(ray.exceptions.RayTaskError, match="Connection reset by peer"):
+            gather([other.fail_in.remote(0.1), other.fail_in.remote(0.2)])
+    finally:
+        for actor in (dying, survivor, other):  # nothing left in the shared cluster
+            ray.kill(actor)
