@@ -91,7 +91,8 @@ def correct(
     tokens (and responses)."""
     if kind == "none":
         return {}
-    lo, hi = band
+    # in log space: a ratio far out (a token the engine found very unlikely) must not overflow exp
+    log_cap, log_lo, log_hi = math.log(cap), math.log(band[0]), math.log(band[1])
     tokens = weighted = dropped = responses = 0
     weight_sum = 0.0
     for e, mu in zip(batch, rollout, strict=True):
@@ -101,17 +102,17 @@ def correct(
         if kind == "tis":
             weights = [1.0] * len(e.response_ids)  # a forced token is out of the loss anyway
             for t, x in log_rho.items():
-                weights[t] = min(math.exp(x), cap)
-                weighted += math.exp(x) > cap
+                weights[t] = math.exp(min(x, log_cap))
+                weighted += x > log_cap
                 weight_sum += weights[t]
             e.pg_weights = weights
         elif kind == "icepop":
-            out = [t for t, x in log_rho.items() if not lo <= math.exp(x) <= hi]
+            out = [t for t, x in log_rho.items() if not log_lo <= x <= log_hi]
             e.dropped = sorted(set(e.dropped) | set(out))
             dropped += len(out)
         else:  # mis
             mean = sum(log_rho.values()) / len(log_rho) if log_rho else 0.0
-            if not lo <= math.exp(mean) <= hi:
+            if not log_lo <= mean <= log_hi:
                 e.dropped = sorted(set(e.dropped) | set(sampled))
                 dropped += len(sampled)
                 responses += 1

@@ -56,6 +56,14 @@ def test_mis_drops_a_whole_response_whose_geometric_mean_ratio_leaves_the_band()
     assert metrics == {"offpolicy_dropped_token_share": 0.5, "offpolicy_dropped_response_share": 0.5}
 
 
+def test_a_ratio_far_out_is_truncated_or_dropped_without_overflow():
+    # the engine gave the token log-prob -900 (bf16 underflow territory), the learner -1: rho = e^899
+    for kind, check in (("tis", lambda e: e.pg_weights == [2.0]), ("icepop", lambda e: e.dropped == [0])):
+        e = Experience([1], [2], reward=1.0, group_id=0, old_logprobs=[-1.0])
+        correct([e], [[-900.0]], kind)
+        assert check(e), kind
+
+
 def test_the_monitor_reads_every_sampled_token():
     samples, rollout = batch()
     learner = [list(s.old_logprobs) for s in samples]
