@@ -285,7 +285,6 @@ class RolloutWorker:
         limit = (self.cfg.speculative_max_batch or slots) if self.cfg.speculative_tokens else 0
         start = last = time.perf_counter()
         seen = [0] * len(keys)  # response tokens each request's watch has read
-        done: list[int] = []  # requests finished in this step
         while engine.has_unfinished_requests():
             held = min(engine.get_num_unfinished_requests(), slots)
             outputs = engine.step()
@@ -318,9 +317,6 @@ class RolloutWorker:
                 sample.finished_at = stamp
                 stats.tokens += len(sample.response_token_ids)
                 out[i] = sample
-                done.append(i)
-            self._take_routes([keys[i] for i in done], [out[i] for i in done])
-            done.clear()
         stats.seconds += last - start
         stats.drafts, stats.draft_tokens, stats.accepted_tokens = (
             b - a for a, b in zip(drafted, self._spec_counts(), strict=True)
@@ -328,6 +324,7 @@ class RolloutWorker:
         missing = [i for i, s in enumerate(out) if s is None]
         if missing:
             raise RuntimeError(f"the engine returned no output for {len(missing)} of {len(out)} requests")
+        self._take_routes(keys, out)
         return out
 
     def _take_routes(self, keys: list[str], samples: list[Sample]) -> None:
