@@ -17,6 +17,8 @@ BENCHMARKS = {
     "rollouts and Seer-style scheduling, measured and in a GPU-cluster simulation",
     "pipeline": "pipelined RL (trainer.max_staleness 1) vs the synchronous loop on disjoint cores: "
     "iterations per hour, each role's idle fraction, held-out accuracy",
+    "replay": "bf16 rollout vs fp32 learners without and with routing replay + TIS: mismatch KL, routing "
+    "disagreement per layer, held-out accuracy against an fp32 rollout over seeds",
     "optim": "Muon (Moonlight's scaling) vs AdamW: SFT steps to AdamW's final held-out loss, each at its "
     "tuned lr; held-out accuracy after a short RL run with each",
 }

@@ -41,6 +41,38 @@ def summary(runs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(runs), "min": min(runs), "max": max(runs)}
 
 
+# Student's t quantiles for a two-sided 95% interval, by degrees of freedom (1-10); normal beyond
+T_95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def mean_interval(values: list[float]) -> tuple[float, float | None, float | None]:
+    """The mean of ``values`` (e.g. a difference per seed) and its 95% interval by Student's t;
+    no interval from fewer than two values."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return mean, None, None
+    df = len(values) - 1
+    half = (T_95[df - 1] if df <= len(T_95) else 1.96) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
+
+
+def tiny_rl(model: str | None, prefix: str) -> list[str]:
+    """Overrides of the tiny RL config for a bench's quick size: ``model`` or a fresh tiny model."""
+    if model is None:
+        import tempfile
+
+        from kimivl.tiny import make_tiny
+
+        model = str(make_tiny(Path(tempfile.mkdtemp(prefix=prefix)), seed=0))
+    data = ROOT / "configs" / "tiny" / "data" / "rl_train.jsonl"
+    return [
+        f"model={model}",
+        f"data.path={data}",
+        "trainer.prompts_per_iteration=4",
+        "tracking.samples_every=0",
+    ]
+
+
 def machine() -> dict[str, Any]:
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1024**3
     return {

@@ -32,13 +32,12 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import tempfile
 from pathlib import Path
 
 from rl.trainer import RLConfig
 from runkit.config import load_config
 
-from .common import ROOT, demo_inputs, result
+from .common import ROOT, demo_inputs, mean_interval, result, tiny_rl
 from .iteration import metric_rows
 
 log = logging.getLogger(__name__)
@@ -67,7 +66,8 @@ def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list
     if len(os.sched_getaffinity(0)) < 2:
         raise RuntimeError("kvrl bench pipeline needs 2 CPU cores: one for rollout, one for learning")
     if quick:
-        config, base = ROOT / "configs" / "tiny" / "rl.yaml", _tiny(model)
+        config = ROOT / "configs" / "tiny" / "rl.yaml"
+        base = tiny_rl(model, "kvrl-bench-pipeline-tiny-")
         iterations = 3
     else:
         demo = demo_inputs(model)
@@ -105,6 +105,7 @@ def run(quick: bool = False, repeats: int = 1, model: str | None = None) -> list
             seeds=[seed + k for k in range(repeats)],
             accuracy_gaps=gaps,
             accuracy_gap=statistics.fmean(gaps) if gaps else None,
+            accuracy_gap_ci95=list(mean_interval(gaps)[1:]) if gaps else None,
             **extra,
             # the synchronous iteration's longer phase bounds what overlapping can give:
             # (rollout + learn + rest) / (max(rollout, learn) + rest)
@@ -161,20 +162,6 @@ def _median(runs: list[dict]) -> dict:
     mid["iterations_per_hour_runs"] = [r["iterations_per_hour"] for r in runs]
     mid["heldout_accuracy_runs"] = [r["heldout_accuracy"] for r in runs]  # one per seed, in seed order
     return mid
-
-
-def _tiny(model: str | None) -> list[str]:
-    if model is None:
-        from kimivl.tiny import make_tiny
-
-        model = str(make_tiny(Path(tempfile.mkdtemp(prefix="kvrl-bench-pipeline-tiny-")), seed=0))
-    data = ROOT / "configs" / "tiny" / "data" / "rl_train.jsonl"
-    return [
-        f"model={model}",
-        f"data.path={data}",
-        "trainer.prompts_per_iteration=4",
-        "tracking.samples_every=0",
-    ]
 
 
 def demo_eval(demo: Path, iterations: int) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 
 from tests.helpers import ROOT
 
-QUICK = ["rollout", "sync", "scale", "longtail", "pipeline", "optim"]  # step: test_step.py
+QUICK = ["rollout", "sync", "scale", "longtail", "pipeline", "optim", "replay"]  # step: test_step.py
 
 
 @pytest.mark.slow
@@ -88,3 +88,25 @@ def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
         )
         for r in (sync, pipelined):
             assert 0 <= r["idle_rollout"] <= 1 and 0 <= r["idle_learner"] <= 1
+    if name == "replay":
+        runs = {arm: r[0] for arm, r in result["runs"].items()}
+        assert set(runs) == {"fp32", "bf16", "bf16_replay_tis"} and result["seeds"] == [0]
+        # kvrl: the replayed runs' mismatch; baseline: bf16 without replay; lower is better
+        assert result["kvrl_runs"] == [runs["bf16_replay_tis"]["mismatch_kl"]]
+        assert result["baseline_runs"] == [runs["bf16"]["mismatch_kl"]]
+        assert result["ratio"] == pytest.approx(result["baseline"] / result["kvrl"])
+        # only the bf16 run without replay records routes just to compare them
+        assert runs["fp32"]["routing_disagreement"] == {} and runs["fp32"]["mismatch_kl_replay_on"] is None
+        assert 0 <= result["routing_disagreement_without_replay"]["layer_0"] < 1
+        assert runs["bf16"]["mismatch_kl_replay_on"] > 0 and len(result["same_batch_ratio"]) == 1
+        assert runs["bf16_replay_tis"]["mismatch_kl_replay_off"] > 0  # its replay, turned off once
+        # every run's last policy evaluated alike, on its own checkpoint
+        checkpoints = {r["checkpoint"] for r in runs.values()}
+        assert len(checkpoints) == 3 and all(Path(c, "config.json").is_file() for c in checkpoints)
+        for arm in runs:
+            assert 0 <= result["heldout_accuracy"][arm][0] <= 1
+        gap = result["accuracy_gap_replay_tis"]
+        assert gap["per_seed"] == [
+            result["heldout_accuracy"]["bf16_replay_tis"][0] - result["heldout_accuracy"]["fp32"][0]
+        ]
+        assert gap["ci95"] == [None, None]  # no interval from one seed

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks.common import TABLE_HEADER, record, result
 from tests.helpers import ROOT
 
@@ -56,3 +58,13 @@ def test_every_pipeline_loop_is_a_valid_rl_config_and_gaps_pair_seed_by_seed():
     sync = [{"heldout_accuracy": 0.5}, {"heldout_accuracy": None}, {"heldout_accuracy": 0.25}]
     other = [{"heldout_accuracy": 0.375}, {"heldout_accuracy": 0.5}, {"heldout_accuracy": 0.5}]
     assert _gaps(sync, other) == [-0.125, 0.25]  # 0.375 - 0.5; seed 2 has no sync figure; 0.5 - 0.25
+
+
+def test_mean_interval_is_students_t_over_the_seeds():
+    from benchmarks.common import mean_interval
+
+    mean, low, high = mean_interval([0.01, 0.03, -0.01])
+    # mean 0.01, sample sd 0.02, t(0.975, df 2) = 4.303: half-width 4.303 * 0.02 / sqrt(3) = 0.04969
+    assert mean == pytest.approx(0.01) and high - mean == pytest.approx(0.04969, abs=1e-5)
+    assert mean - low == pytest.approx(high - mean)
+    assert mean_interval([0.5]) == (0.5, None, None)

@@ -416,11 +416,11 @@ def test_the_rollout_worker_names_requests_so_siblings_draft_for_each_other(shar
         assert (ours - torch.tensor(t.logprobs)).abs().max().item() <= TOLERANCE
     # routing replay's record under speculation, over two calls (the second continues the first): a
     # rejected draft's experts never stay in it, and every token has the learner's own experts
-    from tests.rollout.test_routing_capture import assert_same_experts, learner_routes
+    from tests.rollout.test_routing_capture import assert_same_experts, learner_pass
 
     for t in trajectories:
         assert t.routes.shape[0] == len(t.prompt_ids) + len(t.response_ids)
-        assert_same_experts(t.routes, learner_routes(learner, processor, request.prompt, [], t.to_sample()))
+        assert_same_experts(t.routes, learner_pass(learner, processor, request.prompt, [], t.to_sample())[1])
 
 
 def test_the_gate_alternates_then_drafts_only_where_drafting_pays():
