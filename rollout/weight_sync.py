@@ -26,14 +26,19 @@ def _cpu_experts(layer):
     return None
 
 
+def prepack_cpu_experts(model) -> None:
+    """Run the CPU experts' own weight processing again after a reload (see the module docstring)."""
+    for layer in model.modules():
+        experts = _cpu_experts(layer)
+        if experts is not None:
+            experts.process_weights_after_loading(layer)
+
+
 class WeightReceiver(RouteRecording):
     """kvrl's worker extension: weight loading here, routing recording from ``rollout/routing.py``."""
 
     def kvrl_load_weights(self, weights: list) -> int:
         """Reload the model from ``weights`` in place; returns the number of tensors received."""
         self.model_runner.reload_weights(weights_iterator=iter(weights), is_checkpoint_format=True)
-        for layer in self.model_runner.model.modules():
-            experts = _cpu_experts(layer)
-            if experts is not None:
-                experts.process_weights_after_loading(layer)
+        prepack_cpu_experts(self.model_runner.model)
         return len(weights)

@@ -412,15 +412,35 @@ class RolloutWorker:
         """Stop the engine and free its memory (the worker is unusable after)."""
         self.llm.llm_engine.engine_core.shutdown()
 
-    def update_weights(self, state: dict, version: int) -> float:
-        """Load full weights (official names) into the live engine; returns seconds taken."""
+    def join_stream(self, init: dict) -> None:
+        """Join the weight stream's group (``rollout/stream.py``); blocks until every member has."""
+        if not self.cfg.weight_stream:
+            raise RuntimeError("this engine was built without EngineConfig.weight_stream")
+        self.llm.init_weight_transfer_engine({"init_info": init})
+
+    def receive_stream(self, update: dict, version: int) -> float:
+        """Take one streamed sync (the sender broadcasts as this runs); returns seconds taken."""
         start = time.perf_counter()
-        self.llm.collective_rpc("kvrl_load_weights", args=(list(state.items()),))
+        self.llm.start_weight_update()
+        self.llm.update_weights({"update_info": update})
+        self.llm.finish_weight_update()
+        self._fresh_weights(version)
+        seconds = time.perf_counter() - start
+        log.info("weights v%d streamed in %.3f s", version, seconds)
+        return seconds
+
+    def _fresh_weights(self, version: int) -> None:
         # Outputs computed with the old weights must not be reused: KV prefixes and vision features.
         self.llm.reset_prefix_cache()
         self.llm.llm_engine.reset_encoder_cache()
         self.llm.reset_mm_cache()
         self.weights_version = version
+
+    def update_weights(self, state: dict, version: int) -> float:
+        """Load full weights (official names) into the live engine; returns seconds taken."""
+        start = time.perf_counter()
+        self.llm.collective_rpc("kvrl_load_weights", args=(list(state.items()),))
+        self._fresh_weights(version)
         seconds = time.perf_counter() - start
         log.info("weights v%d loaded in %.3f s", version, seconds)
         return seconds

@@ -1,0 +1,117 @@
+"""Streamed weight sync, the sending side: learner rank 0 sends the model to the engines one module at a
+time (wire format and transport: ``kimivl/weight_stream.py``; receivers: ``rollout/stream.py``).
+
+Every rank walks the model's modules in one order. Under ZeRO-3 each module's own parameters are
+gathered (a collective, so every rank takes part) only while rank 0 copies them into the bucket buffer or,
+for a tensor larger than a bucket, broadcasts it from its own memory; they are released before the
+next module is gathered. Rank 0's extra memory during a sync is therefore at most the largest module's
+parameters (gathered) plus one bucket, where gathering the whole model took all of it at once on every
+rank. Below ZeRO-3 the parameters are whole already and nothing is gathered.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from kimivl.weight_stream import (
+    StreamGroup,
+    TensorSpec,
+    as_bytes,
+    layout,
+    official_tensors,
+    spec_of,
+    unit_size,
+    units,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _own_tensors(prefix: str, module: nn.Module, full_shape) -> Iterator[tuple[str, torch.Tensor]]:
+    """A module's own parameters, then its persistent buffers, under their state-dict names (the
+    order ``state_dict`` lists them in)."""
+    lead = f"{prefix}." if prefix else ""
+    for name, p in module._parameters.items():
+        if p is not None:
+            yield lead + name, full_shape(p)
+    for name, b in module._buffers.items():
+        if b is not None and name not in module._non_persistent_buffers_set:
+            yield lead + name, b
+
+
+class WeightSender:
+    """The stream's order and units for ``module`` (a rank's model, ZeRO-3-partitioned or not)."""
+
+    def __init__(self, module: nn.Module, zero3: bool, bucket_bytes: int):
+        if bucket_bytes < 1:
+            raise ValueError(f"the weight stream's bucket must be >= 1 byte, got {bucket_bytes}")
+        self.module, self.zero3, self.bucket_bytes = module, zero3, bucket_bytes
+        self.owners = [(p, m) for p, m in module.named_modules() if m._parameters or m._buffers]
+        self.specs: list[TensorSpec] = []
+        for prefix, m in self.owners:
+            for name, shaped in _own_tensors(prefix, m, self._meta):
+                self.specs += [spec_of(n, t) for n, t in official_tensors(name, shaped)]
+        self.units = units(self.specs, bucket_bytes)
+        self._unit_of = [0] * len(self.specs)  # tensor i is member _pos[i] of unit _unit_of[i]
+        self._pos = [0] * len(self.specs)
+        for u, members in enumerate(self.units):
+            for k, i in enumerate(members):
+                self._unit_of[i], self._pos[i] = u, k
+        parts = [[self.specs[i] for i in members] for members in self.units]
+        self._offsets = [layout(part)[0] for part in parts]
+        self._sizes = [unit_size(part, bucket_bytes) for part in parts]
+
+    def _meta(self, p: torch.Tensor) -> torch.Tensor:
+        """A stand-in with the full shape and dtype (a ZeRO-3 parameter's own shape is its shard's)."""
+        shape = getattr(p, "ds_shape", None) if self.zero3 else None
+        return torch.empty(tuple(shape) if shape is not None else p.shape, dtype=p.dtype, device="meta")
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for s in self.specs)
+
+    def _gathered(self, module: nn.Module):
+        params = [p for p in module._parameters.values() if p is not None]
+        if not (self.zero3 and params):
+            return nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+
+    def send(self, stream: StreamGroup | None) -> dict[str, float]:
+        """Send every tensor (rank 0, ``stream`` its end of the group) or only take part in the
+        gathers (the other ranks, ``stream`` None). Collective over the learner ranks under ZeRO-3."""
+        start = time.perf_counter()
+        device = next(self.module.parameters()).device
+        buffer = torch.empty(self.bucket_bytes, dtype=torch.uint8, device=device) if stream else None
+        i = 0
+        for prefix, m in self.owners:
+            with self._gathered(m):
+                if stream is None:
+                    continue
+                for name, tensor in _own_tensors(prefix, m, lambda p: p):
+                    for _, view in official_tensors(name, tensor.detach()):
+                        self._feed(stream, buffer, i, view)
+                        i += 1
+        if stream is not None and i != len(self.specs):
+            raise RuntimeError(f"weight stream: sent {i} tensors of {len(self.specs)} planned")
+        return {"seconds": time.perf_counter() - start, "bytes": float(self.nbytes), "units": len(self.units)}
+
+    def _feed(self, stream: StreamGroup, buffer: torch.Tensor, i: int, tensor: torch.Tensor) -> None:
+        u = self._unit_of[i]
+        members = self.units[u]
+        offsets, (size, direct) = self._offsets[u], self._sizes[u]
+        data = as_bytes(tensor)
+        if direct:  # a tensor larger than a bucket goes alone, from its own memory
+            stream.broadcast(data)
+            return
+        k = self._pos[i]
+        buffer[offsets[k] : offsets[k] + data.numel()].copy_(data)
+        if k == len(members) - 1:
+            stream.broadcast(buffer[:size])
