@@ -6,8 +6,9 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
@@ -76,6 +77,19 @@ class LearnerActor:
 
     def full_state(self):
         return self.learner.full_state()
+
+    def stream_plan(self) -> dict:
+        return self.learner.stream_plan()
+
+    def stream_listen(self, world_size: int, timeout_s: float) -> tuple[str, int]:
+        host = ray.util.get_node_ip_address()
+        return host, self.learner.stream_listen(host, world_size, timeout_s)
+
+    def stream_join(self, host: str, world_size: int, backend: str, timeout_s: float) -> None:
+        self.learner.stream_join(host, world_size, backend, timeout_s)
+
+    def stream_send(self) -> dict[str, float]:
+        return self.learner.stream_send()
 
     def ping(self) -> None:
         """Answers once every task sent before it is done (an actor runs its tasks in order)."""
@@ -154,12 +168,25 @@ class LearnerGroup:
         addr, port = ray.get(self.actors[0].address.remote())
         gather([a.setup.remote(model_path, cfg, addr, port, state_dir) for a in self.actors])
         log.info("learner group up: %d ranks, ZeRO-%d", world_size, cfg.zero_stage)
+        # Calls reach the ranks from more than one thread (a pipelined run's rollout streams weights
+        # into a replacement engine while the main thread learns): each call's tasks are submitted to
+        # every rank under one lock, so all ranks run them in one order and their collectives match.
+        self._order = threading.Lock()
+
+    def _submit(self, call: Callable[[Any, int], ray.ObjectRef]) -> list[ray.ObjectRef]:
+        """``call(actor, rank)`` for every rank, submitted together (see ``_order``)."""
+        with self._order:
+            return [call(a, r) for r, a in enumerate(self.actors)]
+
+    def stream_send(self) -> list[ray.ObjectRef]:
+        """Every rank's part of one streamed sync (``actors/stream.py`` waits on them)."""
+        return self._submit(lambda a, r: a.stream_send.remote())
 
     def logprobs(self, samples: Sequence[Experience], replay: bool | None = None) -> list[list[float]]:
         """Teacher-forced log-probs, in sample order; ``replay`` overrides ``routing_replay`` for samples
         with routes (learner/routing.py)."""
         shards = shard_for_ranks(samples, self.world_size, inactive(samples[0]))
-        results = gather([a.logprobs.remote(s, replay) for a, s in zip(self.actors, shards, strict=True)])
+        results = gather(self._submit(lambda a, r: a.logprobs.remote(shards[r], replay)))
         out: list[list[float]] = [[] for _ in samples]
         for r, shard_result in enumerate(results):
             for j, lp in enumerate(shard_result[: len(samples[r :: self.world_size])]):
@@ -177,19 +204,17 @@ class LearnerGroup:
         Metrics come back as :class:`Mean` s summed over ranks: token- and sample-weighted where they
         are per token or per sample; ``loss`` and ``grad_norm`` as the mean over ranks."""
         shards = shard_for_ranks(samples, self.world_size, inactive(samples[0]))
-        futures = [
-            a.train_step.remote(shard, loss_fn, len(samples), lr)
-            for a, shard in zip(self.actors, shards, strict=True)
-        ]
-        return combine(gather(futures))
+        return combine(
+            gather(self._submit(lambda a, r: a.train_step.remote(shards[r], loss_fn, len(samples), lr)))
+        )
 
     def reset_optimizer(self) -> None:
-        gather([a.reset_optimizer.remote() for a in self.actors])
+        gather(self._submit(lambda a, r: a.reset_optimizer.remote()))
 
     def routing_disagreement(self) -> list[float]:
         """Per MoE layer, over every rank's last log-prob pass: the share of tokens whose rollout-recorded
         experts differ from the learner's own choice (learner/routing.py)."""
-        per_rank = gather([a.routing_disagreement.remote() for a in self.actors])
+        per_rank = gather(self._submit(lambda a, r: a.routing_disagreement.remote()))
         return [float(sum(layer, Mean(0.0, 0.0))) for layer in zip(*per_rank, strict=True)]
 
     def sft_step(
@@ -199,9 +224,7 @@ class LearnerGroup:
         ``grad_norm`` is the norm of the global (rank-averaged) gradient, the same on every rank."""
         total = sum(ex.num_targets for row in rows for ex in row)
         shards = shard_for_ranks(rows, self.world_size, [])
-        per_rank = gather(
-            [a.sft_step.remote(s, total, lr, loss_fn) for a, s in zip(self.actors, shards, strict=True)]
-        )
+        per_rank = gather(self._submit(lambda a, r: a.sft_step.remote(shards[r], total, lr, loss_fn)))
         out = {k: sum(m[k] for m in per_rank) for k in ("nll_sum", "tokens")}
         out["skipped"] = per_rank[0]["skipped"]
         out["grad_norm"] = per_rank[0].get("grad_norm", float("nan"))
@@ -210,27 +233,27 @@ class LearnerGroup:
 
     def sft_eval(self, rows: Sequence[Sequence[SFTExample]], loss_fn: TokenLossFn) -> dict[str, float]:
         shards = shard_for_ranks(rows, self.world_size, [])
-        per_rank = gather([a.sft_eval.remote(s, loss_fn) for a, s in zip(self.actors, shards, strict=True)])
+        per_rank = gather(self._submit(lambda a, r: a.sft_eval.remote(shards[r], loss_fn)))
         return {k: sum(m[k] for m in per_rank) for k in ("nll_sum", "tokens")}
 
     def state_ref(self) -> ray.ObjectRef:
         """ObjectRef of rank 0's full weights (official names); all ranks take part in gathering them."""
-        refs = [a.full_state.remote() for a in self.actors]
+        refs = self._submit(lambda a, r: a.full_state.remote())
         # Rank 0's result stays in the object store (the engines fetch it); its ping after it fails if
         # rank 0 dies, so a dead rank 0 fails fast as any other rank does.
         gather([self.actors[0].ping.remote(), *refs[1:]])
         return refs[0]
 
     def export_hf(self, out_dir: str) -> str:
-        return gather([a.export_hf.remote(out_dir) for a in self.actors])[0]
+        return gather(self._submit(lambda a, r: a.export_hf.remote(out_dir)))[0]
 
     def save_state(self, checkpoint_dir: str) -> None:
         """Every rank writes its part of the full training state into ``checkpoint_dir``."""
-        gather([a.save_state.remote(checkpoint_dir) for a in self.actors])
+        gather(self._submit(lambda a, r: a.save_state.remote(checkpoint_dir)))
 
     def rss_mb(self) -> list[float]:
         """Host memory of each rank, MiB."""
-        return gather([a.rss_mb.remote() for a in self.actors])
+        return gather(self._submit(lambda a, r: a.rss_mb.remote()))
 
     def shutdown(self) -> None:
         for a in self.actors:

@@ -60,6 +60,12 @@ class RolloutActor:
     def update_weights(self, state: dict, version: int) -> float:
         return self.worker.update_weights(state, version)
 
+    def join_stream(self, init: dict) -> None:
+        self.worker.join_stream(init)
+
+    def receive_stream(self, update: dict, version: int) -> float:
+        return self.worker.receive_stream(update, version)
+
     def weights_version(self) -> int:
         return self.worker.weights_version
 
@@ -93,7 +99,9 @@ class RolloutPool:
         ray.get([a.weights_version.remote() for a in self.actors])  # wait until every engine is up
         log.info("rollout pool up: %d engine(s)", num_actors)
         self.version = version  # the policy the engines hold
-        self._state_ref: ray.ObjectRef | None = None
+        self._state_ref: ray.ObjectRef | None = None  # the latest weights: a full state, or
+        self._stream = None  # the stream that sent them (actors/stream.py), for a replacement
+        self._unloaded: set[int] = set()  # replacements waiting for the next sync (see _replace)
         self.replaced = 0
         self.closed = False
         self.inflight = 0  # chunks being generated right now (for monitoring and tests)
@@ -104,27 +112,46 @@ class RolloutPool:
     def _start(self, i: int):
         return RolloutActor.options(**self._options[i]).remote(self.cfg, self.cores)
 
-    def _replace(self, i: int) -> None:
+    def restart(self, i: int, why: str = "died") -> None:
+        """A fresh engine in place of actor ``i`` (dead or not trusted), with the weights it starts
+        from; raises :class:`RolloutUnavailable` if it does not come up in time."""
         if self.closed:
             raise RolloutUnavailable("the rollout pool is shut down")
-        log.warning("rollout actor %d died; starting a replacement", i)
+        log.warning("rollout actor %d %s; starting a replacement", i, why)
         with contextlib.suppress(Exception):  # it may be gone already
             ray.kill(self.actors[i])
         self.actors[i] = self._start(i)
         # A replacement whose bundle has no node left would wait forever: give it a deadline.
-        ready = (
-            self.actors[i].update_weights.remote(self._state_ref, self.version)
-            if self._state_ref is not None
-            else self.actors[i].weights_version.remote()
-        )
         try:
-            ray.get(ready, timeout=self.start_timeout_s)
+            ray.get(self.actors[i].weights_version.remote(), timeout=self.start_timeout_s)
         except (GetTimeoutError, *ACTOR_FAILURES) as e:
             raise RolloutUnavailable(
                 f"rollout actor {i} died and its replacement did not start within {self.start_timeout_s:g} s "
                 "(is its node lost, with no other node holding its resources?)"
             ) from e
         self.replaced += 1
+
+    def _replace(self, i: int) -> None:
+        """Replace a dead actor ``i`` and load it with the latest weights.
+
+        Streamed weights are not kept anywhere but on the learners, which may have trained past them
+        (a pipelined run samples ahead while they learn): a replacement then takes no work until the
+        next sync loads it with the others, and the engines that hold the pool's version sample its
+        share with the same seeds. Only when no such engine is left does it take the learners' weights
+        at once (the samples it draws are then of a newer policy than their version says)."""
+        self.restart(i)
+        if self._stream is not None:
+            if len(self._unloaded | {i}) < len(self.actors):
+                self._unloaded.add(i)
+                log.info("rollout actor %d: idle until the next weight sync loads it", i)
+                return
+            log.warning(
+                "rollout actor %d: no engine holds weights v%d; streaming the learners' now", i, self.version
+            )
+            self._stream.send(self, [i])
+            self._unloaded.discard(i)
+        elif self._state_ref is not None:
+            ray.get(self.actors[i].update_weights.remote(self._state_ref, self.version))
 
     def generate(self, requests: Sequence[RolloutRequest], sampling: SamplingConfig) -> list[RolloutResult]:
         """Results in request order; each request is generated exactly once across the pool.
@@ -139,7 +166,7 @@ class RolloutPool:
         while queue or running:
             busy = {i for i, _, _ in running.values()}
             for i in range(len(self.actors)):
-                if i not in busy and queue:
+                if i not in busy and i not in self._unloaded and queue:
                     chunk, attempt = queue.popleft()
                     running[self.actors[i].generate.remote(chunk, sampling)] = (i, chunk, attempt)
             self.inflight = len(running)
@@ -185,7 +212,7 @@ class RolloutPool:
         while queue.pending() or running:
             busy = {i for i, _, _ in running.values()}
             for i in range(len(self.actors)):
-                if i in busy or not queue.pending():
+                if i in busy or i in self._unloaded or not queue.pending():
                     continue
                 batch = queue.take(self.cfg.max_num_seqs)
                 attempt = 1 + max(attempts.get(t.key, 0) for t in batch)
@@ -238,7 +265,8 @@ class RolloutPool:
         pipelined run may) is replaced, and the replacement starts from these weights.
         """
         self.version += 1
-        self._state_ref = state_ref
+        self._state_ref, self._stream = state_ref, None
+        self._unloaded.clear()  # every engine takes these weights below, a replacement included
         start = time.perf_counter()
         refs = [a.update_weights.remote(state_ref, self.version) for a in self.actors]
         seconds = []
@@ -255,6 +283,15 @@ class RolloutPool:
             len(self.actors),
             time.perf_counter() - start,
         )
+        return seconds
+
+    def stream_weights(self, stream) -> list[float]:
+        """Stream new weights from the learners into every engine (``actors/stream.py``); each engine's
+        receive seconds. Engines that die on the way are replaced and streamed to again."""
+        self.version += 1
+        self._state_ref, self._stream = None, stream
+        seconds = stream.send(self, range(len(self.actors)))
+        self._unloaded.clear()
         return seconds
 
     def shutdown(self) -> None:

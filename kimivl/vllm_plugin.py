@@ -16,6 +16,7 @@ model. It does two things there:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 log = logging.getLogger(__name__)
@@ -51,10 +52,8 @@ def register() -> None:
     register_auto()
     from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
-    try:
+    with contextlib.suppress(ValueError):  # registered already (plugins load once per process)
         WeightTransferEngineFactory.register_engine("kvrl", "rollout.stream", "StreamReceiver")
-    except ValueError:  # registered already: vLLM loads plugins once per process, a test may again
-        pass
     from vllm.platforms import current_platform
 
     if current_platform.is_cpu() and patch_cpu_rotary_embedding():

@@ -92,8 +92,13 @@ class LearnerConfig:
     # rollout recorded (samples that carry routes); false: they route themselves and the recorded
     # routes are only compared. Set by kvrl rl from trainer.routing_replay.
     routing_replay: bool = False
+    # Streamed weight sync (learner/stream.py): the largest unit sent at once, MiB. Rank 0's extra
+    # memory during a sync is at most the largest module's parameters plus one bucket.
+    sync_bucket_mb: float = 64.0
 
     def __post_init__(self):
+        if self.sync_bucket_mb <= 0:
+            raise ValueError(f"sync_bucket_mb must be > 0, got {self.sync_bucket_mb}")
         if self.muon_adamw_lr_ratio <= 0:
             raise ValueError(f"muon_adamw_lr_ratio must be > 0, got {self.muon_adamw_lr_ratio}")
         if self.qk_clip < 0:
@@ -512,6 +517,45 @@ class Learner:
             return {
                 name: t.detach().to("cpu", copy=True) for name, t in self.engine.module.checkpoint_tensors()
             }
+
+    # -- streamed weight sync (learner/stream.py) ------------------------------------------------
+
+    @property
+    def sender(self):
+        if getattr(self, "_sender", None) is None:
+            from learner.stream import WeightSender
+
+            bucket = int(self.cfg.sync_bucket_mb * 2**20)
+            self._sender = WeightSender(self.engine.module, self.cfg.zero_stage == 3, bucket)
+        return self._sender
+
+    def stream_plan(self) -> dict:
+        """What every receiver needs to take a sync: names, dtypes and shapes in order, the bucket."""
+        specs = self.sender.specs
+        return {
+            "names": [s.name for s in specs],
+            "dtype_names": [s.dtype for s in specs],
+            "shapes": [list(s.shape) for s in specs],
+            "bucket_bytes": self.sender.bucket_bytes,
+        }
+
+    def stream_listen(self, host: str, world_size: int, timeout_s: float) -> int:
+        """Rank 0: serve the stream group's rendezvous; its port."""
+        from kimivl.weight_stream import listen
+
+        self._stream, self._stream_store = None, listen(host, world_size, timeout_s)
+        return self._stream_store.port
+
+    def stream_join(self, host: str, world_size: int, backend: str, timeout_s: float) -> None:
+        """Rank 0: join the stream group as its sender (blocks until every engine worker has)."""
+        from kimivl.weight_stream import join
+
+        store = self._stream_store
+        self._stream = join(host, store.port, 0, world_size, backend, timeout_s, store=store)
+
+    def stream_send(self) -> dict[str, float]:
+        """Send the weights down the stream (rank 0); the other ranks take part in the gathers."""
+        return self.sender.send(self._stream if self.rank == 0 else None)
 
     def export_hf(self, out_dir: str | Path) -> str | None:
         """Write an HF-format checkpoint (weights + tokenizer/processor files) on rank 0. Collective.

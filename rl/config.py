@@ -154,6 +154,13 @@ class RolloutConfig:
     # the engines' MoE router output dtype (vLLM's moe_router_dtype): float32, as the learner's router
     # always computes, or auto (the engine's dtype)
     router_dtype: Literal["float32", "auto"] = "float32"
+    # how new weights reach the engines: stream (learner rank 0 broadcasts them module by module over a
+    # group of its own, gloo on CPU and NCCL where learners and engines have GPUs: actors/stream.py) or
+    # object_store (every rank gathers the whole model, rank 0 puts one host copy in Ray's object store
+    # and each engine fetches it: the path before streaming, kept for comparison, kvrl bench sync)
+    weight_sync: Literal["stream", "object_store"] = "stream"
+    # stream: how long a member waits on the others before the sync fails and is sent again
+    sync_timeout_s: float = 120.0
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)  # Seer's divided, context-aware
     partial: PartialConfig = field(default_factory=PartialConfig)  # k1.5's partial rollouts

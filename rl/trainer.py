@@ -23,6 +23,7 @@ from actors.memory import rss_mb
 from actors.placement import place, start_ray
 from actors.reward import RewardActor
 from actors.rollout import ACTOR_FAILURES, RolloutPool, RolloutUnavailable
+from actors.stream import WeightStream
 from corpus.problems import DataError, Problem, load_problems
 from curriculum import CurriculumSampler
 from evaluation.tts import TrainingCurves, wandb_series
@@ -153,7 +154,7 @@ class Trainer:
         self._images: dict[str, dict] = {}
         self.curves = self._make_curves()
         self._eval_row: dict = {}
-        self.tracker = self.pool = self.learners = self.reward = self.placement = None
+        self.tracker = self.pool = self.learners = self.reward = self.placement = self.stream = None
 
     def learner_layout(self) -> dict[str, int]:
         return learner_layout(self.cfg.resources.learner_ranks, self.cfg.learner.zero_stage)
@@ -182,6 +183,7 @@ class Trainer:
             speculative_adaptive=cfg.rollout.speculative_adaptive,
             record_routes=cfg.rollout.record_routes or cfg.trainer.routing_replay,
             router_dtype=cfg.rollout.router_dtype,
+            weight_stream=cfg.rollout.weight_sync == "stream",
         )
         res = cfg.resources
         self.pool = RolloutPool(
@@ -201,6 +203,10 @@ class Trainer:
             cores=res.learner_cores,
         )
         self.reward = RewardActor.options(**self.placement.reward).remote(cfg.rewards)
+        if cfg.rollout.weight_sync == "stream":
+            # NCCL where both sides hold GPUs (the learner's weights never cross the host), else gloo
+            gpus = res.learner_gpus > 0 and res.rollout_gpus > 0
+            self.stream = WeightStream(self.learners, "nccl" if gpus else "gloo", cfg.rollout.sync_timeout_s)
 
     def _make_curves(self) -> TrainingCurves | None:
         cfg = self.cfg
@@ -458,7 +464,10 @@ class Trainer:
         return lr * min(1.0, (self.step + k + 1) / warmup) if warmup else lr
 
     def sync(self) -> None:
-        self.pool.update_weights(self.learners.state_ref())
+        if self.stream is not None:
+            self.pool.stream_weights(self.stream)
+        else:
+            self.pool.update_weights(self.learners.state_ref())
 
     def evaluate(self, it: int) -> None:
         """Every ``eval.tts_every`` iterations, a test-time scaling curve of the weights just synced, on
@@ -580,7 +589,7 @@ class Trainer:
         # a rollout sampling ahead ends once its engines are gone (a stopped pool starts no replacement)
         self._background.shutdown(wait=True, cancel_futures=True)
         self._next = None
-        self.tracker = self.pool = self.learners = self.reward = self.placement = None
+        self.tracker = self.pool = self.learners = self.reward = self.placement = self.stream = None
 
     def plot(self) -> None:
         """``training.png``: reward, accuracy and length over the iterations so far."""

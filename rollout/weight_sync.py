@@ -1,8 +1,7 @@
-"""vLLM worker extension (``worker_extension_cls``) that loads new weights into the live model.
+"""vLLM worker extension (``worker_extension_cls``) that loads a full state into the live model: the
+``rollout.weight_sync: object_store`` path (the default, streamed one is ``rollout/stream.py``).
 
-vLLM 0.32's RL weight-transfer API (``init_weight_transfer_engine`` / ``update_weights``) is built
-into the GPU worker only; its CPU worker has none of it. This extension works on both: it hands
-``(name, tensor)`` pairs under the official checkpoint names to the model runner's in-place
+It hands ``(name, tensor)`` pairs under the official checkpoint names to the model runner's in-place
 ``reload_weights``, which re-applies vLLM's weight processing (fused QKV/MoE layouts, CPU GEMM
 repacking) and drops caches derived from the old weights (encoder outputs, multimodal cache).
 

@@ -1,4 +1,6 @@
-"""One full sample -> score -> learn -> sync cycle on Ray: 2 rollout actors, 2 learner ranks, reward pool."""
+"""One full sample -> score -> learn -> sync cycle on Ray: 2 rollout actors, 2 learner ranks, reward pool.
+The sync after learning is streamed (actors/stream.py); today's full-state path with the same weights
+then makes the engines sample exactly what they sampled after the stream."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from actors.learner import LearnerGroup
 from actors.placement import ClusterTooSmall, ResourceConfig, check_fits, place
 from actors.reward import RewardActor
 from actors.rollout import ACTOR_FAILURES, RolloutPool
+from actors.stream import WeightStream
 from kimivl import KimiVLProcessor
 from learner.experience import Experience
 from learner.rank import LearnerConfig
@@ -41,7 +44,7 @@ def placement(ray_cluster):
 @pytest.fixture(scope="module")
 def pool(tiny_dir, placement):
     p = RolloutPool(
-        EngineConfig(model=str(tiny_dir), max_model_len=512, max_num_seqs=16),
+        EngineConfig(model=str(tiny_dir), max_model_len=512, max_num_seqs=16, weight_stream=True),
         2,
         placement.rollout,
         chunk_size=2,
@@ -121,9 +124,15 @@ def test_sample_score_learn_sync(tiny_dir, placement, pool, reward_actor, zero_s
 
         after = experiences(tiny_dir, requests, pool.generate(requests, sampling))
         stale_gap = max_gap(group.logprobs(after), after)
-        sync_s = pool.update_weights(group.state_ref())
-        fresh = experiences(tiny_dir, requests, pool.generate(requests, sampling))
+        sync_s = pool.stream_weights(WeightStream(group, timeout_s=30))
+        streamed = pool.generate(requests, sampling)
+        fresh = experiences(tiny_dir, requests, streamed)
         gap = max_gap(group.logprobs(fresh), fresh)
+        pool.update_weights(group.state_ref())  # the same weights the old way
+        reloaded = pool.generate(requests, sampling)
+        for a, b in zip(streamed, reloaded, strict=True):
+            for x, y in zip(a.samples, b.samples, strict=True):
+                assert x.response_token_ids == y.response_token_ids and x.logprobs == y.logprobs
         log.info("ZeRO-%d: stale gap %.3g, after sync %.3g, sync %s s", zero_stage, stale_gap, gap, sync_s)
         print(
             f"\nZeRO-{zero_stage}: learner vs rollout before sync {stale_gap:.3g}, after sync {gap:.3g}; "
@@ -177,6 +186,34 @@ def test_rollout_actor_dead_between_batches_is_replaced_at_the_next_sync(tiny_di
     assert ray.get([a.weights_version.remote() for a in pool.actors]) == [pool.version] * 2
     results = pool.generate(make_requests(tiny_dir, 4, prefix="r"), SamplingConfig(n=1, max_tokens=4))
     assert [len(r.samples) for r in results] == [1] * 4
+
+
+@pytest.mark.slow
+@pytest.mark.fault
+def test_an_engine_killed_mid_stream_is_replaced_and_loaded(tiny_dir, placement, pool):
+    # 1 KiB units: a sync of the tiny model is thousands of broadcasts, long enough to kill into
+    cfg = LearnerConfig(zero_stage=2, sync_bucket_mb=1 / 1024)
+    group = LearnerGroup(str(tiny_dir), cfg, 2, placement.learner)
+    try:
+        stream = WeightStream(group, timeout_s=10)
+        pool.stream_weights(stream)  # forms the group
+        took, _ = time.perf_counter(), pool.stream_weights(stream)
+        took = time.perf_counter() - took
+        replaced_before, box = pool.replaced, {}
+        thread = threading.Thread(target=lambda: box.update(seconds=pool.stream_weights(stream)))
+        thread.start()
+        time.sleep(took / 3)
+        ray.kill(pool.actors[1])
+        thread.join(timeout=300)
+        # the survivor's broadcasts stopped too: neither engine is trusted, both are replaced and
+        # streamed to again, and the sync completes
+        assert len(box["seconds"]) == 2 and pool.replaced >= replaced_before + 1
+        assert ray.get([a.weights_version.remote() for a in pool.actors]) == [pool.version] * 2
+        requests = make_requests(tiny_dir, 4, prefix="m")
+        fresh = experiences(tiny_dir, requests, pool.generate(requests, SamplingConfig(n=1, max_tokens=8)))
+        assert max_gap(group.logprobs(fresh), fresh) <= TOLERANCE
+    finally:
+        group.shutdown()
 
 
 def test_config_that_cannot_fit_fails_fast():
