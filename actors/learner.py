@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from actors.memory import rss_mb
+from actors.memory import peak_rss_mb, reset_peak_rss, rss_mb
 from actors.placement import ACTOR_FAILURES, pin_threads
 from learner.experience import Experience
 from learner.loss import LossFn, Mean, combine
@@ -96,6 +96,15 @@ class LearnerActor:
 
     def rss_mb(self) -> float:
         return rss_mb()
+
+    def reset_peak_rss(self) -> float:
+        return reset_peak_rss()
+
+    def peak_rss_mb(self) -> float:
+        return peak_rss_mb()
+
+    def stream_bounds(self) -> dict[str, int]:
+        return self.learner.sender.bounds()
 
     def export_hf(self, out_dir: str) -> str | None:
         return self.learner.export_hf(out_dir)

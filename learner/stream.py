@@ -54,9 +54,15 @@ class WeightSender:
         self.module, self.zero3, self.bucket_bytes = module, zero3, bucket_bytes
         self.owners = [(p, m) for p, m in module.named_modules() if m._parameters or m._buffers]
         self.specs: list[TensorSpec] = []
+        self.largest_module = 0  # bytes of the largest module's own tensors: what one gather holds
         for prefix, m in self.owners:
-            for name, shaped in _own_tensors(prefix, m, self._meta):
-                self.specs += [spec_of(n, t) for n, t in official_tensors(name, shaped)]
+            own = [
+                spec_of(n, t)
+                for name, shaped in _own_tensors(prefix, m, self._meta)
+                for n, t in official_tensors(name, shaped)
+            ]
+            self.specs += own
+            self.largest_module = max(self.largest_module, sum(s.nbytes for s in own))
         self.units = units(self.specs, bucket_bytes)
         self._unit_of = [0] * len(self.specs)  # tensor i is member _pos[i] of unit _unit_of[i]
         self._pos = [0] * len(self.specs)
@@ -75,6 +81,11 @@ class WeightSender:
     @property
     def nbytes(self) -> int:
         return sum(s.nbytes for s in self.specs)
+
+    def bounds(self) -> dict[str, int]:
+        """The model's bytes, the largest module's and the bucket's: rank 0's extra memory during a
+        streamed sync is at most ``largest_module + bucket`` (a full gather: ``model``)."""
+        return {"model": self.nbytes, "largest_module": self.largest_module, "bucket": self.bucket_bytes}
 
     def _gathered(self, module: nn.Module):
         params = [p for p in module._parameters.values() if p is not None]
