@@ -1,8 +1,13 @@
-"""``kvrl bench sync``: in-place weight sync against save-to-disk + engine reload, at three model sizes.
+"""``kvrl bench sync``: the streamed weight sync against the object-store path, at three model sizes.
 
-kvrl: learner rank 0 gathers the weights into Ray's object store and every live vLLM engine reloads them
-in place. Baseline: the learner writes an HF checkpoint and fresh engines start from it (what a loop
-without in-place sync does). Sizes grow the tiny model's text tower: 1x, ~4x and ~16x parameters.
+kvrl (``rollout.weight_sync: stream``): learner rank 0 broadcasts the weights module by module, in
+buckets, to every engine over a group of their own (``actors/stream.py``). Baseline (``object_store``,
+kvrl's path before streaming): every rank gathers the whole model, rank 0 puts a host copy into Ray's
+object store and each engine fetches it and reloads in place. Both with ZeRO-3 learners (2 ranks, as the
+Kimi-VL-A3B configs) and 2 engines. Reported per size: seconds per sync, and the extra peak resident
+memory of each learner rank during a sync (its ``VmHWM`` after ``clear_refs`` reset it, minus its RSS
+before): the streamed path's bound is the largest module plus one bucket (``bounds``). Sizes grow the
+tiny model's text tower: 1x, ~4x and ~16x parameters.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from pathlib import Path
 
 from actors.learner import LearnerGroup
 from actors.placement import ResourceConfig, place, start_ray
-from actors.rollout import RolloutActor, RolloutPool
+from actors.rollout import RolloutPool
 from kimivl.tiny import make_tiny
 from learner.rank import LearnerConfig
 from rollout.engine import EngineConfig
@@ -49,53 +54,64 @@ def run(quick: bool = False, repeats: int = 3, model: str | None = None, engines
     return out
 
 
-def _one(size: str, model: str, repeats: int, engines: int, work: Path) -> dict:
+def _one(size: str, model: str, repeats: int, engines: int, work: Path, bucket_mb: float = 4.0) -> dict:
     import ray
+
+    from actors.stream import WeightStream
 
     started = not ray.is_initialized()
     if started:
         start_ray(ResourceConfig(rollout_actors=engines, learner_ranks=2))
     placement = place(ResourceConfig(rollout_actors=engines, learner_ranks=2))
-    engine_cfg = EngineConfig(model=model, max_model_len=512, max_num_seqs=16)
+    engine_cfg = EngineConfig(model=model, max_model_len=512, max_num_seqs=16, weight_stream=True)
     try:
         pool = RolloutPool(engine_cfg, engines, placement.rollout)
-        group = LearnerGroup(model, LearnerConfig(zero_stage=2), 2, placement.learner)
-        state = ray.get(group.state_ref())
-        params = sum(t.numel() for t in state.values())
-        nbytes = sum(t.numel() * t.element_size() for t in state.values())
-        pool.update_weights(group.state_ref())  # warm-up
-        sync = [timed(lambda: pool.update_weights(group.state_ref()))[0] for _ in range(repeats)]
-        pool.shutdown()  # the baseline's fresh engines take these resources
-
-        def reload() -> None:
-            ckpt = group.export_hf(str(work / f"export-{size}"))
-            fresh = [
-                RolloutActor.options(**placement.rollout[i]).remote(
-                    EngineConfig(**{**engine_cfg.__dict__, "model": ckpt})
-                )
-                for i in range(engines)
-            ]
-            ray.get([a.weights_version.remote() for a in fresh])
-            for a in fresh:
-                ray.kill(a)
-
-        baseline = [timed(reload)[0] for _ in range(repeats)]
+        cfg = LearnerConfig(zero_stage=3, sync_bucket_mb=bucket_mb)
+        group = LearnerGroup(model, cfg, 2, placement.learner)
+        bounds = ray.get(group.actors[0].stream_bounds.remote())
+        stream = WeightStream(group)
+        paths = {
+            "stream": lambda: pool.stream_weights(stream),
+            "object_store": lambda: pool.update_weights(group.state_ref()),
+        }
+        seconds: dict[str, list[float]] = {p: [] for p in paths}
+        extra_mb: dict[str, list[list[float]]] = {p: [] for p in paths}
+        for sync in paths.values():
+            sync()  # warm-up (the stream forms its group)
+        for _ in range(repeats):
+            for name, sync in paths.items():  # side by side, alternating
+                before = ray.get([a.reset_peak_rss.remote() for a in group.actors])
+                seconds[name].append(timed(sync)[0])
+                peaks = ray.get([a.peak_rss_mb.remote() for a in group.actors])
+                extra_mb[name].append([p - b for p, b in zip(peaks, before, strict=True)])
+        pool.shutdown()
         group.shutdown()
     finally:
         placement.remove()
         if started:
             ray.shutdown()
-    log.info("sync %s: %.3f s in place vs %.1f s reload", size, min(sync), min(baseline))
+    params = bounds["model"] // 4  # float32 learners
+    log.info(
+        "sync %s: stream %.3f s vs object store %.3f s",
+        size,
+        min(seconds["stream"]),
+        min(seconds["object_store"]),
+    )
     return result(
         "sync",
-        sync,
-        baseline,
+        seconds["stream"],
+        seconds["object_store"],
         "s",
         higher_is_better=False,
         size=f"{size} ({params / 1e6:.2f} M params)",
         params=params,
-        bytes=nbytes,
+        bytes=bounds["model"],
         engines=engines,
-        baseline_description="learner saves an HF checkpoint, then fresh vLLM engines load it",
+        bounds_mb={k: v / 2**20 for k, v in bounds.items()},
+        # per repeat, per rank; rank 0 sends, under ZeRO-3 every rank gathers
+        extra_peak_mb=extra_mb,
+        extra_peak_rank0_mb={p: max(r[0] for r in runs) for p, runs in extra_mb.items()},
+        baseline_description="object_store: every rank gathers the whole model, rank 0 puts a host "
+        "copy in Ray's object store, each engine fetches it and reloads in place",
         model=model,
     )

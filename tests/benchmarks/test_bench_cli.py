@@ -43,6 +43,11 @@ def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
         assert set(result["phases"]) == {"time_rollout", "time_reward", "time_learn", "time_sync"}
     if name == "sync":
         assert result["params"] > 0 and result["bytes"] >= 4 * result["params"]
+        # both paths measured side by side: seconds and each learner rank's extra peak memory
+        assert set(result["extra_peak_rank0_mb"]) == {"stream", "object_store"}
+        assert [len(r) for r in result["extra_peak_mb"]["stream"]] == [2]  # 1 repeat x 2 ranks
+        bounds = result["bounds_mb"]
+        assert 0 < bounds["largest_module"] <= bounds["model"] and bounds["bucket"] > 0
     if name == "longtail":
         policies = {"sync", "divided", "context_aware", "partial", "speculative", "all"}
         assert set(result["policies"]) == policies
