@@ -11,7 +11,8 @@ import importlib
 BENCHMARKS = {
     "rollout": "kvrl rollout actors (vLLM on Ray) vs transformers generate, tokens/s",
     "step": "one RL iteration end to end vs TRL GRPOTrainer, s/iteration, with kvrl's phases",
-    "sync": "in-place weight sync vs save + engine reload at 1x, 4x, 16x parameters",
+    "sync": "streamed weight sync vs the object-store path at 1x, 4x, 16x parameters: seconds and the "
+    "learner ranks' extra peak memory",
     "scale": "iteration time as samples (64-1024) and response length (64-1024) grow",
     "longtail": "rollout throughput and tail time on heavy-tailed lengths: the synchronous pool vs partial "
     "rollouts and Seer-style scheduling, measured and in a GPU-cluster simulation",
