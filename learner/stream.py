@@ -97,20 +97,30 @@ class WeightSender:
 
     def send(self, stream: StreamGroup | None) -> dict[str, float]:
         """Send every tensor (rank 0, ``stream`` its end of the group) or only take part in the
-        gathers (the other ranks, ``stream`` None). Collective over the learner ranks under ZeRO-3."""
+        gathers (the other ranks, ``stream`` None). Collective over the learner ranks under ZeRO-3: a
+        broadcast that fails (a receiver died) stops the sending, not the gathers, so the other ranks
+        are not left waiting in one; the failure is raised once every module has been walked."""
         start = time.perf_counter()
         device = next(self.module.parameters()).device
         buffer = torch.empty(self.bucket_bytes, dtype=torch.uint8, device=device) if stream else None
-        i = 0
+        i, failed = 0, None
         for prefix, m in self.owners:
             with self._gathered(m):
                 if stream is None:
                     continue
-                for name, tensor in _own_tensors(prefix, m, lambda p: p):
-                    for _, view in official_tensors(name, tensor.detach()):
-                        self._feed(stream, buffer, i, view)
-                        i += 1
-        if stream is not None and i != len(self.specs):
+                try:
+                    for name, tensor in _own_tensors(prefix, m, lambda p: p):
+                        for _, view in official_tensors(name, tensor.detach()):
+                            self._feed(stream, buffer, i, view)
+                            i += 1
+                except Exception as e:  # a receiver gone: keep taking part in the other ranks' gathers
+                    log.warning("weight stream: broadcast failed after %d tensors: %s", i, e)
+                    failed, stream = e, None
+        if failed is not None:
+            raise RuntimeError(
+                f"weight stream: broadcast failed after {i} of {len(self.specs)} tensors"
+            ) from failed
+        if buffer is not None and i != len(self.specs):
             raise RuntimeError(f"weight stream: sent {i} tensors of {len(self.specs)} planned")
         return {"seconds": time.perf_counter() - start, "bytes": float(self.nbytes), "units": len(self.units)}
 
