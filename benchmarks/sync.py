@@ -46,7 +46,7 @@ def run(quick: bool = False, repeats: int = 3, model: str | None = None, engines
     out = []
     for name, overrides in sizes.items():
         path = model or str(make_tiny(work / name, **overrides))
-        out.append(_one(name, path, repeats, engines, work))
+        out.append(_one(name, path, repeats, engines))
     base = out[0]
     for r in out:  # how sync time grows with size: time ratio against parameter ratio
         r["params_vs_smallest"] = r["params"] / base["params"]
@@ -54,7 +54,7 @@ def run(quick: bool = False, repeats: int = 3, model: str | None = None, engines
     return out
 
 
-def _one(size: str, model: str, repeats: int, engines: int, work: Path, bucket_mb: float = 4.0) -> dict:
+def _one(size: str, model: str, repeats: int, engines: int, bucket_mb: float = 4.0) -> dict:
     import ray
 
     from actors.stream import WeightStream
