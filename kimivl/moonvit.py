@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .configuration import MoonViTConfig
 
@@ -87,7 +88,11 @@ class MLP(nn.Module):
         return self.fc1(F.gelu(self.fc0(x), approximate="tanh"))
 
 
-class EncoderBlock(nn.Module):
+class EncoderBlock(GradientCheckpointingLayer):
+    """One pre-norm transformer block. With the model's gradient checkpointing on, training keeps only
+    its input and recomputes the rest in backward, as the decoder layers do (about 4 GB of activations
+    per 4096-patch image through A3B's 27 blocks otherwise)."""
+
     def __init__(self, config: MoonViTConfig):
         super().__init__()
         d = config.hidden_size

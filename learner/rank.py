@@ -95,6 +95,10 @@ class LearnerConfig:
     # Streamed weight sync (learner/stream.py): the largest unit sent at once, MiB. Rank 0's extra
     # memory during a sync is at most the largest module's parameters plus one bucket.
     sync_bucket_mb: float = 64.0
+    # Accumulate gradients over micro-batches in float32 when training in bfloat16 (DeepSpeed's
+    # data_types.grad_accum_dtype): an RL step sums dozens of micro-batches, and bf16's 8-bit mantissa
+    # drops the small ones. Costs 4 bytes a parameter of gradient (over the ranks, ZeRO >= 2) instead of 2.
+    fp32_grad_accum: bool = True
 
     def __post_init__(self):
         if self.sync_bucket_mb <= 0:
@@ -135,24 +139,55 @@ def _device_kind() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+# DeepSpeed's ZeRO buffer sizes (elements), stated here so that kvrl plan counts the same ones
+# (actors/plan_memory.py): the gradient bucket reduced at once, and under ZeRO-3 the parameters
+# fetched ahead of the module that needs them. DeepSpeed 0.19's defaults.
+ZERO_BUCKETS = {"reduce_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000}
+
+
 def deepspeed_config(cfg: LearnerConfig, dtype: torch.dtype) -> dict[str, Any]:
     muon = cfg.optimizer == "muon"
+    zero: dict[str, Any] = {"stage": cfg.zero_stage, "reduce_bucket_size": ZERO_BUCKETS["reduce_bucket_size"]}
+    if cfg.zero_stage == 3:
+        zero["stage3_prefetch_bucket_size"] = ZERO_BUCKETS["stage3_prefetch_bucket_size"]
+    if muon:
+        zero["reduce_scatter"] = False  # ZeRO-3's Muon gathers each matrix's gradient whole
     out: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": 1,  # kvrl forms micro-batches itself
         "gradient_accumulation_steps": 1,
         "gradient_clipping": 0.0 if muon else cfg.grad_clip,
-        # ZeRO-3's Muon gathers each matrix's gradient whole; it refuses reduce-scatter
-        "zero_optimization": {"stage": cfg.zero_stage, **({"reduce_scatter": False} if muon else {})},
+        "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": dtype == torch.bfloat16},
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,
     }
+    if cfg.fp32_grad_accum and dtype != torch.float32 and cfg.zero_stage >= 1:
+        # (DeepSpeed has no 16-bit model with fp32 accumulation without ZeRO: stage 0 keeps the dtype)
+        out["data_types"] = {"grad_accum_dtype": "fp32"}
     if muon:
         out["optimizer"] = muon_optimizer_config(
             lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, betas=cfg.betas, eps=cfg.eps
         )
     return out
+
+
+def load_model(path: str, dtype: torch.dtype, ds_config: dict[str, Any]) -> torch.nn.Module:
+    """The model in ``path``. Under ZeRO-3 (``ds_config``'s stage) it is built inside
+    ``deepspeed.zero.Init``, through transformers' DeepSpeed integration, which then loads each module's
+    weights gathered and partitions them again: no rank ever holds the whole model, only its shard
+    (the process group must be up)."""
+    if ds_config["zero_optimization"]["stage"] != 3:
+        return KimiVLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    hf_config = HfDeepSpeedConfig(ds_config)  # transformers keeps only a weak reference: hold it
+    try:
+        return KimiVLForConditionalGeneration.from_pretrained(path, dtype=dtype)
+    finally:
+        del hf_config
+        unset_hf_deepspeed_config()
 
 
 def shard_for_ranks(items: Sequence[Any], world_size: int, pad: Any) -> list[list[Any]]:
@@ -221,7 +256,7 @@ class Learner:
         self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
             cfg.dtype, torch.bfloat16 if device == "cuda" else torch.float32
         )
-        model = KimiVLForConditionalGeneration.from_pretrained(self.model_path, dtype=self.dtype)
+        model = load_model(self.model_path, self.dtype, deepspeed_config(cfg, self.dtype))
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         if cfg.qk_clip:

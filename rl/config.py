@@ -144,6 +144,10 @@ class RolloutConfig:
     max_num_seqs: int = 64
     chunk_size: int = 4
     tensor_parallel_size: int = 1  # GPUs per vLLM engine (resources.rollout_gpus must match)
+    # vLLM without CUDA graphs. Unset: eager on CPU and where routes are recorded (record_routes,
+    # trainer.routing_replay: the capture's Python callbacks do not run in a graph), CUDA graphs on GPU
+    # otherwise (faster decoding, some memory for the graphs)
+    enforce_eager: bool | None = None
     gpu_memory_utilization: float = 0.85  # of each engine GPU, for weights + KV cache (GPU only)
     # the engines' weights and activations: auto is float32 on CPU, bfloat16 on GPU. bfloat16 on this
     # CPU (avx512_bf16) against the fp32 learner is a real train/inference mismatch (the monitor's testbed)
@@ -221,6 +225,12 @@ class RLConfig:
             raise ValueError(
                 "rollout.sampling.thinking_budget needs whole responses sampled in one piece: turn off "
                 "rollout.partial.enabled and rollout.schedule.divided, or drop the budget"
+            )
+        records = self.rollout.record_routes or self.trainer.routing_replay
+        if self.rollout.enforce_eager is False and records:
+            raise ValueError(
+                "rollout.enforce_eager=false cannot record routes (rollout.record_routes or "
+                "trainer.routing_replay): the routing capture runs Python callbacks that a CUDA graph skips"
             )
         tp, gpus = self.rollout.tensor_parallel_size, self.resources.rollout_gpus
         if tp < 1 or (gpus >= 1 and gpus != tp):

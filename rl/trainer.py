@@ -177,6 +177,7 @@ class Trainer:
             max_model_len=cfg.rollout.max_model_len,
             max_num_seqs=cfg.rollout.max_num_seqs,
             tensor_parallel_size=cfg.rollout.tensor_parallel_size,
+            enforce_eager=cfg.rollout.enforce_eager,
             gpu_memory_utilization=cfg.rollout.gpu_memory_utilization,
             speculative_tokens=cfg.rollout.speculative_tokens,
             speculative_max_batch=cfg.rollout.speculative_max_batch,

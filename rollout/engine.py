@@ -28,7 +28,9 @@ class EngineConfig:
     max_num_seqs: int = 64
     max_images_per_prompt: int = 4
     tensor_parallel_size: int = 1
-    enforce_eager: bool = True
+    # None: eager on CPU and where routes are recorded (the capture runs Python callbacks that a CUDA
+    # graph would skip), CUDA graphs otherwise (eager_mode)
+    enforce_eager: bool | None = None
     # KV-cache size on CPU (bytes); on GPU vLLM sizes it from gpu_memory_utilization.
     cpu_kv_cache_bytes: int = 1 << 30
     gpu_memory_utilization: float = 0.85
@@ -80,6 +82,17 @@ def float32_router(config):
     return config
 
 
+def eager_mode(cfg: EngineConfig, cpu: bool) -> bool:
+    """Whether the engine runs eagerly (no CUDA graphs): ``cfg.enforce_eager`` if set, else on CPU or
+    when it records routes. Recording routes needs it: setting both is an error here."""
+    if cfg.enforce_eager is False and cfg.record_routes:
+        raise ValueError(
+            "enforce_eager=false cannot record routes: the routing capture runs Python callbacks that a "
+            "CUDA graph replay skips (rollout/routing.py)"
+        )
+    return cfg.enforce_eager if cfg.enforce_eager is not None else (cpu or cfg.record_routes)
+
+
 def make_llm(cfg: EngineConfig):
     """A ``vllm.LLM`` for a Kimi-VL directory (kvrl's vLLM plugin supplies the processor)."""
     from vllm import LLM
@@ -92,7 +105,7 @@ def make_llm(cfg: EngineConfig):
         seed=cfg.seed,
         max_model_len=cfg.max_model_len,
         max_num_seqs=cfg.max_num_seqs,
-        enforce_eager=cfg.enforce_eager,
+        enforce_eager=eager_mode(cfg, cpu),
         limit_mm_per_prompt={"image": cfg.max_images_per_prompt},
     )
     if cpu:

@@ -18,8 +18,9 @@ runs call the model directly and are ignored):
 - a prefix the engine found in its cache is not recomputed and so has no rows (``NOT_ROUTED``): the
   learner routes those tokens itself. kvrl's CPU engines run without a prefix cache.
 
-The callbacks run in Python, so this needs an eager model (kvrl's engines run ``enforce_eager``); a
-CUDA-graph engine would need the ids written into a static buffer inside the graph.
+The callbacks run in Python, so this needs an eager model (an engine that records routes runs eagerly:
+``rollout.engine.eager_mode``); a CUDA-graph engine would need the ids written into a static buffer
+inside the graph.
 """
 
 from __future__ import annotations

@@ -123,3 +123,26 @@ def test_sampled_placeholder_during_cached_decoding_is_a_plain_token(tiny_dir, m
         with pytest.raises(ValueError, match="1 image placeholder tokens but no pixel_values"):
             model(input_ids=torch.tensor([[pad]]))  # at the prefill it is still a missing image
     assert torch.isfinite(step.logits).all()
+
+
+def test_vision_blocks_recompute_under_gradient_checkpointing(tiny_dir):
+    """With the model's gradient checkpointing on, each MoonViT block runs its forward again in backward
+    (only its input was kept) and the gradients are those of the plain backward."""
+    ip = KimiVLProcessor.from_pretrained(tiny_dir).image_processor
+    enc = ip([gradient_image(56, 42, 1)])
+    grads, calls = {}, {}
+    for checkpointing in (False, True):
+        model = KimiVLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable()
+        block = model.vision_tower.encoder.blocks[0]
+        calls[checkpointing] = 0
+
+        def count(*_, checkpointing=checkpointing):
+            calls[checkpointing] += 1
+
+        block.wqkv.register_forward_hook(count)  # (a hook on the block itself fires once either way)
+        model.image_features(enc["pixel_values"], enc["image_grid_hws"]).square().sum().backward()
+        grads[checkpointing] = block.wqkv.weight.grad.clone()
+    assert calls == {False: 1, True: 2}  # forward, and once more in backward
+    torch.testing.assert_close(grads[True], grads[False], rtol=1e-5, atol=1e-6)

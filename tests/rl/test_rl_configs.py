@@ -92,3 +92,19 @@ def test_unknown_keys_and_bad_values_name_the_key(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=message):
             load_config(RLConfig, path, override)
+
+
+def test_cuda_graphs_are_refused_where_routes_are_recorded():
+    from rollout.engine import EngineConfig, eager_mode
+
+    tiny = ROOT / "configs/tiny/rl.yaml"
+    assert load_config(RLConfig, tiny, ["rollout.enforce_eager=false"]).rollout.enforce_eager is False
+    for routes in ("trainer.routing_replay=true", "rollout.record_routes=true"):
+        with pytest.raises(ConfigError, match=r"rollout\.enforce_eager=false cannot record routes"):
+            load_config(RLConfig, tiny, ["rollout.enforce_eager=false", routes])
+    # unset: eager on CPU or when recording routes, CUDA graphs otherwise; a setting wins
+    assert [eager_mode(EngineConfig("m"), cpu) for cpu in (True, False)] == [True, False]
+    assert eager_mode(EngineConfig("m", record_routes=True), cpu=False)
+    assert eager_mode(EngineConfig("m", enforce_eager=True), cpu=False)
+    with pytest.raises(ValueError, match="cannot record routes"):
+        eager_mode(EngineConfig("m", enforce_eager=False, record_routes=True), cpu=False)
