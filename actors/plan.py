@@ -1,158 +1,79 @@
-"""``kvrl plan``: where each actor goes and how much memory each GPU needs, before a cluster is booked.
-
-The arithmetic (bytes; P parameters, b bytes per weight: 2 in bf16, G the GPU's memory):
-
-Per learner GPU, ZeRO stage z over N ranks:
-  parameters   P·b/N + W·b (z = 3: a shard, plus one decoder layer of W parameters gathered to run it);
-               P·b otherwise
-  gradients    P·b/N when z >= 2, else P·b
-  optimizer    AdamW: 8 bytes a parameter (m and v in fp32); Muon (learner.optimizer: muon): 4 (one
-               fp32 momentum) for the M parameters it takes (learner/optim.py), 8 for the rest; plus 4
-               (an fp32 master copy) a parameter when b < 4. Over N ranks when z >= 1.
-  activations  one micro-batch of S = micro_batch_size x max_model_len tokens:
-               decoder: L·S·h·b with gradient checkpointing (each layer's input), plus one layer's internals
-               being recomputed, S·h·34·b/2 (Korthikanti et al. 2022, "Reducing Activation Recomputation",
-               eq. 2 with flash attention, so no attention-score term; MoE layers counted as dense ones);
-               without checkpointing, L layers' internals.
-               logits: C·V·(b + 12), C = min(S, learner.logits_chunk) positions at a time: their logits,
-               the fp32 copy, its log-softmax and the gradient.
-  overhead     plan.overhead_gib: CUDA context, NCCL buffers, allocator fragmentation.
-
-Per rollout GPU (a vLLM engine over t = rollout.tensor_parallel_size GPUs; vLLM takes u =
-rollout.gpu_memory_utilization of each):
-  parameters   P·b/t
-  KV cache     u·G - P·b/t - overhead: the pool. MLA caches one latent per token and layer, replicated on
-               each TP rank: L·(kv_lora_rank + qk_rope_head_dim)·b bytes per token. The pool must hold one
-               max_model_len sequence (vLLM refuses to start otherwise); below max_num_seqs of them, vLLM
-               preempts and recomputes.
-
-Colocated (resources.colocate), a GPU holds a learner rank and u·G for its engine.
+"""``kvrl plan``: where each actor goes and how much memory each GPU and node needs, before a cluster is
+booked. The arithmetic, term by term, is ``actors/plan_memory.py``; this module places the actors, fills
+the formulas from a config and checks that every GPU keeps ``plan.min_margin`` of its memory free.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kimivl import KimiVLConfig, KimiVLForConditionalGeneration
-from learner.optim import takes_muon
+from actors.plan_memory import (
+    ADAM_STATE_BYTES,
+    GIB,
+    MUON_STATE_BYTES,
+    HostSetup,
+    LearnerSetup,
+    Links,
+    ModelShape,
+    PlanError,
+    host_memory,
+    kv_bytes_per_token,
+    kv_capacity,
+    learner_memory,
+    learner_sync_bytes,
+    model_shape,
+    optimizer_state_bytes,
+    rollout_memory,
+    sync_seconds,
+)
+from learner.rank import ZERO_BUCKETS
 
-GIB = 1024**3
-ADAM_STATE_BYTES = 8  # exp_avg and exp_avg_sq in fp32
-MUON_STATE_BYTES = 4  # momentum_buffer in fp32
-MASTER_BYTES = 4  # fp32 master weights, kept when training in 16 bits
-LAYER_ACTIVATION_FACTOR = 34  # bytes per token per hidden unit per layer in 16 bits (Korthikanti eq. 2)
-LOGIT_WORK_BYTES = 12  # per logit beyond the model dtype: fp32 copy, log-softmax, gradient
-
-
-class PlanError(ValueError):
-    """The plan cannot be made (a missing model config, a cluster too small); the message says why."""
+__all__ = ["GIB", "ModelShape", "PlanConfig", "PlanError", "format_plan", "make_plan", "model_shape"]
 
 
 @dataclass
 class PlanConfig:
-    """The cluster a config is planned for (``kvrl plan``); the run itself reads Ray's resources."""
+    """The cluster a config is planned for (``kvrl plan``); the run itself reads Ray's resources.
+    Fields marked assumed are not measured (no GPU run yet): the plan prints them beside its figures."""
 
     nodes: int = 1
     gpus_per_node: int = 8
     gpu_memory_gib: float = 80.0
-    overhead_gib: float = 3.0  # per GPU: CUDA context, NCCL buffers, fragmentation
+    overhead_gib: float = 3.0  # per GPU: CUDA context, NCCL buffers, fragmentation (assumed)
     model_config: str | None = None  # a config.json to plan from when `model` is not on this machine
+    # the least share of each GPU's memory the plan leaves free (fragmentation, what it does not count)
+    min_margin: float = 0.05
+    images_per_sample: int = 1  # assumed, for the vision activations
+    patches_per_image: int = 4096  # assumed: MoonViT patches of one image, before the 2x2 merge
+    host_memory_gib: float = 2048.0  # host RAM per node
+    learner_host_gib: float = 8.0  # assumed: a learner rank's process (torch, CUDA, DeepSpeed, Ray)
+    engine_host_gib: float = 8.0  # assumed: one vLLM worker process (per engine GPU)
+    # the weight sync estimate's links, GB/s (assumed)
+    nvlink_gb_s: float = 150.0  # NCCL bus bandwidth within a node (H100 NVLink 4 peaks near 450)
+    network_gb_s: float = 40.0  # between nodes, per GPU (400 Gb/s InfiniBand)
+    pcie_gb_s: float = 20.0  # device <-> host
+    host_copy_gb_s: float = 4.0  # one thread copying or pickling tensors in host memory
+    unit_latency_ms: float = 0.1  # per broadcast call
 
     def __post_init__(self):
         if self.nodes < 1 or self.gpus_per_node < 1 or self.gpu_memory_gib <= 0:
             raise ValueError("nodes and gpus_per_node must be >= 1 and gpu_memory_gib > 0")
+        if not 0 <= self.min_margin < 1:
+            raise ValueError(f"min_margin must be in [0, 1), got {self.min_margin}")
+        speeds = (self.nvlink_gb_s, self.network_gb_s, self.pcie_gb_s, self.host_copy_gb_s)
+        if min(speeds) <= 0 or self.unit_latency_ms < 0:
+            raise ValueError("the plan's link bandwidths must be > 0 and unit_latency_ms >= 0")
 
-
-@dataclass
-class ModelShape:
-    params: int
-    active_params: int  # language model, per token: routed experts at num_experts_per_tok / n_routed_experts
-    vision_params: int
-    layers: int
-    hidden: int
-    vocab: int
-    layer_params: int  # the largest decoder layer
-    kv_latent: int  # kv_lora_rank + qk_rope_head_dim: MLA's cached width per token and layer
-    muon_params: int = 0  # those Muon takes with learner.optimizer: muon (learner/optim.py takes_muon)
-
-
-def model_shape(path: str | Path) -> ModelShape:
-    """Count a Kimi-VL config's parameters exactly, on the meta device (no memory, no weights)."""
-    import torch
-
-    path = Path(path)
-    file = path / "config.json" if path.is_dir() else path
-    if not file.is_file():
-        raise PlanError(f"model config {str(file)!r} does not exist")
-    try:
-        config = KimiVLConfig.from_dict(json.loads(file.read_text()))
-    except (ValueError, TypeError) as e:
-        raise PlanError(f"model config {str(file)!r}: {e}") from e
-    with torch.device("meta"):
-        model = KimiVLForConditionalGeneration(config)
-    text = config.text_config
-    sizes = {name: p.numel() for name, p in model.named_parameters()}
-    total = sum(sizes.values())
-    routed = sum(n for name, n in sizes.items() if ".mlp.experts." in name)
-    vision = sum(n for name, n in sizes.items() if not name.startswith("language_model."))
-    active = total - vision - routed + routed * text.num_experts_per_tok // max(text.n_routed_experts, 1)
-    layer = max(sum(p.numel() for p in m.parameters()) for m in model.language_model.model.layers)
-    return ModelShape(
-        params=total,
-        active_params=active,
-        vision_params=vision,
-        layers=text.num_hidden_layers,
-        hidden=text.hidden_size,
-        vocab=text.vocab_size,
-        layer_params=layer,
-        kv_latent=text.kv_lora_rank + text.qk_rope_head_dim,
-        muon_params=sum(p.numel() for name, p in model.named_parameters() if takes_muon(name, p.shape)),
-    )
-
-
-def learner_memory(
-    m: ModelShape,
-    *,
-    ranks: int,
-    zero_stage: int,
-    dtype_bytes: int,
-    tokens: int,
-    logits_chunk: int,
-    checkpointing: bool,
-    optimizer: str = "adamw",
-) -> dict[str, float]:
-    """Bytes per learner GPU by kind (see the module docstring for each formula)."""
-    P, b = m.params, dtype_bytes
-    params = P * b / ranks + m.layer_params * b if zero_stage == 3 else P * b
-    grads = P * b / ranks if zero_stage >= 2 else P * b
-    state = optimizer_state_bytes(m, optimizer) + (MASTER_BYTES * P if b < 4 else 0)
-    states = state / ranks if zero_stage >= 1 else state
-    one_layer = tokens * m.hidden * LAYER_ACTIVATION_FACTOR * b / 2
-    decoder = m.layers * tokens * m.hidden * b + one_layer if checkpointing else m.layers * one_layer
-    chunk = min(tokens, logits_chunk) if logits_chunk > 0 else tokens
-    logits = chunk * m.vocab * (b + LOGIT_WORK_BYTES)
-    return {"parameters": params, "gradients": grads, "optimizer": states, "activations": decoder + logits}
-
-
-def optimizer_state_bytes(m: ModelShape, optimizer: str) -> float:
-    """The optimizer's own state for the whole model (no master weights): AdamW's two moments, or Muon's
-    one momentum for the matrices it takes and AdamW's two for the rest."""
-    muon = m.muon_params if optimizer == "muon" else 0
-    return muon * MUON_STATE_BYTES + (m.params - muon) * ADAM_STATE_BYTES
-
-
-def rollout_memory(
-    m: ModelShape, *, tp: int, dtype_bytes: int, gpu_bytes: float, utilization: float, overhead: float
-) -> dict[str, float]:
-    """Bytes per rollout GPU: the engine's weight shard, and the KV-cache pool vLLM makes of the rest."""
-    weights = m.params * dtype_bytes / tp
-    return {"parameters": weights, "kv_cache": utilization * gpu_bytes - weights - overhead}
-
-
-def kv_bytes_per_token(m: ModelShape, dtype_bytes: int) -> int:
-    return m.layers * m.kv_latent * dtype_bytes
+    def links(self) -> Links:
+        return Links(
+            self.nvlink_gb_s,
+            self.network_gb_s,
+            self.pcie_gb_s,
+            self.host_copy_gb_s,
+            self.unit_latency_ms / 1e3,
+        )
 
 
 @dataclass
@@ -168,12 +89,32 @@ class Plan:
     kv_tokens: int  # tokens one engine's KV pool holds
     max_model_len: int
     max_num_seqs: int
+    host: list[dict[str, float]] = field(default_factory=list)  # per node, host RAM by kind
+    tp_compare: dict[int, tuple[int, int]] = field(default_factory=dict)  # TP -> (engines, KV tokens each)
+    sync: dict[str, float] = field(default_factory=dict)  # estimated seconds by step
+    sync_bytes: float = 0.0
     problems: list[str] = field(default_factory=list)  # what does not fit
     notes: list[str] = field(default_factory=list)
 
     @property
     def fits(self) -> bool:
         return not self.problems
+
+    @property
+    def learner_peak(self) -> float:
+        """A learner GPU's peak: the sync and the activations are never held at once."""
+        L = self.learner
+        return (
+            L["parameters"]
+            + L["gradients"]
+            + L["optimizer"]
+            + max(L["activations"], L["weight sync"])
+            + L["overhead"]
+        )
+
+    @property
+    def rollout_peak(self) -> float:
+        return sum(self.rollout.values())
 
 
 def place_gpus(res, nodes: int, gpus_per_node: int) -> list[list[str]]:
@@ -200,9 +141,8 @@ def place_gpus(res, nodes: int, gpus_per_node: int) -> list[list[str]]:
     return where
 
 
-def make_plan(cfg, config_path: str | Path | None = None) -> Plan:
-    """The plan of an RL config (``rl.trainer.RLConfig``) on the cluster its ``plan`` section names."""
-    pc, res, lc, rc = cfg.plan, cfg.resources, cfg.learner, cfg.rollout
+def _model_source(cfg, config_path) -> Path:
+    pc = cfg.plan
     base = Path(config_path).parent if config_path else Path(".")
     candidates = [Path(cfg.model) / "config.json"] if cfg.model else []
     if pc.model_config:
@@ -214,6 +154,13 @@ def make_plan(cfg, config_path: str | Path | None = None) -> Plan:
             f"no model config to plan from: model={cfg.model!r} has no config.json here and "
             f"plan.model_config={pc.model_config!r} does not exist"
         )
+    return source
+
+
+def make_plan(cfg, config_path: str | Path | None = None) -> Plan:
+    """The plan of an RL config (``rl.trainer.RLConfig``) on the cluster its ``plan`` section names."""
+    pc, res, lc, rc = cfg.plan, cfg.resources, cfg.learner, cfg.rollout
+    source = _model_source(cfg, config_path)
     shape = model_shape(source)
     if res.learner_gpus <= 0 or res.rollout_gpus <= 0:
         raise PlanError(
@@ -222,8 +169,8 @@ def make_plan(cfg, config_path: str | Path | None = None) -> Plan:
         )
     gpu, over = pc.gpu_memory_gib * GIB, pc.overhead_gib * GIB
     b = 4 if lc.dtype == "float32" else 2
-    learner = learner_memory(
-        shape,
+    bucket = int(lc.sync_bucket_mb * 2**20)
+    setup = LearnerSetup(
         ranks=res.learner_ranks,
         zero_stage=lc.zero_stage,
         dtype_bytes=b,
@@ -231,22 +178,28 @@ def make_plan(cfg, config_path: str | Path | None = None) -> Plan:
         logits_chunk=lc.logits_chunk,
         checkpointing=lc.gradient_checkpointing,
         optimizer=lc.optimizer,
+        fp32_grad_accum=lc.fp32_grad_accum,
+        reduce_bucket=ZERO_BUCKETS["reduce_bucket_size"],
+        prefetch_bucket=ZERO_BUCKETS["stage3_prefetch_bucket_size"],
+        patches=lc.micro_batch_size * pc.images_per_sample * pc.patches_per_image,
+    )
+    learner = learner_memory(shape, setup)
+    learner["weight sync"] = learner_sync_bytes(
+        shape, path=rc.weight_sync, zero_stage=lc.zero_stage, dtype_bytes=b, bucket_bytes=bucket
     )
     learner["overhead"] = over
+    tp = rc.tensor_parallel_size
     rollout = rollout_memory(
-        shape,
-        tp=rc.tensor_parallel_size,
-        dtype_bytes=2,
-        gpu_bytes=gpu,
-        utilization=rc.gpu_memory_utilization,
-        overhead=over,
+        shape, tp=tp, dtype_bytes=2, gpu_bytes=gpu, utilization=rc.gpu_memory_utilization, overhead=over
     )
+    rollout["weight sync"] = bucket if rc.weight_sync == "stream" else 0.0
     rollout["overhead"] = over
     kv_tokens = max(0, int(rollout["kv_cache"] // kv_bytes_per_token(shape, 2)))
+    nodes = place_gpus(res, pc.nodes, pc.gpus_per_node)
     plan = Plan(
         shape,
         str(source),
-        place_gpus(res, pc.nodes, pc.gpus_per_node),
+        nodes,
         learner,
         rollout,
         gpu,
@@ -256,29 +209,100 @@ def make_plan(cfg, config_path: str | Path | None = None) -> Plan:
         rc.max_model_len,
         rc.max_num_seqs,
     )
+    rollout_gpus = int(res.rollout_actors * res.rollout_gpus)
+    plan.tp_compare = {
+        t: kv_capacity(
+            shape,
+            gpus=rollout_gpus,
+            tp=t,
+            gpu_bytes=gpu,
+            utilization=rc.gpu_memory_utilization,
+            overhead=over,
+        )
+        for t in sorted({1, 2, tp})
+        if t <= min(rollout_gpus, pc.gpus_per_node)
+    }
+    plan.host = [_node_host(shape, names, cfg, b) for names in nodes]
+    plan.sync_bytes = shape.params * b
+    plan.sync = _sync_estimate(plan, cfg, b, bucket)
     _check(plan, cfg)
     return plan
 
 
+def _node_host(shape: ModelShape, names: list[str], cfg, b: int) -> dict[str, float]:
+    pc, lc, rc = cfg.plan, cfg.learner, cfg.rollout
+    learners = sum(1 for n in names if n.startswith("learner"))
+    engines = sum(1 for n in names if "rollout engine" in n)
+    setup = HostSetup(
+        learner_ranks=learners,
+        engines=engines,
+        tp=rc.tensor_parallel_size,
+        learner_host=pc.learner_host_gib * GIB,
+        engine_host=pc.engine_host_gib * GIB,
+        rank0=any(n.startswith("learner rank 0") for n in names),
+    )
+    return host_memory(
+        shape,
+        setup,
+        path=rc.weight_sync,
+        zero_stage=lc.zero_stage,
+        ranks=cfg.resources.learner_ranks,
+        dtype_bytes=b,
+    )
+
+
+def _sync_estimate(plan: Plan, cfg, b: int, bucket: int) -> dict[str, float]:
+    home = next(i for i, names in enumerate(plan.nodes) if any(n.startswith("learner rank 0") for n in names))
+    learner_nodes = [i for i, names in enumerate(plan.nodes) if any(n.startswith("learner") for n in names)]
+    engine_nodes = [i for i, names in enumerate(plan.nodes) if any("rollout engine" in n for n in names)]
+    return sync_seconds(
+        plan.shape,
+        cfg.plan.links(),
+        path=cfg.rollout.weight_sync,
+        dtype_bytes=b,
+        ranks=cfg.resources.learner_ranks,
+        zero_stage=cfg.learner.zero_stage,
+        tp=cfg.rollout.tensor_parallel_size,
+        units=math.ceil(plan.sync_bytes / bucket),
+        learners_span_nodes=len(learner_nodes) > 1,
+        engines_off_node=any(i != home for i in engine_nodes),
+    )
+
+
 def _check(plan: Plan, cfg) -> None:
-    gib = plan.gpu_bytes / GIB
-    learner_total = sum(plan.learner.values())
-    engine_total = cfg.rollout.gpu_memory_utilization * plan.gpu_bytes
+    pc = cfg.plan
+    gib, room = plan.gpu_bytes / GIB, plan.gpu_bytes * (1 - pc.min_margin)
+    engine_total = plan.rollout_peak
+    keep = f"keeping plan.min_margin={pc.min_margin:g} free"
     if plan.colocate:
-        shared = learner_total + engine_total
-        if shared > plan.gpu_bytes:
+        shared = plan.learner_peak + engine_total
+        if shared > room:
             plan.problems.append(
-                f"a colocated GPU needs {shared / GIB:.1f} GiB (learner {learner_total / GIB:.1f} + vLLM "
-                f"{engine_total / GIB:.1f}) of {gib:g}: lower rollout.gpu_memory_utilization or "
+                f"a colocated GPU needs {shared / GIB:.1f} GiB (learner {plan.learner_peak / GIB:.1f} + vLLM "
+                f"{engine_total / GIB:.1f}) of {gib:g}, {keep}: lower rollout.gpu_memory_utilization or "
                 "learner.micro_batch_size, or add learner ranks"
             )
-    elif learner_total > plan.gpu_bytes:
-        biggest = max(plan.learner, key=plan.learner.get)
-        plan.problems.append(
-            f"a learner rank needs {learner_total / GIB:.1f} GiB of {gib:g} (largest: {biggest} "
-            f"{plan.learner[biggest] / GIB:.1f} GiB): add learner ranks, use ZeRO-3, turn on "
-            "learner.gradient_checkpointing or lower learner.micro_batch_size / learner.logits_chunk"
-        )
+    else:
+        if plan.learner_peak > room:
+            kinds = {k: v for k, v in plan.learner.items() if k != "overhead"}
+            biggest = max(kinds, key=kinds.get)
+            plan.problems.append(
+                f"a learner rank needs {plan.learner_peak / GIB:.1f} GiB of {gib:g}, {keep} (largest: "
+                f"{biggest} {plan.learner[biggest] / GIB:.1f} GiB): add learner ranks, use ZeRO-3, turn on "
+                "learner.gradient_checkpointing, lower learner.micro_batch_size / learner.logits_chunk or "
+                "use learner.optimizer=muon"
+            )
+        if engine_total > room:
+            plan.problems.append(
+                f"a rollout GPU needs {engine_total / GIB:.1f} GiB of {gib:g}, {keep}: lower "
+                "rollout.gpu_memory_utilization"
+            )
+    for i, node in enumerate(plan.host):
+        if sum(node.values()) > pc.host_memory_gib * GIB:
+            plan.problems.append(
+                f"node {i} needs {sum(node.values()) / GIB:.0f} GiB of host RAM of plan.host_memory_gib="
+                f"{pc.host_memory_gib:g}"
+            )
     if plan.rollout["kv_cache"] <= 0 or plan.kv_tokens < plan.max_model_len:
         plan.problems.append(
             f"a rollout engine's KV cache holds {plan.kv_tokens} tokens, less than one "
@@ -293,6 +317,17 @@ def _check(plan: Plan, cfg) -> None:
         )
 
 
+ROWS = [
+    ("parameters", "parameters"),
+    ("gradients", "gradients"),
+    ("optimizer", "optimizer states"),
+    ("activations", "activations"),
+    ("weight sync", "weight sync"),
+    ("kv_cache", "KV cache"),
+    ("overhead", "overhead"),
+]
+
+
 def format_plan(plan: Plan, cfg, title: str) -> str:
     s, pc = plan.shape, cfg.plan
     lines = [
@@ -300,7 +335,8 @@ def format_plan(plan: Plan, cfg, title: str) -> str:
         f"model ({plan.model_source}): {s.params / 1e9:.2f} B parameters "
         f"({s.active_params / 1e9:.2f} B of the language model active per token; vision tower + projector "
         f"{s.vision_params / 1e9:.2f} B), {s.layers} decoder layers, hidden {s.hidden}, vocab {s.vocab}",
-        f"cluster: {pc.nodes} node(s) x {pc.gpus_per_node} GPUs x {pc.gpu_memory_gib:g} GiB",
+        f"cluster: {pc.nodes} node(s) x {pc.gpus_per_node} GPUs x {pc.gpu_memory_gib:g} GiB, "
+        f"{pc.host_memory_gib:g} GiB host RAM each",
         "placement:",
     ]
     lines += [f"  node {n}: {_ranges(names) or '(idle)'}" for n, names in enumerate(plan.nodes)]
@@ -309,7 +345,9 @@ def format_plan(plan: Plan, cfg, title: str) -> str:
     lines.append(
         f"learner: {cfg.resources.learner_ranks} ranks, ZeRO-{lc.zero_stage}, micro-batch "
         f"{lc.micro_batch_size} x {rc.max_model_len} tokens, gradient checkpointing "
-        f"{'on' if lc.gradient_checkpointing else 'off'}, logits chunk {lc.logits_chunk or 'off'}"
+        f"{'on' if lc.gradient_checkpointing else 'off'}, logits chunk {lc.logits_chunk or 'off'}, "
+        f"gradients accumulated in {'fp32' if lc.fp32_grad_accum else 'the model dtype'}, "
+        f"{pc.images_per_sample} image(s) of {pc.patches_per_image} patches a sample (assumed)"
     )
     lines.append(optimizer_line(plan, cfg))
     lines.append(
@@ -318,29 +356,51 @@ def format_plan(plan: Plan, cfg, title: str) -> str:
         f"n = {rc.sampling.n} samples of up to {rc.sampling.max_tokens} tokens"
     )
     lines.append(f"per-GPU memory (GiB)   {'learner rank':>14} {'rollout engine':>15}")
-    for kind, label in [
-        ("parameters", "parameters"),
-        ("gradients", "gradients"),
-        ("optimizer", "optimizer states"),
-        ("activations", "activations"),
-        ("kv_cache", "KV cache"),
-        ("overhead", "overhead"),
-    ]:
-        lv = plan.learner.get(kind)
-        rv = plan.rollout.get(kind)
-        lines.append(f"  {label:<20} {_gib(lv):>14} {_gib(rv):>15}")
-    learner_total = sum(plan.learner.values())
-    engine_total = sum(plan.rollout.values())
+    for kind, label in ROWS:
+        lines.append(f"  {label:<20} {_gib(plan.learner.get(kind)):>14} {_gib(plan.rollout.get(kind)):>15}")
     lines.append(
-        f"  {'total':<20} {_gib(learner_total):>14} {_gib(engine_total):>15}   of {pc.gpu_memory_gib:g}"
+        f"  {'peak':<20} {_gib(plan.learner_peak):>14} {_gib(plan.rollout_peak):>15}   of "
+        f"{pc.gpu_memory_gib:g} (learner: the larger of activations and weight sync)"
+    )
+    margins = [1 - plan.learner_peak / plan.gpu_bytes, 1 - plan.rollout_peak / plan.gpu_bytes]
+    lines.append(
+        f"margin: learner {margins[0]:.1%}, rollout {margins[1]:.1%} of each GPU free "
+        f"(plan.min_margin {pc.min_margin:.0%})"
     )
     lines.append(
         f"KV cache: {plan.kv_tokens} tokens per engine ({kv_bytes_per_token(s, 2) / 1024:.1f} KiB per token)"
     )
+    lines.append(tp_line(plan, cfg))
+    for n, node in enumerate(plan.host):
+        parts = ", ".join(f"{k} {v / GIB:.0f}" for k, v in node.items() if v)
+        lines.append(f"host RAM node {n}: {sum(node.values()) / GIB:.0f} GiB ({parts})")
+    lines.append(sync_line(plan, cfg))
     lines += [f"note: {n}" for n in plan.notes]
     lines += [f"does not fit: {p}" for p in plan.problems]
     lines.append("fits" if plan.fits else "DOES NOT FIT")
     return "\n".join(lines)
+
+
+def tp_line(plan: Plan, cfg) -> str:
+    """MLA's KV capacity over the config's rollout GPUs at TP 1 and TP 2: the latent cache is whole on
+    every TP rank, so TP 2 frees weight memory per GPU but holds one pool per two GPUs."""
+    parts = [
+        f"TP {t}: {engines} engines x {tokens} = {engines * tokens / 1e6:.2f} M tokens"
+        for t, (engines, tokens) in plan.tp_compare.items()
+    ]
+    tp = cfg.rollout.tensor_parallel_size
+    return f"KV capacity over the rollout GPUs: {'; '.join(parts)} (this config: TP {tp})"
+
+
+def sync_line(plan: Plan, cfg) -> str:
+    pc, est = cfg.plan, plan.sync
+    steps = ", ".join(f"{k} {v:.2f}" for k, v in est.items() if k != "total" and v)
+    return (
+        f"weight sync: {cfg.rollout.weight_sync}, {plan.sync_bytes / 1e9:.1f} GB a sync, about "
+        f"{est['total']:.1f} s estimated ({steps}); assumed links: NVLink {pc.nvlink_gb_s:g} GB/s, "
+        f"network {pc.network_gb_s:g} GB/s, PCIe {pc.pcie_gb_s:g} GB/s, host copies "
+        f"{pc.host_copy_gb_s:g} GB/s, {pc.unit_latency_ms:g} ms a broadcast"
+    )
 
 
 def overlap_line(plan: Plan, cfg) -> str:

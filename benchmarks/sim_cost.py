@@ -22,7 +22,8 @@ nearly flat in B (the batch rides on one weight read) until the KV pool or ``max
   kernel skips experts that got no token). T=1 reads 9.4% of them (the "2.9 B active" of the model card);
   T=64 reads 99.8%, so a full batch reads about all 16 B language-model parameters, not 3 B. Correlated
   routing would read fewer: this is an upper bound on the weight read.
-- TP = 2 (``rollout.tensor_parallel_size`` in configs/kimi-vl-a3b/rl-1x8.yaml): each GPU reads half the
+- TP = 2 (the layout configs/kimi-vl-a3b/rl-1x8.yaml had when this model was fit: 2 engines x TP 2;
+  the shipped config now runs 3 engines x TP 1, ``SIM_LAYOUT`` below): each GPU reads half the
   weights, but MLA's latent KV cache is replicated on every TP rank (the ``kvrl plan`` docstring), so each
   GPU reads all of it: kv = 31,104 B per token (27 layers x (512 + 64) x 2 B, ``kv_bytes_per_token``)
   over one GPU's bandwidth, not divided by TP.
@@ -51,10 +52,11 @@ nearly flat in B (the batch rides on one weight read) until the KV pool or ``max
   With a global KV cache (Seer's Mooncake pool) a continuation reuses its KV on any engine, the transfer
   overlapped with decoding (taken as free); without one it recomputes its context. New weights (the next
   iteration) invalidate every KV.
-- Memory: the engine's KV pool holds 1,854,440 tokens (``kvrl plan`` on rl-1x8.yaml: 0.9 x 80 GiB - 16.41 B
-  x 2 B / TP 2 - 3 GiB overhead = 53.7 GiB / 31,104 B). vLLM admits a sequence when its context and the
-  next step's tokens of all running sequences fit; when the running ones outgrow the pool it preempts the
-  newest, which later recomputes its context (vLLM v1's recompute preemption).
+- Memory: the engine's KV pool holds 1,854,440 tokens (``kvrl plan`` on rl-1x8.yaml with ``SIM_LAYOUT``:
+  0.9 x 80 GiB - 16.41 B x 2 B / TP 2 - 3 GiB overhead = 53.7 GiB / 31,104 B). vLLM admits a sequence
+  when its context and the next step's tokens of all running sequences fit; when the running ones
+  outgrow the pool it preempts the newest, which later recomputes its context (vLLM v1's recompute
+  preemption).
 - Speculative decoding: a sequence that verifies d drafted tokens adds them to the step's query tokens
   (so to the experts' coverage; the weights and KV are read once, the roofline check above), and the
   step's time is multiplied by ``spec_factor`` = 1.1 for drafting and rejection sampling (an assumption:
@@ -84,7 +86,14 @@ LAYERS, HEADS = 27, 16
 ROUTED_SHARE = 6 / 64  # num_experts_per_tok / n_routed_experts
 # kv_bytes_per_token: layers x (kv_lora_rank + qk_rope_head_dim) x bf16
 KV_BYTES_PER_TOKEN = 27 * (512 + 64) * 2
-KV_POOL_TOKENS = 1_854_440  # make_plan(rl-1x8.yaml).kv_tokens: one engine's KV pool
+KV_POOL_TOKENS = 1_854_440  # make_plan(rl-1x8.yaml with SIM_LAYOUT).kv_tokens: one engine's KV pool
+# The engines the simulation models: rl-1x8.yaml's rollout as it was when the cost model was fit (TP 2).
+SIM_LAYOUT = (
+    "resources.learner_ranks=4",
+    "resources.rollout_actors=2",
+    "resources.rollout_gpus=2",
+    "rollout.tensor_parallel_size=2",
+)
 VOCAB = 163_840
 BF16 = 2
 # ---- H100 SXM (NVIDIA datasheet) and the stated efficiencies ----

@@ -32,7 +32,8 @@ Trace = Sequence[Group]  # one iteration's groups, in the order the driver submi
 
 @dataclass(frozen=True)
 class Settings:
-    """The cluster and the knobs; defaults are configs/kimi-vl-a3b/rl-1x8.yaml and kvrl plan on it."""
+    """The cluster and the knobs; defaults are configs/kimi-vl-a3b/rl-1x8.yaml with the engines of
+    ``sim_cost.SIM_LAYOUT`` (2 x TP 2) and kvrl plan on it."""
 
     engines: int = 2  # resources.rollout_actors
     max_num_seqs: int = 64  # rollout.max_num_seqs

@@ -7,7 +7,11 @@ object store and each engine fetches it and reloads in place. Both with ZeRO-3 l
 Kimi-VL-A3B configs) and 2 engines. Reported per size: seconds per sync, and the extra peak resident
 memory of each learner rank during a sync (its ``VmHWM`` after ``clear_refs`` reset it, minus its RSS
 before): the streamed path's bound is the largest module plus one bucket (``bounds``). Sizes grow the
-tiny model's text tower: 1x, ~4x and ~16x parameters.
+tiny model's text tower: 1x, ~4x, ~16x and ~256x (~480 MB of fp32 weights, a sync's memory well clear
+of the processes' own) parameters. Each rank's increase is set beside what ``kvrl plan``'s formulas give
+for it (``actors/plan_memory.py`` ``learner_sync_bytes``: CPU learners over gloo). The learners run
+with glibc returning freed memory at once (``EXACT_RSS_ENV``), so the increase is what a sync holds,
+not less because the allocator kept pages from the sync before (both paths alike).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 
 from actors.learner import LearnerGroup
 from actors.placement import ResourceConfig, place, start_ray
+from actors.plan_memory import learner_sync_bytes, model_shape
 from actors.rollout import RolloutPool
 from kimivl.tiny import make_tiny
 from learner.rank import LearnerConfig
@@ -36,7 +41,19 @@ SIZES = {
         "intermediate_size": 512,
         "moe_intermediate_size": 128,
     },
+    # ~480 MB of fp32 weights
+    "256x": {
+        "hidden_size": 768,
+        "num_hidden_layers": 8,
+        "intermediate_size": 3072,
+        "moe_intermediate_size": 768,
+        "n_routed_experts": 8,
+    },
 }
+# glibc returns every allocation of 64 KiB or more to the system when it is freed (a fixed mmap
+# threshold, no heap trimming delay), so a learner's RSS is what it holds now, not what its allocator
+# kept from an earlier sync: the "exact RSS" runs, whose increase is compared with the plan's.
+EXACT_RSS_ENV = {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536:glibc.malloc.trim_threshold=0"}
 
 
 def run(quick: bool = False, repeats: int = 3, model: str | None = None, engines: int = 2) -> list[dict]:
@@ -54,7 +71,9 @@ def run(quick: bool = False, repeats: int = 3, model: str | None = None, engines
     return out
 
 
-def _one(size: str, model: str, repeats: int, engines: int, bucket_mb: float = 4.0) -> dict:
+def _one(
+    size: str, model: str, repeats: int, engines: int, bucket_mb: float = 4.0, exact_rss: bool = True
+) -> dict:
     import ray
 
     from actors.stream import WeightStream
@@ -67,7 +86,10 @@ def _one(size: str, model: str, repeats: int, engines: int, bucket_mb: float = 4
     try:
         pool = RolloutPool(engine_cfg, engines, placement.rollout)
         cfg = LearnerConfig(zero_stage=3, sync_bucket_mb=bucket_mb)
-        group = LearnerGroup(model, cfg, 2, placement.learner)
+        options = placement.learner
+        if exact_rss:
+            options = [{**o, "runtime_env": {"env_vars": EXACT_RSS_ENV}} for o in options]
+        group = LearnerGroup(model, cfg, 2, options)
         bounds = ray.get(group.actors[0].stream_bounds.remote())
         stream = WeightStream(group)
         paths = {
@@ -91,6 +113,8 @@ def _one(size: str, model: str, repeats: int, engines: int, bucket_mb: float = 4
         if started:
             ray.shutdown()
     params = bounds["model"] // 4  # float32 learners
+    plan = plan_extra_mb(model, int(bucket_mb * 2**20))
+    worst = {p: [max(r[k] for r in runs) for k in range(2)] for p, runs in extra_mb.items()}
     log.info(
         "sync %s: stream %.3f s vs object store %.3f s",
         size,
@@ -111,7 +135,22 @@ def _one(size: str, model: str, repeats: int, engines: int, bucket_mb: float = 4
         # per repeat, per rank; rank 0 sends, under ZeRO-3 every rank gathers
         extra_peak_mb=extra_mb,
         extra_peak_rank0_mb={p: max(r[0] for r in runs) for p, runs in extra_mb.items()},
+        # kvrl plan's formulas for the same increase, per rank; measured (the largest repeat) / plan
+        plan_extra_mb=plan,
+        measured_vs_plan={p: [w / x for w, x in zip(worst[p], plan[p], strict=True)] for p in plan},
+        exact_rss=exact_rss,
         baseline_description="object_store: every rank gathers the whole model, rank 0 puts a host "
         "copy in Ray's object store, each engine fetches it and reloads in place",
         model=model,
     )
+
+
+def plan_extra_mb(model: str, bucket_bytes: int) -> dict[str, list[float]]:
+    """What kvrl plan's formulas give for each learner rank's RSS increase during a sync here: fp32 CPU
+    learners at ZeRO-3 over gloo, per path, ranks 0 and 1 (MiB)."""
+    shape = model_shape(model)
+    kw = dict(zero_stage=3, dtype_bytes=4, bucket_bytes=bucket_bytes, gloo=True, host_learner=True)
+    return {
+        path: [learner_sync_bytes(shape, path=path, rank=r, **kw) / 2**20 for r in (0, 1)]
+        for path in ("stream", "object_store")
+    }

@@ -249,7 +249,7 @@ def test_model_constants_match_kvrl_plan():
         sim.ACTIVE_PARAMS,
     )
     assert kv_bytes_per_token(shape, 2) == sim.KV_BYTES_PER_TOKEN
-    cfg = load_config(RLConfig, path)
+    cfg = load_config(RLConfig, path, list(sim.SIM_LAYOUT))
     assert make_plan(cfg, path).kv_tokens == KV_POOL_TOKENS
     defaults = Settings()
     assert (defaults.engines, defaults.max_num_seqs, defaults.chunk_size) == (
