@@ -58,8 +58,8 @@ Host RAM per node:
                and vLLM's worker queue copies it to each of its t workers (t·P·b)
 
 This machine's learners are CPU processes over gloo, so there the learner's "GPU" is its RSS, and two
-terms join (``learner_sync_bytes``): gloo's all-gather holds the largest parameter once more while it
-gathers it, and rank 0's object-store copies are in the same memory. ``kvrl bench sync`` measures a
+terms join (``learner_sync_bytes``): gloo's all-gather holds what it gathers twice while it runs, and
+rank 0's object-store copies are in the same memory. ``kvrl bench sync`` measures a
 sync's RSS increase on a ~480 MB model against these formulas.
 """
 
@@ -223,17 +223,19 @@ def learner_sync_bytes(
 ) -> float:
     """A learner rank's extra device memory during a weight sync (see the module docstring).
 
-    ``gloo``: the ranks gather over gloo (CPU), whose all-gather fills a flat buffer and copies it out,
-    so the largest parameter is held once more while it is gathered (NCCL gathers in place).
+    ``gloo``: the ranks gather over gloo (CPU), whose all-gather fills a flat buffer of its own and
+    copies it out, so what one all-gather brings is held twice while it runs (NCCL gathers in place):
+    the streamed sync gathers at most the largest module at once, the full gather one parameter at a
+    time (the largest: ``tensor_params``).
     ``host_learner``: the learner's device is host memory (CPU learners, this machine), so rank 0's
     object-store copies are on it too: the host copy, its pickled stream and the object store's copy,
     3·P·b at once while Ray stores the result (the gather, P·b, is released before)."""
     model, b = m.params * dtype_bytes, dtype_bytes
-    transient = m.tensor_params * b if gloo and zero_stage == 3 else 0
+    copies = 2 if gloo else 1
     if path == "stream":
-        gathered = m.module_params * b + transient if zero_stage == 3 else 0
+        gathered = copies * m.module_params * b if zero_stage == 3 else 0
         return gathered + (bucket_bytes if rank == 0 else 0)
-    gathered = model + transient if zero_stage == 3 else 0
+    gathered = model + (m.tensor_params * b if gloo else 0) if zero_stage == 3 else 0
     if host_learner and rank == 0:
         return max(gathered + model, 3 * model)
     return gathered

@@ -1,12 +1,13 @@
 """Streamed weight sync, the sending side: learner rank 0 sends the model to the engines one module at a
 time (wire format and transport: ``kimivl/weight_stream.py``; receivers: ``rollout/stream.py``).
 
-Every rank walks the model's modules in one order. Under ZeRO-3 each module's own parameters are
-gathered (a collective, so every rank takes part) only while rank 0 copies them into the bucket buffer or,
-for a tensor larger than a bucket, broadcasts it from its own memory; they are released before the
-next module is gathered. Rank 0's extra memory during a sync is therefore at most the largest module's
-parameters (gathered) plus one bucket, where gathering the whole model took all of it at once on every
-rank. Below ZeRO-3 the parameters are whole already and nothing is gathered.
+Every rank walks the model's modules in one order. Under ZeRO-3 consecutive modules are gathered
+together, up to the largest module's bytes, in one flat all-gather (a collective, so every rank takes
+part), only while rank 0 copies their tensors into the bucket buffer or, for a tensor larger than a
+bucket, broadcasts it from its own memory; they are released before the next group is gathered. Rank
+0's extra memory during a sync is therefore at most the largest module's parameters (gathered) plus one
+bucket, where gathering the whole model took all of it at once on every rank. Below ZeRO-3 the
+parameters are whole already and nothing is gathered.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import torch
 from torch import nn
@@ -45,6 +46,24 @@ def _own_tensors(prefix: str, module: nn.Module, full_shape) -> Iterator[tuple[s
             yield lead + name, b
 
 
+@contextmanager
+def _coalesced_gather(params: list[nn.Parameter]):
+    """ZeRO-3 parameters whole inside, partitioned again after (collective). One flat all-gather for
+    all of them, as DeepSpeed's own forward fetches a module (``all_gather_coalesced``), where
+    ``GatheredParameters`` runs one collective per parameter; parameters already whole (ZeRO-3 keeps
+    small ones on every rank) are left as they are."""
+    from deepspeed.runtime.zero.partition_parameters import ZeroParamStatus
+
+    gather = [p for p in params if p.ds_status == ZeroParamStatus.NOT_AVAILABLE]
+    if gather:
+        gather[0].all_gather_coalesced(gather).wait()
+    try:
+        yield
+    finally:
+        if gather:
+            gather[0].partition(param_list=gather, has_been_updated=False)
+
+
 class WeightSender:
     """The stream's order and units for ``module`` (a rank's model, ZeRO-3-partitioned or not)."""
 
@@ -54,7 +73,7 @@ class WeightSender:
         self.module, self.zero3, self.bucket_bytes = module, zero3, bucket_bytes
         self.owners = [(p, m) for p, m in module.named_modules() if m._parameters or m._buffers]
         self.specs: list[TensorSpec] = []
-        self.largest_module = 0  # bytes of the largest module's own tensors: what one gather holds
+        sizes = []  # bytes of each owner's own tensors
         for prefix, m in self.owners:
             own = [
                 spec_of(n, t)
@@ -62,7 +81,18 @@ class WeightSender:
                 for n, t in official_tensors(name, shaped)
             ]
             self.specs += own
-            self.largest_module = max(self.largest_module, sum(s.nbytes for s in own))
+            sizes.append(sum(s.nbytes for s in own))
+        self.largest_module = max(sizes, default=0)  # bytes: no gather holds more
+        # consecutive modules gathered together up to the largest module's bytes: one collective per
+        # group instead of one per parameter, and never more gathered at once than the largest module
+        self.gathers: list[list[int]] = []
+        held = self.largest_module
+        for k, size in enumerate(sizes):
+            if held + size > self.largest_module:
+                self.gathers.append([])
+                held = 0
+            self.gathers[-1].append(k)
+            held += size
         self.units = units(self.specs, bucket_bytes)
         self._unit_of = [0] * len(self.specs)  # tensor i is member _pos[i] of unit _unit_of[i]
         self._pos = [0] * len(self.specs)
@@ -87,13 +117,11 @@ class WeightSender:
         streamed sync is at most ``largest_module + bucket`` (a full gather: ``model``)."""
         return {"model": self.nbytes, "largest_module": self.largest_module, "bucket": self.bucket_bytes}
 
-    def _gathered(self, module: nn.Module):
-        params = [p for p in module._parameters.values() if p is not None]
-        if not (self.zero3 and params):
+    def _gathered(self, modules: list[nn.Module]):
+        params = [p for module in modules for p in module._parameters.values() if p is not None]
+        if not self.zero3:
             return nullcontext()
-        import deepspeed
-
-        return deepspeed.zero.GatheredParameters(params, modifier_rank=None)
+        return _coalesced_gather(params)
 
     def send(self, stream: StreamGroup | None) -> dict[str, float]:
         """Send every tensor (rank 0, ``stream`` its end of the group) or only take part in the
@@ -104,15 +132,17 @@ class WeightSender:
         device = next(self.module.parameters()).device
         buffer = torch.empty(self.bucket_bytes, dtype=torch.uint8, device=device) if stream else None
         i, failed = 0, None
-        for prefix, m in self.owners:
-            with self._gathered(m):
+        for group in self.gathers:
+            owners = [self.owners[k] for k in group]
+            with self._gathered([m for _, m in owners]):
                 if stream is None:
                     continue
                 try:
-                    for name, tensor in _own_tensors(prefix, m, lambda p: p):
-                        for _, view in official_tensors(name, tensor.detach()):
-                            self._feed(stream, buffer, i, view)
-                            i += 1
+                    for prefix, m in owners:
+                        for name, tensor in _own_tensors(prefix, m, lambda p: p):
+                            for _, view in official_tensors(name, tensor.detach()):
+                                self._feed(stream, buffer, i, view)
+                                i += 1
                 except Exception as e:  # a receiver gone: keep taking part in the other ranks' gathers
                     log.warning("weight stream: broadcast failed after %d tensors: %s", i, e)
                     failed, stream = e, None
