@@ -48,6 +48,11 @@ def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
         assert [len(r) for r in result["extra_peak_mb"]["stream"]] == [2]  # 1 repeat x 2 ranks
         bounds = result["bounds_mb"]
         assert 0 < bounds["largest_module"] <= bounds["model"] and bounds["bucket"] > 0
+        # kvrl plan's formula beside each measured increase (exact RSS): rank 0 of the object-store path
+        # holds the host copy, its pickled stream and the stored object, 3 x the model
+        assert result["exact_rss"] and set(result["plan_extra_mb"]) == {"stream", "object_store"}
+        assert result["plan_extra_mb"]["object_store"][0] == pytest.approx(3 * bounds["model"], rel=1e-3)
+        assert all(len(v) == 2 and min(v) > 0 for v in result["measured_vs_plan"].values())
     if name == "longtail":
         policies = {"sync", "divided", "context_aware", "partial", "speculative", "all"}
         assert set(result["policies"]) == policies
