@@ -37,6 +37,11 @@ MUON_EXCLUDED = ("embed", "lm_head")  # name parts DeepSpeed keeps on AdamW, wha
 ADAM_GROUP = "adam"
 
 
+def full_shape(p: torch.nn.Parameter) -> torch.Size:
+    """A parameter's shape, whole: under ZeRO-3 (``zero.Init``) its own is its shard's placeholder."""
+    return torch.Size(getattr(p, "ds_shape", p.shape))
+
+
 def takes_muon(name: str, shape: Iterable[int]) -> bool:
     """Whether Muon trains this parameter (DeepSpeed's rule, which it applies to every parameter)."""
     return len(tuple(shape)) >= 2 and not any(part in name.lower() for part in MUON_EXCLUDED)
@@ -83,8 +88,9 @@ def muon_param_groups(
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if takes_muon(name, p.shape):
-            by_shape.setdefault(tuple(p.shape[-2:]), []).append(p)
+        shape = full_shape(p)
+        if takes_muon(name, shape):
+            by_shape.setdefault(tuple(shape[-2:]), []).append(p)
         else:
             adam.append(p)
     groups, scales = [], {}
@@ -117,7 +123,7 @@ def optimizer_summary(model: torch.nn.Module) -> dict[str, dict[str, int]]:
     out = {"muon": {"tensors": 0, "parameters": 0}, "adamw": {"tensors": 0, "parameters": 0}}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            kind = out["muon" if takes_muon(name, getattr(p, "ds_shape", p.shape)) else "adamw"]
+            kind = out["muon" if takes_muon(name, full_shape(p)) else "adamw"]
             kind["tensors"] += 1
-            kind["parameters"] += int(torch.Size(getattr(p, "ds_shape", p.shape)).numel())
+            kind["parameters"] += int(full_shape(p).numel())
     return out
