@@ -174,8 +174,12 @@ class LearnerGroup:
         self.actors = [
             LearnerActor.options(**options[r]).remote(r, world_size, list(cores)) for r in range(world_size)
         ]
-        addr, port = ray.get(self.actors[0].address.remote())
-        gather([a.setup.remote(model_path, cfg, addr, port, state_dir) for a in self.actors])
+        try:
+            addr, port = ray.get(self.actors[0].address.remote())
+            gather([a.setup.remote(model_path, cfg, addr, port, state_dir) for a in self.actors])
+        except BaseException:
+            self.shutdown()  # no rank outlives a group that did not come up
+            raise
         log.info("learner group up: %d ranks, ZeRO-%d", world_size, cfg.zero_stage)
         # Calls reach the ranks from more than one thread (a pipelined run's rollout streams weights
         # into a replacement engine while the main thread learns): each call's tasks are submitted to

@@ -172,6 +172,21 @@ def deepspeed_config(cfg: LearnerConfig, dtype: torch.dtype) -> dict[str, Any]:
     return out
 
 
+def start_distributed() -> str:
+    """This process's rank in DeepSpeed's process group (gloo on CPU, NCCL on GPU; ranks from the
+    environment), with the CPU comm op found where ``scripts/setup.sh`` built it; the device kind."""
+    import deepspeed
+
+    device = _device_kind()
+    if device == "cpu":
+        prepare_op_builds()
+        clear_stale_build_lock()
+    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False)
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return device
+
+
 def load_model(path: str, dtype: torch.dtype, ds_config: dict[str, Any]) -> torch.nn.Module:
     """The model in ``path``. Under ZeRO-3 (``ds_config``'s stage) it is built inside
     ``deepspeed.zero.Init``, through transformers' DeepSpeed integration, which then loads each module's
@@ -244,15 +259,7 @@ class Learner:
         import deepspeed  # lazy: the driver imports this module for its config types only
 
         self.cfg, self.rank, self.world_size, self.model_path = cfg, rank, world_size, str(model_path)
-        device = _device_kind()
-        if device == "cpu":
-            prepare_op_builds()
-            clear_stale_build_lock()
-        deepspeed.init_distributed(
-            dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False
-        )
-        if device == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        device = start_distributed()
         self.dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
             cfg.dtype, torch.bfloat16 if device == "cuda" else torch.float32
         )

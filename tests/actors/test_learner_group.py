@@ -73,3 +73,23 @@ def test_sft_step_has_the_same_gradient_on_one_and_two_ranks(groups):
     assert a["tokens"] == b["tokens"] and close(a["nll_sum"], b["nll_sum"], 1e-5)
     assert a["grad_norm"] > 0
     assert close(a["grad_norm"], b["grad_norm"], 1e-4), (a["grad_norm"], b["grad_norm"])
+
+
+@pytest.mark.slow
+def test_a_group_that_cannot_start_leaves_no_rank_behind(ray_cluster, tmp_path):
+    import time
+
+    import ray
+
+    from tests.helpers import ray_leftovers
+
+    before = ray_leftovers()
+    # (the traceback, kept as a test report keeps it, holds the group's actor handles: Ray alone would
+    # end the actors only once every handle is gone)
+    with pytest.raises(ray.exceptions.RayTaskError, match="missing") as caught:
+        LearnerGroup(str(tmp_path / "missing"), LearnerConfig(zero_stage=2), 2)
+    assert caught.tb is not None
+    deadline = time.monotonic() + 10  # ray.kill returns before the actor is gone
+    while ray_leftovers(before)[0] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not ray_leftovers(before)[0]

@@ -7,14 +7,12 @@ import pytest
 import torch
 
 from kimivl import KimiVLForConditionalGeneration
-from learner.rank import Learner, LearnerConfig, deepspeed_config, load_model
+from learner.rank import Learner, LearnerConfig, deepspeed_config, load_model, start_distributed
 
 
 @pytest.fixture(scope="module")
 def group(single_rank):
-    import deepspeed
-
-    deepspeed.init_distributed(dist_backend="gloo", auto_mpi_discovery=False)
+    start_distributed()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
