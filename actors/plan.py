@@ -30,7 +30,17 @@ from actors.plan_memory import (
 )
 from learner.rank import ZERO_BUCKETS
 
-__all__ = ["GIB", "ModelShape", "PlanConfig", "PlanError", "format_plan", "make_plan", "model_shape"]
+__all__ = [
+    "GIB",
+    "ModelShape",
+    "PlanConfig",
+    "PlanError",
+    "format_plan",
+    "kv_bytes_per_token",
+    "make_plan",
+    "model_shape",
+    "place_gpus",
+]
 
 
 @dataclass

@@ -102,6 +102,9 @@ class ModelShape:
     moe_intermediate: int = 0  # I, one routed expert's width
     vision_layers: int = 0
     vision_hidden: int = 0
+    heads: int = 0
+    qk_head_dim: int = 0  # MLA: qk_nope_head_dim + qk_rope_head_dim
+    v_head_dim: int = 0
 
 
 def model_shape(path: str | Path) -> ModelShape:
@@ -144,6 +147,9 @@ def model_shape(path: str | Path) -> ModelShape:
         moe_intermediate=text.moe_intermediate_size if moe else 0,
         vision_layers=vision.num_hidden_layers,
         vision_hidden=vision.hidden_size,
+        heads=text.num_attention_heads,
+        qk_head_dim=text.qk_nope_head_dim + text.qk_rope_head_dim,
+        v_head_dim=text.v_head_dim,
     )
 
 
@@ -180,6 +186,17 @@ def learner_memory(m: ModelShape, s: LearnerSetup) -> dict[str, float]:
         "optimizer": states,
         "activations": decoder_activations(m, s) + logit_bytes(m, s) + vision_activations(m, s),
     }
+
+
+def train_flops_per_token(m: ModelShape, context: float, head: bool = True) -> float:
+    """Forward + backward FLOPs of one language-model token that attends to ``context`` tokens (causal:
+    about half its sequence): 6 per active matrix parameter (the embedding is a lookup, not a matmul;
+    routed experts at k of E), plus attention's two matmuls per layer, 2·H·(d_qk + d_v)·context forward,
+    3x that with backward. ``head=False`` leaves out the LM head (V·h), which dominates a slice of a
+    few layers. Model FLOPs: gradient checkpointing's recompute is not counted (the MFU convention)."""
+    matrices = m.active_params - m.vocab * m.hidden - (0 if head else m.vocab * m.hidden)
+    attention = 6 * m.layers * m.heads * (m.qk_head_dim + m.v_head_dim) * context
+    return 6 * matrices + attention
 
 
 def decoder_activations(m: ModelShape, s: LearnerSetup) -> float:

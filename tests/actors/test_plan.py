@@ -18,6 +18,7 @@ from actors.plan_memory import (
     learner_sync_bytes,
     rollout_memory,
     sync_seconds,
+    train_flops_per_token,
 )
 from learner.optim import takes_muon
 from tests.helpers import ROOT, kvrl_here
@@ -144,6 +145,16 @@ def test_host_ram_tp_capacity_and_sync_time_by_hand():
     # gather 0.015, to host 2/20 = 0.1, pickle 2/4 = 0.5, network 2/10 = 0.2, engine (1 + 2) x 2/4 = 1.5,
     # to the GPUs 2/2/20 = 0.05
     assert o["total"] == pytest.approx(2.365)
+
+
+def test_training_flops_by_hand():
+    m = ModelShape(
+        **{**SHAPE.__dict__, "active_params": 3 * 10**8, "heads": 4, "qk_head_dim": 48, "v_head_dim": 32}
+    )
+    # matrices: 3e8 active - the embedding (1e4 x 1e3 = 1e7) = 2.9e8, x 6 = 1.74e9; attention: 6 x 10
+    # layers x 4 heads x (48 + 32) x 500 keys = 9.6e6
+    assert train_flops_per_token(m, 500) == 1.74e9 + 9.6e6
+    assert train_flops_per_token(m, 500, head=False) == 1.74e9 + 9.6e6 - 6e7  # the LM head, 6 x 1e7
 
 
 def test_rollout_memory_by_hand():
