@@ -29,7 +29,7 @@ from kimivl import KimiVLConfig, KimiVLForConditionalGeneration
 from learner import qkclip
 from learner.logprobs import head_logprobs
 from learner.optim import full_shape, takes_muon
-from learner.packing import SFTExample, collate_packed
+from learner.packing import SFTExample, collate_packed, packed_logits
 from learner.routing import RoutingReplay
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,15 +76,7 @@ def packed_batch(config: KimiVLConfig, tokens: int, grid: int, device) -> tuple:
 
 
 def _forward(model, batch, head: bool, chunk: int):
-    hidden = model(
-        input_ids=batch.input_ids,
-        position_ids=batch.position_ids,
-        pixel_values=batch.pixel_values,
-        image_grid_hws=batch.image_grid_hws,
-        attention_mask=None,
-        use_cache=False,
-        hidden_states_only=True,
-    ).last_hidden_state
+    hidden = packed_logits(model, batch, hidden_states_only=True)
     if not head:
         return hidden.float().square().mean()
     lp, _ = head_logprobs(hidden, batch.targets, model.language_model.lm_head, chunk)

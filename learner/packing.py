@@ -102,13 +102,16 @@ def collate_packed(rows: Sequence[Sequence[SFTExample]], pad_id: int) -> PackedB
     )
 
 
-def packed_logits(model, batch: PackedBatch) -> torch.Tensor:
-    """(B, L, V) logits of a packed batch, each example attending only to itself."""
-    return model(
+def packed_logits(model, batch: PackedBatch, hidden_states_only: bool = False) -> torch.Tensor:
+    """(B, L, V) logits of a packed batch, each example attending only to itself; (B, L, H) final hidden
+    states instead with ``hidden_states_only`` (for a head applied a chunk at a time)."""
+    out = model(
         input_ids=batch.input_ids,
         position_ids=batch.position_ids,
         pixel_values=batch.pixel_values,
         image_grid_hws=batch.image_grid_hws,
         attention_mask=None,  # with a 2-D mask transformers would not look for packed segments
         use_cache=False,  # nor with a cache
-    ).logits
+        hidden_states_only=hidden_states_only,
+    )
+    return out.last_hidden_state if hidden_states_only else out.logits
