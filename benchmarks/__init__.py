@@ -20,6 +20,8 @@ BENCHMARKS = {
     "iterations per hour, each role's idle fraction, held-out accuracy",
     "replay": "bf16 rollout vs fp32 learners without and with routing replay + TIS: mismatch KL, routing "
     "disagreement per layer, held-out accuracy against an fp32 rollout over seeds",
+    "packing": "packed RL micro-batches (learner.micro_batch_tokens) vs right-padded ones, learner tokens/s "
+    "on long-tailed and narrow response lengths, each side at its best setting",
     "optim": "Muon (Moonlight's scaling) vs AdamW: SFT steps to AdamW's final held-out loss, each at its "
     "tuned lr; held-out accuracy after a short RL run with each",
 }

@@ -1,4 +1,12 @@
-"""Learner-side batch types: one :class:`Experience` per sampled response, collated into padded tensors."""
+"""Learner-side batch types: one :class:`Experience` per sampled response, collated into padded tensors
+(:func:`collate`) or packed into one row (:func:`collate_row`, ``learner.micro_batch_tokens``).
+
+Packing: the micro-batch's sequences are laid end to end in one row, each one's position ids
+restarting at 0, with no attention mask: transformers then attends within each sequence only (the
+method of ``learner/packing.py``, which SFT uses), so every sequence gets the logits it gets alone, and
+no compute goes to padding. The per-response tensors (log-probs, masks, advantages) keep the padded
+(B, T) layout, so the losses see the same inputs either way.
+"""
 
 from __future__ import annotations
 
@@ -54,6 +62,9 @@ class Collated:
     routes: torch.Tensor | None  # (B * L, moe_layers, top_k) the rollout's experts, -1 where none
     pixel_values: torch.Tensor | None  # (sum P, 3, 14, 14) in sample order
     image_grid_hws: torch.Tensor | None  # (sum N, 2)
+    # packed (collate_row): (1, L) positions restarting at each sequence; input_ids, prompt_mask
+    # and routes are then one row, attention_mask is None, and response_index points into that row
+    position_ids: torch.Tensor | None = None
 
     def to(self, device) -> Collated:
         moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
@@ -111,6 +122,62 @@ def collate(samples: Sequence[Experience], pad_id: int) -> Collated:
         pixel_values=torch.cat([s.pixel_values for s in images]) if images else None,
         image_grid_hws=torch.cat([s.image_grid_hws for s in images]) if images else None,
     )
+
+
+def collate_row(samples: Sequence[Experience], pad_id: int) -> Collated:
+    """The samples as one packed row (see the module docstring); per-response tensors as :func:`collate`."""
+    padded = collate(samples, pad_id)
+    ids, positions, prompt, index, routes = [], [], [], torch.zeros_like(padded.response_index), []
+    start = 0
+    for b, s in enumerate(samples):
+        row = list(s.prompt_ids) + list(s.response_ids)
+        p, n = len(s.prompt_ids), len(s.response_ids)
+        ids += row
+        positions += range(len(row))
+        prompt += [True] * p + [False] * n
+        # the shifted row: position t predicts token t + 1, so response token j is predicted at
+        # start + p - 1 + j (never across a boundary: the last token of a sequence predicts nothing)
+        index[b, :n] = torch.arange(start + p - 1, start + p - 1 + n)
+        own = collate_routes([s.routes], len(row))
+        routes.append(own if own is not None else len(row))
+        start += len(row)
+    padded.input_ids = torch.tensor([ids], dtype=torch.long)
+    padded.position_ids = torch.tensor([positions], dtype=torch.long)
+    padded.prompt_mask = torch.tensor([prompt], dtype=torch.bool)
+    padded.attention_mask = None
+    padded.response_index = index
+    padded.routes = _packed_routes(routes)
+    return padded
+
+
+def _packed_routes(parts: list[torch.Tensor | int]) -> torch.Tensor | None:
+    """One row's replay tensor from each sequence's (tokens, layers, k) part, or its token count where it
+    has no routes (then -1 there)."""
+    shaped = [p for p in parts if isinstance(p, torch.Tensor)]
+    if not shaped:
+        return None
+    layers, k = shaped[0].shape[1:]
+    return torch.cat([p if isinstance(p, torch.Tensor) else torch.full((p, layers, k), -1) for p in parts])
+
+
+def pack_by_tokens(samples: Sequence[Experience], budget: int) -> list[list[int]]:
+    """Indices of ``samples`` in micro-batches of at most ``budget`` tokens (prompt + response) each,
+    longest first, each into the first micro-batch it fits (first-fit decreasing); a sequence longer
+    than the budget is a micro-batch of its own."""
+    if budget < 1:
+        raise ValueError(f"micro_batch_tokens must be >= 1, got {budget}")
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in reversed(by_length(samples)):
+        n = len(samples[i].prompt_ids) + len(samples[i].response_ids)
+        at = next((b for b, left in enumerate(room) if n <= left), None)
+        if at is None:
+            bins.append([i])
+            room.append(budget - n)
+        else:
+            bins[at].append(i)
+            room[at] -= n
+    return bins
 
 
 def micro_batches(samples: Sequence[Experience], size: int) -> list[list[Experience]]:

@@ -21,7 +21,15 @@ import torch
 
 from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
 from learner import qkclip
-from learner.experience import Collated, Experience, by_length, collate, micro_batches
+from learner.experience import (
+    Collated,
+    Experience,
+    by_length,
+    collate,
+    collate_row,
+    micro_batches,
+    pack_by_tokens,
+)
 from learner.logprobs import head_logprobs
 from learner.loss import LossFn, LossInputs, Mean, combine
 from learner.opbuild import clear_stale_build_lock, prepare_op_builds
@@ -80,6 +88,10 @@ class LearnerConfig:
     # orthogonalized updates, which are not gradients, and shrink every step (0 there, logged).
     grad_clip: float = 1.0
     micro_batch_size: int = 4
+    # > 0: RL micro-batches are responses packed end to end into one row of at most this many tokens
+    # (prompt + response; a longer sequence gets a row of its own), each attending only to itself,
+    # instead of micro_batch_size right-padded rows (learner/experience.py). Same loss and gradients.
+    micro_batch_tokens: int = 0
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: float32 on CPU, bfloat16 on GPU
     gradient_checkpointing: bool = False
     # Log-probs from logits of this many response positions at a time (0: all at once); the rest are
@@ -101,6 +113,10 @@ class LearnerConfig:
     fp32_grad_accum: bool = True
 
     def __post_init__(self):
+        if self.micro_batch_tokens < 0:
+            raise ValueError(
+                f"micro_batch_tokens must be >= 0 (0: padded rows), got {self.micro_batch_tokens}"
+            )
         if self.sync_bucket_mb <= 0:
             raise ValueError(f"sync_bucket_mb must be > 0, got {self.sync_bucket_mb}")
         if self.muon_adamw_lr_ratio <= 0:
@@ -203,6 +219,30 @@ def load_model(path: str, dtype: torch.dtype, ds_config: dict[str, Any]) -> torc
     finally:
         del hf_config
         unset_hf_deepspeed_config()
+
+
+def batch_logprobs(
+    model, head: torch.nn.Module, batch: Collated, logits_chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) log-probs of a collated batch's response tokens (0 off the mask) and (B, T) token
+    entropies, padded or packed alike; ``model`` is the Kimi-VL model (or its DeepSpeed engine)."""
+    hidden = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        pixel_values=batch.pixel_values,
+        image_grid_hws=batch.image_grid_hws,
+        image_token_mask=batch.prompt_mask,
+        use_cache=False,
+        hidden_states_only=True,
+    ).last_hidden_state[:, :-1]
+    if batch.position_ids is not None:  # packed: one row, response_index points into it
+        rows, targets = hidden[0][batch.response_index], batch.input_ids[0, 1:][batch.response_index]
+    else:
+        rows = hidden.gather(1, batch.response_index[..., None].expand(-1, -1, hidden.shape[-1]))
+        targets = batch.input_ids[:, 1:].gather(1, batch.response_index)
+    logprobs, token_entropy = head_logprobs(rows, targets, head, logits_chunk)
+    return logprobs * batch.response_mask, token_entropy
 
 
 def shard_for_ranks(items: Sequence[Any], world_size: int, pad: Any) -> list[list[Any]]:
@@ -313,21 +353,8 @@ class Learner:
     # -- forward ---------------------------------------------------------------------------------
 
     def _response_logprobs(self, batch: Collated) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T) log-probs of the response tokens (0 off the mask) and (B, T) token entropies."""
-        hidden = self.engine(
-            input_ids=batch.input_ids,
-            attention_mask=batch.attention_mask,
-            pixel_values=batch.pixel_values,
-            image_grid_hws=batch.image_grid_hws,
-            image_token_mask=batch.prompt_mask,
-            use_cache=False,
-            hidden_states_only=True,
-        ).last_hidden_state[:, :-1]
-        rows = hidden.gather(1, batch.response_index[..., None].expand(-1, -1, hidden.shape[-1]))
-        targets = batch.input_ids[:, 1:].gather(1, batch.response_index)
         head = self.engine.module.language_model.lm_head
-        logprobs, token_entropy = head_logprobs(rows, targets, head, self.cfg.logits_chunk)
-        return logprobs * batch.response_mask, token_entropy
+        return batch_logprobs(self.engine, head, batch, self.cfg.logits_chunk)
 
     @torch.no_grad()
     def logprobs(self, samples: Sequence[Experience], replay: bool | None = None) -> list[list[float]]:
@@ -335,16 +362,33 @@ class Learner:
         with routes replay them if ``replay`` (default: ``routing_replay``), else only compare them."""
         replay = self.cfg.routing_replay if replay is None else replay
         self.engine.eval()
-        order = by_length(samples)
         out: list[list[float]] = [[] for _ in samples]
         self.routing.disagreement(reset=True)  # what routing_disagreement() reads: this pass alone
-        for mb in micro_batches(order, self.cfg.micro_batch_size):
-            batch = collate([samples[i] for i in mb], self.pad_id).to(self.device)
+        for mb in self._micro_batches(samples):
+            batch = self._collate([samples[i] for i in mb] or [inactive(samples[0])])
             with self.routing.active(batch.routes, replay):
                 lp, _ = self._response_logprobs(batch)
             for b, i in enumerate(mb):
                 out[i] = lp[b, : len(samples[i].response_ids)].tolist()
         return out
+
+    def _micro_batches(self, samples: Sequence[Experience]) -> list[list[int]]:
+        """Indices of ``samples`` per micro-batch: ``micro_batch_size`` of them from a length-sorted
+        order, or packed to ``micro_batch_tokens``. Packed counts differ between ranks, and every rank
+        must run as many forwards (ZeRO's collectives): the short ones get empty micro-batches, which
+        the callers fill with an inactive sample."""
+        if not self.cfg.micro_batch_tokens:
+            return micro_batches(by_length(samples), self.cfg.micro_batch_size)
+        bins = pack_by_tokens(samples, self.cfg.micro_batch_tokens)
+        if torch.distributed.is_initialized() and self.world_size > 1:
+            count = torch.tensor([len(bins)], device=self.device)
+            torch.distributed.all_reduce(count, op=torch.distributed.ReduceOp.MAX)
+            bins += [[] for _ in range(int(count.item()) - len(bins))]
+        return bins
+
+    def _collate(self, samples: Sequence[Experience]) -> Collated:
+        pack = collate_row if self.cfg.micro_batch_tokens else collate
+        return pack(samples, self.pad_id).to(self.device)
 
     # -- training --------------------------------------------------------------------------------
 
@@ -369,12 +413,12 @@ class Learner:
             self.set_lr(lr)
         self.engine.train()
         normalizer = global_batch / self.world_size
-        groups = micro_batches([samples[i] for i in by_length(samples)], self.cfg.micro_batch_size)
+        groups = [[samples[i] for i in mb] or [inactive(samples[0])] for mb in self._micro_batches(samples)]
         parts: list[dict[str, Mean]] = []
         loss_sum, bad = 0.0, torch.zeros(1, device=self.device)
         with self._recording():
             for k, mb in enumerate(groups):
-                batch = collate(mb, self.pad_id).to(self.device)
+                batch = self._collate(mb)
                 if batch.old_logprobs is None:
                     raise ValueError("train_step needs old log-probs on every sample")
                 self.engine.set_gradient_accumulation_boundary(k == len(groups) - 1)

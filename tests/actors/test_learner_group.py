@@ -24,12 +24,16 @@ OPTIONS = {"opmd": {"tau": 0.5}, "grpo": {"clip_eps": 0.2}, "reinforce": {}}
 
 @pytest.fixture(scope="module")
 def groups(tiny_dir, ray_cluster):
-    # 1 rank x 1 micro-batch against 2 ranks x 2 micro-batches (micro_batch_size 2 on 3-4 samples each)
+    # 1 rank x 1 micro-batch against 2 ranks x 2 micro-batches (micro_batch_size 2 on 3-4 samples each),
+    # and 2 ZeRO-3 ranks that pack their samples into rows of 12 tokens (learner.micro_batch_tokens):
+    # their shards make 5 and 4 rows (lengths 5, 10, 11, 9, 10 and 11, 9, 10, 8 + a 3-token pad), and
+    # the rank with fewer runs an empty one
     one = LearnerGroup(str(tiny_dir), LearnerConfig(zero_stage=2, lr=0.0, micro_batch_size=64), 1)
     two = LearnerGroup(str(tiny_dir), LearnerConfig(zero_stage=2, lr=0.0, micro_batch_size=2), 2)
-    yield one, two
-    one.shutdown()
-    two.shutdown()
+    packed = LearnerGroup(str(tiny_dir), LearnerConfig(zero_stage=3, lr=0.0, micro_batch_tokens=12), 2)
+    yield one, two, packed
+    for group in (one, two, packed):
+        group.shutdown()
 
 
 def rl_batch(one: LearnerGroup) -> list[Experience]:
@@ -53,21 +57,24 @@ def close(a: float, b: float, rel: float) -> bool:
 
 @pytest.mark.slow
 def test_every_loss_takes_the_same_step_on_one_and_two_ranks(groups):
-    one, two = groups
+    one, two, packed = groups
     batch = rl_batch(one)
+    for a, b in zip(one.logprobs(batch), packed.logprobs(batch), strict=True):
+        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-5
     for name in sorted(LOSSES):
         options = OPTIONS[name]
         assign_advantages(batch, get_loss(name), options)
         a = {k: float(v) for k, v in one.train_step(batch, get_loss(name).bound(options)).items()}
-        b = {k: float(v) for k, v in two.train_step(batch, get_loss(name).bound(options)).items()}
-        assert a["skipped"] == b["skipped"] == 0.0 and a["grad_norm"] > 0
-        for key in ("loss", "grad_norm", "kl", "log_ratio_sq", "entropy"):
-            assert close(a[key], b[key], 1e-5), (name, key, a[key], b[key])
+        for other in (two, packed):
+            b = {k: float(v) for k, v in other.train_step(batch, get_loss(name).bound(options)).items()}
+            assert a["skipped"] == b["skipped"] == 0.0 and a["grad_norm"] > 0
+            for key in ("loss", "grad_norm", "kl", "log_ratio_sq", "entropy"):
+                assert close(a[key], b[key], 1e-5), (name, key, a[key], b[key])
 
 
 @pytest.mark.slow
 def test_sft_step_has_the_same_gradient_on_one_and_two_ranks(groups):
-    one, two = groups
+    one, two, _ = groups
     rows = sft_rows()
     a, b = one.sft_step(rows, 0.0, sft_loss), two.sft_step(rows, 0.0, sft_loss)
     assert a["tokens"] == b["tokens"] and close(a["nll_sum"], b["nll_sum"], 1e-5)

@@ -14,7 +14,8 @@ import pytest
 
 from tests.helpers import ROOT
 
-QUICK = ["rollout", "sync", "scale", "longtail", "pipeline", "optim", "replay"]  # step: test_step.py
+# step: test_step.py
+QUICK = ["rollout", "sync", "scale", "longtail", "pipeline", "optim", "replay", "packing"]
 
 
 @pytest.mark.slow
@@ -53,6 +54,11 @@ def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
         assert result["exact_rss"] and set(result["plan_extra_mb"]) == {"stream", "object_store"}
         assert result["plan_extra_mb"]["object_store"][0] == pytest.approx(3 * bounds["model"], rel=1e-3)
         assert all(len(v) == 2 and min(v) > 0 for v in result["measured_vs_plan"].values())
+    if name == "packing":  # each side at the setting its validation pass chose, real tokens only
+        assert result["workload"] == "longtail" and result["size"].startswith("longtail (8 samples")
+        assert result["chosen"] == {"padded_micro_batch_size": 4, "packed_micro_batch_tokens": 512}
+        assert set(result["validation_seconds"]) == {"padded 4", "packed 512"}
+        assert 0 <= result["padded_share"] < 1
     if name == "longtail":
         policies = {"sync", "divided", "context_aware", "partial", "speculative", "all"}
         assert set(result["policies"]) == policies
