@@ -15,10 +15,10 @@ import ray
 
 from actors.memory import peak_rss_mb, reset_peak_rss, rss_mb
 from actors.placement import ACTOR_FAILURES, pin_threads
-from learner.experience import Experience
+from learner.experience import Experience, inactive, shard_for_ranks
 from learner.loss import LossFn, Mean, combine
 from learner.packing import SFTExample
-from learner.rank import QK_CLIP_METRICS, Learner, LearnerConfig, TokenLossFn, inactive, shard_for_ranks
+from learner.rank import QK_CLIP_METRICS, Learner, LearnerConfig, TokenLossFn
 
 log = logging.getLogger(__name__)
 

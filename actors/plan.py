@@ -28,7 +28,7 @@ from actors.plan_memory import (
     rollout_memory,
     sync_seconds,
 )
-from learner.rank import ZERO_BUCKETS
+from learner.distributed import ZERO_BUCKETS
 
 __all__ = [
     "GIB",

@@ -11,7 +11,8 @@ no compute goes to padding. The per-response tensors (log-probs, masks, advantag
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -196,3 +197,19 @@ def by_length(samples: Sequence[Experience]) -> list[int]:
     return sorted(
         range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids)
     )
+
+
+def shard_for_ranks(items: Sequence[Any], world_size: int, pad: Any) -> list[list[Any]]:
+    """Split items round-robin into ``world_size`` equal-size shards, filling short ones with ``pad``.
+
+    Equal shards keep ZeRO-3's per-forward collectives in step across ranks.
+    """
+    shards = [list(items[r::world_size]) for r in range(world_size)]
+    size = max(len(s) for s in shards)
+    return [s + [pad] * (size - len(s)) for s in shards]
+
+
+def inactive(sample: Experience) -> Experience:
+    """A copy with no response tokens: it contributes nothing to any loss (padding for equal shards)."""
+    empty = {k: [] if getattr(sample, k) is not None else None for k in ("old_logprobs", "pg_weights")}
+    return replace(sample, response_ids=[], dropped=[], **empty)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from learner.experience import Collated
+
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(targets) and the log-normalizer of each row, in fp32: the one log-softmax gather of kvrl
@@ -78,3 +80,27 @@ def response_logprobs(
     logits = model(input_ids=ids, pixel_values=pixel_values, image_grid_hws=image_grid_hws).logits
     start = len(prompt_ids)
     return gather_logprobs(logits[:, start - 1 : -1], ids[:, start:])[0]
+
+
+def batch_logprobs(
+    model, head: torch.nn.Module, batch: Collated, logits_chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, T) log-probs of a collated batch's response tokens (0 off the mask) and (B, T) token
+    entropies, padded or packed alike; ``model`` is the Kimi-VL model (or its DeepSpeed engine)."""
+    hidden = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        pixel_values=batch.pixel_values,
+        image_grid_hws=batch.image_grid_hws,
+        image_token_mask=batch.prompt_mask,
+        use_cache=False,
+        hidden_states_only=True,
+    ).last_hidden_state[:, :-1]
+    if batch.position_ids is not None:  # packed: one row, response_index points into it
+        rows, targets = hidden[0][batch.response_index], batch.input_ids[0, 1:][batch.response_index]
+    else:
+        rows = hidden.gather(1, batch.response_index[..., None].expand(-1, -1, hidden.shape[-1]))
+        targets = batch.input_ids[:, 1:].gather(1, batch.response_index)
+    logprobs, token_entropy = head_logprobs(rows, targets, head, logits_chunk)
+    return logprobs * batch.response_mask, token_entropy

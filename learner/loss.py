@@ -50,3 +50,25 @@ class LossInputs:
 
 
 LossFn = Callable[..., tuple[torch.Tensor, dict[str, Mean]]]
+
+
+def policy_metrics(inputs: LossInputs, entropy: torch.Tensor) -> dict[str, Mean]:
+    """Loss-independent diagnostics of one micro-batch, over the tokens the policy chose.
+
+    ``kl``: KL(pi_theta || pi_theta_i) per token, estimated on tokens sampled from pi_theta_i with
+    rho * log rho - rho + 1, rho = pi_theta / pi_theta_i (unbiased: E_q[rho log rho] = KL(p || q) and
+    E_q[rho] = 1; never negative). ``log_ratio_sq``: (log pi_theta(y|x) - log pi_theta_i(y|x))^2 of
+    whole responses, the term k1.5 eq. 3 weights by tau/2. ``entropy``: mean token entropy.
+    """
+    with torch.no_grad():
+        mask = inputs.response_mask
+        log_ratio = (inputs.logprobs - inputs.old_logprobs) * mask  # (B, T)
+        ratio = torch.exp(log_ratio)
+        kl = (ratio * log_ratio - ratio + 1) * mask
+        active = (mask.sum(-1) > 0).to(mask.dtype)
+        tokens = float(mask.sum())
+        return {
+            "kl": Mean(float(kl.sum()), tokens),
+            "log_ratio_sq": Mean(float((log_ratio.sum(-1) ** 2 * active).sum()), float(active.sum())),
+            "entropy": Mean(float((entropy * mask).sum()), tokens),
+        }

@@ -10,29 +10,29 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
+from kimivl import KimiVLProcessor
 from learner import qkclip
+from learner.distributed import ZERO_BUCKETS, device_kind, load_model, start_distributed
 from learner.experience import (
     Collated,
     Experience,
     by_length,
     collate,
     collate_row,
+    inactive,
     micro_batches,
     pack_by_tokens,
 )
-from learner.logprobs import head_logprobs
-from learner.loss import LossFn, LossInputs, Mean, combine
-from learner.opbuild import clear_stale_build_lock, prepare_op_builds
+from learner.logprobs import batch_logprobs
+from learner.loss import LossFn, LossInputs, Mean, combine, policy_metrics
 from learner.optim import (
     check_groups,
     muon_optimizer_config,
@@ -151,16 +151,6 @@ def learner_state_dir(ckpt: Path, saved: dict[str, int] | None, now: dict[str, i
     return str(ckpt)
 
 
-def _device_kind() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# DeepSpeed's ZeRO buffer sizes (elements), stated here so that kvrl plan counts the same ones
-# (actors/plan_memory.py): the gradient bucket reduced at once, and under ZeRO-3 the parameters
-# fetched ahead of the module that needs them. DeepSpeed 0.19's defaults.
-ZERO_BUCKETS = {"reduce_bucket_size": 500_000_000, "stage3_prefetch_bucket_size": 50_000_000}
-
-
 def deepspeed_config(cfg: LearnerConfig, dtype: torch.dtype) -> dict[str, Any]:
     muon = cfg.optimizer == "muon"
     zero: dict[str, Any] = {"stage": cfg.zero_stage, "reduce_bucket_size": ZERO_BUCKETS["reduce_bucket_size"]}
@@ -186,101 +176,6 @@ def deepspeed_config(cfg: LearnerConfig, dtype: torch.dtype) -> dict[str, Any]:
             lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum, betas=cfg.betas, eps=cfg.eps
         )
     return out
-
-
-def start_distributed() -> str:
-    """This process's rank in DeepSpeed's process group (gloo on CPU, NCCL on GPU; ranks from the
-    environment), with the CPU comm op found where ``scripts/setup.sh`` built it; the device kind."""
-    import deepspeed
-
-    device = _device_kind()
-    if device == "cpu":
-        prepare_op_builds()
-        clear_stale_build_lock()
-    deepspeed.init_distributed(dist_backend="nccl" if device == "cuda" else "gloo", auto_mpi_discovery=False)
-    if device == "cuda":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    return device
-
-
-def load_model(path: str, dtype: torch.dtype, ds_config: dict[str, Any]) -> torch.nn.Module:
-    """The model in ``path``. Under ZeRO-3 (``ds_config``'s stage) it is built inside
-    ``deepspeed.zero.Init``, through transformers' DeepSpeed integration, which then loads each module's
-    weights gathered and partitions them again: no rank ever holds the whole model, only its shard
-    (the process group must be up)."""
-    if ds_config["zero_optimization"]["stage"] != 3:
-        return KimiVLForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    from transformers.integrations import HfDeepSpeedConfig
-    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
-
-    hf_config = HfDeepSpeedConfig(ds_config)  # transformers keeps only a weak reference: hold it
-    try:
-        return KimiVLForConditionalGeneration.from_pretrained(path, dtype=dtype)
-    finally:
-        del hf_config
-        unset_hf_deepspeed_config()
-
-
-def batch_logprobs(
-    model, head: torch.nn.Module, batch: Collated, logits_chunk: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, T) log-probs of a collated batch's response tokens (0 off the mask) and (B, T) token
-    entropies, padded or packed alike; ``model`` is the Kimi-VL model (or its DeepSpeed engine)."""
-    hidden = model(
-        input_ids=batch.input_ids,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        pixel_values=batch.pixel_values,
-        image_grid_hws=batch.image_grid_hws,
-        image_token_mask=batch.prompt_mask,
-        use_cache=False,
-        hidden_states_only=True,
-    ).last_hidden_state[:, :-1]
-    if batch.position_ids is not None:  # packed: one row, response_index points into it
-        rows, targets = hidden[0][batch.response_index], batch.input_ids[0, 1:][batch.response_index]
-    else:
-        rows = hidden.gather(1, batch.response_index[..., None].expand(-1, -1, hidden.shape[-1]))
-        targets = batch.input_ids[:, 1:].gather(1, batch.response_index)
-    logprobs, token_entropy = head_logprobs(rows, targets, head, logits_chunk)
-    return logprobs * batch.response_mask, token_entropy
-
-
-def shard_for_ranks(items: Sequence[Any], world_size: int, pad: Any) -> list[list[Any]]:
-    """Split items round-robin into ``world_size`` equal-size shards, filling short ones with ``pad``.
-
-    Equal shards keep ZeRO-3's per-forward collectives in step across ranks.
-    """
-    shards = [list(items[r::world_size]) for r in range(world_size)]
-    size = max(len(s) for s in shards)
-    return [s + [pad] * (size - len(s)) for s in shards]
-
-
-def inactive(sample: Experience) -> Experience:
-    """A copy with no response tokens: it contributes nothing to any loss (padding for equal shards)."""
-    empty = {k: [] if getattr(sample, k) is not None else None for k in ("old_logprobs", "pg_weights")}
-    return replace(sample, response_ids=[], dropped=[], **empty)
-
-
-def policy_metrics(inputs: LossInputs, entropy: torch.Tensor) -> dict[str, Mean]:
-    """Loss-independent diagnostics of one micro-batch, over the tokens the policy chose.
-
-    ``kl``: KL(pi_theta || pi_theta_i) per token, estimated on tokens sampled from pi_theta_i with
-    rho * log rho - rho + 1, rho = pi_theta / pi_theta_i (unbiased: E_q[rho log rho] = KL(p || q) and
-    E_q[rho] = 1; never negative). ``log_ratio_sq``: (log pi_theta(y|x) - log pi_theta_i(y|x))^2 of
-    whole responses, the term k1.5 eq. 3 weights by tau/2. ``entropy``: mean token entropy.
-    """
-    with torch.no_grad():
-        mask = inputs.response_mask
-        log_ratio = (inputs.logprobs - inputs.old_logprobs) * mask  # (B, T)
-        ratio = torch.exp(log_ratio)
-        kl = (ratio * log_ratio - ratio + 1) * mask
-        active = (mask.sum(-1) > 0).to(mask.dtype)
-        tokens = float(mask.sum())
-        return {
-            "kl": Mean(float(kl.sum()), tokens),
-            "log_ratio_sq": Mean(float((log_ratio.sum(-1) ** 2 * active).sum()), float(active.sum())),
-            "entropy": Mean(float((entropy * mask).sum()), tokens),
-        }
 
 
 class Learner:
@@ -330,7 +225,7 @@ class Learner:
             )
             engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
             return engine, optimizer, {}
-        if _device_kind() == "cpu":
+        if device_kind() == "cpu":
             # DeepSpeed wraps Newton-Schulz in torch.compile; on CPU that builds C++ per matrix shape
             # (minutes on the tiny model) to save little. Eager there; compiled on GPU.
             torch._dynamo.config.disable = True

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from kimivl import KimiVLForConditionalGeneration
-from learner.rank import Learner, LearnerConfig, deepspeed_config, load_model, start_distributed
+from learner.distributed import load_model, start_distributed
+from learner.rank import Learner, LearnerConfig, deepspeed_config
 
 
 @pytest.fixture(scope="module")

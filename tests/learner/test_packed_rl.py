@@ -11,8 +11,9 @@ import torch
 
 from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
 from learner.experience import Experience, by_length, collate, collate_row, micro_batches, pack_by_tokens
+from learner.logprobs import batch_logprobs
 from learner.loss import LossInputs
-from learner.rank import Learner, LearnerConfig, batch_logprobs
+from learner.rank import Learner, LearnerConfig
 from learner.routing import RoutingReplay, moe_routers
 from rl.losses import assign_advantages, get_loss
 from tests.helpers import gradient_image

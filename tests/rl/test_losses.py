@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from learner.rank import policy_metrics
+from learner.loss import policy_metrics
 from rl.losses import LOSSES, LossInputs, Mean, combine, get_loss, group_baseline, opmd_loss
 
 
@@ -95,8 +95,7 @@ def _split_run(loss, options, logprobs, old, mask, adv, ranks, micro):
     """Loss, gradient and metrics as the learner group computes them: round-robin rank shards padded with
     an inactive copy of sample 0, length-sorted micro-batches, each rank's loss over B / ranks, and the
     ranks' gradients averaged (DeepSpeed's data-parallel mean)."""
-    from learner.experience import micro_batches
-    from learner.rank import shard_for_ranks
+    from learner.experience import micro_batches, shard_for_ranks
 
     B = len(adv)
     lengths = mask.sum(-1)
