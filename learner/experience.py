@@ -4,8 +4,9 @@
 Packing: the micro-batch's sequences are laid end to end in one row, each one's position ids
 restarting at 0, with no attention mask: transformers then attends within each sequence only (the
 method of ``learner/packing.py``, which SFT uses), so every sequence gets the logits it gets alone, and
-no compute goes to padding. The per-response tensors (log-probs, masks, advantages) keep the padded
-(B, T) layout, so the losses see the same inputs either way.
+nothing is padding (on CPU, though, SDPA computes every block of the row's block-diagonal mask, masked
+or not: ``kvrl bench packing``, docs/benchmarks.md). The per-response tensors (log-probs, masks,
+advantages) keep the padded (B, T) layout, so the losses see the same inputs either way.
 """
 
 from __future__ import annotations
