@@ -8,7 +8,7 @@ own parameters (what the streamed sync gathers at once: an MoE layer's experts),
 
 Per learner GPU:
   parameters   z = 3: P·b/N, plus the layer being run, gathered (W·b), plus what ZeRO-3 fetches ahead
-               of it (at most stage3_prefetch_bucket_size elements, ``learner.rank.ZERO_BUCKETS``);
+               of it (at most stage3_prefetch_bucket_size elements, ``learner.distributed.ZERO_BUCKETS``);
                z < 3: P·b
   gradients    P·g/N when z >= 2 (else P·g); g = 4 with fp32 accumulation of a 16-bit model
                (``learner.fp32_grad_accum``), else b. Plus, z >= 1, the reduce bucket (reduce_bucket_size
