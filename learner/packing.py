@@ -16,10 +16,14 @@ Images: a row's ``pixel_values`` are its examples' images in order, matching the
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 
 @dataclass
@@ -115,3 +119,44 @@ def packed_logits(model, batch: PackedBatch, hidden_states_only: bool = False) -
         hidden_states_only=hidden_states_only,
     )
     return out.last_hidden_state if hidden_states_only else out.logits
+
+
+# Attention over a packed row, one sequence at a time (``use_packed_attention``).
+PACKED_ATTENTION = "kvrl_packed"
+
+
+def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """SDPA per sequence of a packed row (one row, no mask, positions restarting at each sequence,
+    ``position_ids`` from the decoder layer): causal within each, nothing across, and no work on the
+    blocks a block-diagonal mask would hide. Anything else (a mask, a batch of rows, a KV cache) goes to
+    transformers' SDPA as usual."""
+    positions = kwargs.get("position_ids")
+    whole = query.shape[0] == 1 and query.shape[2] == key.shape[2] and query.shape[1] == key.shape[1]
+    if attention_mask is not None or positions is None or not whole:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    starts = (positions.reshape(-1) == 0).nonzero().flatten().tolist()
+    bounds = [0, *[s for s in starts if s > 0], query.shape[2]]
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    outs = [
+        sdpa(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling)
+        for q, k, v in (
+            (query[:, :, a:b], key[:, :, a:b], value[:, :, a:b]) for a, b in itertools.pairwise(bounds)
+        )
+    ]
+    return torch.cat(outs, dim=2).transpose(1, 2).contiguous(), None
+
+
+def _packed_mask(**kwargs):
+    """No mask for a packed row (``_packed_attention`` keeps sequences apart); SDPA's otherwise."""
+    return None if kwargs.get("attention_mask") is None else sdpa_mask(**kwargs)
+
+
+AttentionInterface.register(PACKED_ATTENTION, _packed_attention)
+AttentionMaskInterface.register(PACKED_ATTENTION, _packed_mask)
+
+
+def use_packed_attention(model) -> None:
+    """Give the language model attention that runs each sequence of a packed row on its own: on CPU,
+    SDPA with a block-diagonal mask computes every block of the row, masked or not (``kvrl bench
+    packing``). Padded batches (with a mask) attend as before."""
+    model.language_model.config._attn_implementation = PACKED_ATTENTION

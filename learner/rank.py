@@ -39,7 +39,7 @@ from learner.optim import (
     muon_param_groups,
     optimizer_summary,
 )
-from learner.packing import SFTExample, collate_packed, packed_logits
+from learner.packing import SFTExample, collate_packed, packed_logits, use_packed_attention
 from learner.routing import RoutingReplay
 from runkit.files import replacing
 
@@ -202,7 +202,9 @@ class Learner:
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
         if cfg.qk_clip:
-            qkclip.enable(model)
+            qkclip.enable(model)  # its recording attention, masked (packed rows included)
+        elif cfg.micro_batch_tokens:
+            use_packed_attention(model)
         self.routing = RoutingReplay(model)  # hooks on the MoE routers; idle unless a batch has routes
         self.pad_id = KimiVLProcessor.from_pretrained(self.model_path).tokenizer.pad_token_id
         self.engine, self.optimizer, self.lr_scales = self._initialize(deepspeed, model)

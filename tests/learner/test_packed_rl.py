@@ -13,6 +13,7 @@ from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
 from learner.experience import Experience, by_length, collate, collate_row, micro_batches, pack_by_tokens
 from learner.logprobs import batch_logprobs
 from learner.loss import LossInputs
+from learner.packing import use_packed_attention
 from learner.rank import Learner, LearnerConfig
 from learner.routing import RoutingReplay, moe_routers
 from rl.losses import assign_advantages, get_loss
@@ -81,21 +82,29 @@ def test_packed_rows_give_the_padded_logprobs_loss_and_gradients(tiny_dir):
     assert max(size) <= BUDGET
     assert any(len({samples[i].group_id for i in b}) > 1 for b in packed_batches)  # groups split
     grads, results = {}, {}
-    for pack in (False, True):
+    # padded rows; packed rows with a block-diagonal mask; packed rows attended one sequence at a time
+    # (use_packed_attention), with gradient checkpointing, whose recompute in backward must split alike
+    for way in ("padded", "masked", "per_sequence"):
         model = KimiVLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32)
         assert moe_routers(model)
+        if way == "per_sequence":
+            use_packed_attention(model)
+            model.gradient_checkpointing_enable()
+        pack = way != "padded"
         batches = packed_batches if pack else micro_batches(by_length(samples), 2)
-        results[pack] = run_through(model, samples, batches, pack)
-        grads[pack] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    (padded_lps, padded_loss), (packed_lps, packed_loss) = results[False], results[True]
-    for a, b in zip(padded_lps, packed_lps, strict=True):
-        assert len(a) == len(b) > 0
-        assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-5
-    assert packed_loss == pytest.approx(padded_loss, abs=1e-5)
-    assert grads[True].keys() == grads[False].keys()
-    assert "vision_tower.encoder.blocks.0.wqkv.weight" in grads[True]  # the images took part
-    for name, g in grads[False].items():
-        torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-6, msg=name)
+        results[way] = run_through(model, samples, batches, pack)
+        grads[way] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    padded_lps, padded_loss = results["padded"]
+    for way in ("masked", "per_sequence"):
+        packed_lps, packed_loss = results[way]
+        for a, b in zip(padded_lps, packed_lps, strict=True):
+            assert len(a) == len(b) > 0
+            assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-5, way
+        assert packed_loss == pytest.approx(padded_loss, abs=1e-5)
+        assert grads[way].keys() == grads["padded"].keys()
+        assert "vision_tower.encoder.blocks.0.wqkv.weight" in grads[way]  # the images took part
+        for name, g in grads["padded"].items():
+            torch.testing.assert_close(grads[way][name], g, rtol=1e-5, atol=1e-6, msg=f"{way} {name}")
 
 
 def test_a_rank_packs_its_micro_batches_to_the_token_budget(tiny_dir, single_rank):
