@@ -5,7 +5,7 @@ One learner rank (in this process, ZeRO-2, fp32 on CPU) takes the same samples e
 pass and an optimizer step (forward + backward), the work of one RL pass. Tokens per second counts the
 real tokens (prompt + response) of the samples, never padding. Each side picks its own best setting
 first, on a validation pass of a separate draw of samples (padded: micro_batch_size 2-16; packed:
-micro_batch_tokens 512-2048), then both best settings alternate ``repeats`` times on the measured draw.
+micro_batch_tokens 512-4096), then both best settings alternate ``repeats`` times on the measured draw.
 
 Workloads (log-normal lengths, correlated within groups, ``sim_inputs.synthetic_trace``), 8 prompts x
 4 samples, prompts of 16-64 tokens:
@@ -40,7 +40,7 @@ WORKLOADS = {
     "narrow": {"median": 96, "p99": 160, "max_tokens": 256},
 }
 PADDED = [2, 4, 8]  # micro_batch_size
-PACKED = [512, 1024, 2048]  # micro_batch_tokens
+PACKED = [512, 1024, 2048, 4096]  # micro_batch_tokens
 
 
 def draw(workload: dict, seed: int, groups: int = 8, n: int = 4) -> list:
