@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -137,9 +138,10 @@ def run(dry_run: bool, tokens: int, grid: int, repeats: int, chunk: int) -> dict
         times[head] = _timed(step, device, repeats)
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else None
     # the plan's figures for this slice, one rank, no optimizer
-    config_file = Path("/tmp") / f"kvrl-gpu-check-{'dry' if dry_run else 'a3b'}.json"
-    config_file.write_text(json.dumps(config.to_dict()))
-    shape = model_shape(config_file)
+    with tempfile.TemporaryDirectory(prefix="kvrl-gpu-check-") as folder:  # model_shape reads a file
+        config_file = Path(folder) / "config.json"
+        config_file.write_text(json.dumps(config.to_dict()))
+        shape = model_shape(config_file)
     b = 4 if dtype == torch.float32 else 2
     setup = LearnerSetup(
         ranks=1,
