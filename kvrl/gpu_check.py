@@ -28,6 +28,7 @@ import torch
 from actors.plan_memory import LearnerSetup, learner_memory, model_shape, train_flops_per_token
 from kimivl import KimiVLConfig, KimiVLForConditionalGeneration
 from learner import qkclip
+from learner.kernels import kernels_ran, pin_kernels
 from learner.logprobs import head_logprobs
 from learner.optim import full_shape, takes_muon
 from learner.packing import SFTExample, collate_packed, packed_logits
@@ -122,10 +123,7 @@ def run(dry_run: bool, tokens: int, grid: int, repeats: int, chunk: int) -> dict
     model.gradient_checkpointing_enable()
     batch, lengths = packed_batch(config, tokens, grid, device)
     out: dict = {"device": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor()}
-    out["kernels"] = {
-        "attention": config.text_config._attn_implementation,
-        "experts": getattr(config.text_config, "_experts_implementation", None) or "default",
-    }
+    out["kernels"] = pin_kernels(model, device.type, packed=True)
     times = {}
     for head in (True, False):
 
@@ -170,6 +168,7 @@ def run(dry_run: bool, tokens: int, grid: int, repeats: int, chunk: int) -> dict
     out["workload"] = {"tokens": tokens, "sequences": len(lengths), "image_patches": grid * grid}
     out["workload"]["logits_chunk"] = chunk
     out["flops_per_token"] = {"with_head": flops[True] / tokens, "without_head": flops[False] / tokens}
+    out["kernels"]["experts_ran"] = kernels_ran()  # path -> why ("" for grouped_mm)
     out["routing_replay"] = replay_check(model, batch)
     qkclip.enable(model)  # after the timing: its recording attention computes q·kᵀ once more
     with qkclip.recording(model):
@@ -233,7 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         mfu = f", MFU {r['mfu']:.1%}" if r["mfu"] is not None else ""
         print(f"gpu-check {name}: {r['tokens_per_s']:.0f} tokens/s, {r['tflops']:.1f} TFLOP/s{mfu}")
     replay = result["routing_replay"]["max_abs_diff"]
-    print(f"gpu-check: kernels {result['kernels']}; its own routes replayed, max |diff| {replay:.2e}")
+    k = result["kernels"]
+    print(f"gpu-check: attention {k['attention']}, experts ran as {k['experts_ran']}")
+    print(f"gpu-check: its own routes replayed, max |diff| {replay:.2e}")
     print(f"gpu-check: memory {result['memory']}; wrote {args.out}")
     return 0
 

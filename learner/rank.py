@@ -31,6 +31,7 @@ from learner.experience import (
     micro_batches,
     pack_by_tokens,
 )
+from learner.kernels import pin_kernels
 from learner.logprobs import batch_logprobs
 from learner.loss import LossFn, LossInputs, Mean, combine, policy_metrics
 from learner.optim import (
@@ -39,7 +40,7 @@ from learner.optim import (
     muon_param_groups,
     optimizer_summary,
 )
-from learner.packing import SFTExample, collate_packed, packed_logits, use_packed_attention
+from learner.packing import SFTExample, collate_packed, packed_logits
 from learner.routing import RoutingReplay
 from runkit.files import replacing
 
@@ -201,10 +202,9 @@ class Learner:
         model = load_model(self.model_path, self.dtype, deepspeed_config(cfg, self.dtype))
         if cfg.gradient_checkpointing:
             model.gradient_checkpointing_enable()
-        if cfg.qk_clip:
-            qkclip.enable(model)  # its recording attention, masked (packed rows included)
-        elif cfg.micro_batch_tokens:
-            use_packed_attention(model)
+        # QK-clip's recording attention (masked, packed rows included) before any packed one
+        packed, clip = bool(cfg.micro_batch_tokens), bool(cfg.qk_clip)
+        self.kernels = pin_kernels(model, device, packed=packed, qk_clip=clip)
         self.routing = RoutingReplay(model)  # hooks on the MoE routers; idle unless a batch has routes
         self.pad_id = KimiVLProcessor.from_pretrained(self.model_path).tokenizer.pad_token_id
         self.engine, self.optimizer, self.lr_scales = self._initialize(deepspeed, model)

@@ -32,7 +32,8 @@ def test_the_dry_run_measures_every_part_and_writes_its_json(tmp_path):
     assert r["routing_replay"] == {"layers": 1, "max_abs_diff": 0.0, "disagreement": [0.0]}
     clip = r["muon_qk_clip"]
     assert clip["qk_clip_heads"] > 0 and math.isfinite(clip["max_logit"])  # tau 1 acts on random weights
-    assert r["kernels"]["attention"] == "sdpa" and r["memory"]["plan_bytes"] > 0
+    assert r["kernels"]["attention"] == "kvrl_packed" and r["memory"]["plan_bytes"] > 0
+    assert r["kernels"]["experts_ran"] == {"grouped_mm": ""}
     assert r["versions"]["torch"] == torch.__version__
 
 

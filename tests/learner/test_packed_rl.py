@@ -117,6 +117,7 @@ def test_a_rank_packs_its_micro_batches_to_the_token_budget(tiny_dir, single_ran
         )
         for tokens in (0, BUDGET)
     }
+    assert [learners[t].kernels["attention"] for t in (0, BUDGET)] == ["sdpa", "kvrl_packed"]
     old = {tokens: learner.logprobs(samples) for tokens, learner in learners.items()}
     for a, b in zip(old[0], old[BUDGET], strict=True):
         assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 1e-5
