@@ -14,6 +14,7 @@ from actors.plan_memory import (
     GIB,
     MUON_STATE_BYTES,
     HostSetup,
+    Iteration,
     LearnerSetup,
     Links,
     ModelShape,
@@ -23,6 +24,7 @@ from actors.plan_memory import (
     kv_capacity,
     learner_memory,
     learner_sync_bytes,
+    learner_traffic,
     model_shape,
     optimizer_state_bytes,
     rollout_memory,
@@ -103,6 +105,7 @@ class Plan:
     tp_compare: dict[int, tuple[int, int]] = field(default_factory=dict)  # TP -> (engines, KV tokens each)
     sync: dict[str, float] = field(default_factory=dict)  # estimated seconds by step
     sync_bytes: float = 0.0
+    traffic: dict[int, dict[str, float]] = field(default_factory=dict)  # expert_parallel -> bytes by kind
     problems: list[str] = field(default_factory=list)  # what does not fit
     notes: list[str] = field(default_factory=list)
 
@@ -192,6 +195,7 @@ def make_plan(cfg, config_path: str | Path | None = None) -> Plan:
         reduce_bucket=ZERO_BUCKETS["reduce_bucket_size"],
         prefetch_bucket=ZERO_BUCKETS["stage3_prefetch_bucket_size"],
         patches=lc.micro_batch_size * pc.images_per_sample * pc.patches_per_image,
+        expert_parallel=lc.expert_parallel,
     )
     learner = learner_memory(shape, setup)
     learner["weight sync"] = learner_sync_bytes(
@@ -235,6 +239,7 @@ def make_plan(cfg, config_path: str | Path | None = None) -> Plan:
     plan.host = [_node_host(shape, names, cfg, b) for names in nodes]
     plan.sync_bytes = shape.params * b
     plan.sync = _sync_estimate(plan, cfg, b, bucket)
+    plan.traffic = _traffic(shape, setup, cfg)
     _check(plan, cfg)
     return plan
 
@@ -277,6 +282,24 @@ def _sync_estimate(plan: Plan, cfg, b: int, bucket: int) -> dict[str, float]:
         learners_span_nodes=len(learner_nodes) > 1,
         engines_off_node=any(i != home for i in engine_nodes),
     )
+
+
+def _traffic(shape: ModelShape, setup: LearnerSetup, cfg) -> dict[int, dict[str, float]]:
+    """Per-rank learner traffic of an iteration at this config's expert parallelism and at the one it
+    is compared with: none for a config with it, else the largest that divides the ranks and experts."""
+    t, n = cfg.trainer, cfg.resources.learner_ranks
+    per_rank = math.ceil(t.prompts_per_iteration * cfg.rollout.sampling.n / n)
+    micro = math.ceil(per_rank / cfg.learner.micro_batch_size)
+    it = Iteration(
+        train_micro_batches=t.epochs_per_iteration * micro,
+        forward_micro_batches=micro if t.old_logprobs == "learner" else 0,
+        optimizer_steps=t.epochs_per_iteration * t.optimizer_steps_per_iteration,
+    )
+    e = cfg.learner.expert_parallel
+    other = (
+        1 if e > 1 else max((d for d in range(2, n + 1) if n % d == 0 and shape.experts % d == 0), default=0)
+    )
+    return {k: learner_traffic(shape, setup, it, k) for k in (e, other) if k}
 
 
 def _check(plan: Plan, cfg) -> None:
@@ -385,6 +408,7 @@ def format_plan(plan: Plan, cfg, title: str) -> str:
         parts = ", ".join(f"{k} {v / GIB:.0f}" for k, v in node.items() if v)
         lines.append(f"host RAM node {n}: {sum(node.values()) / GIB:.0f} GiB ({parts})")
     lines.append(sync_line(plan, cfg))
+    lines.append(traffic_line(plan, cfg))
     lines += [f"note: {n}" for n in plan.notes]
     lines += [f"does not fit: {p}" for p in plan.problems]
     lines.append("fits" if plan.fits else "DOES NOT FIT")
@@ -410,6 +434,40 @@ def sync_line(plan: Plan, cfg) -> str:
         f"{est['total']:.1f} s estimated ({steps}); assumed links: NVLink {pc.nvlink_gb_s:g} GB/s, "
         f"network {pc.network_gb_s:g} GB/s, PCIe {pc.pcie_gb_s:g} GB/s, host copies "
         f"{pc.host_copy_gb_s:g} GB/s, {pc.unit_latency_ms:g} ms a broadcast"
+    )
+
+
+def traffic_line(plan: Plan, cfg) -> str:
+    """The learner's per-rank traffic in an iteration, by kind, against the other expert parallelism."""
+    lc, rc = cfg.learner, cfg.rollout
+
+    def part(e: int) -> str:
+        bytes_ = plan.traffic[e]
+        kinds = ", ".join(f"{k} {v / 1e12:.1f}" for k, v in bytes_.items() if k != "total" and v)
+        name = f"expert_parallel {e}" if e > 1 else "without expert parallelism"
+        return f"{name}: {bytes_['total'] / 1e12:.1f} TB ({kinds})"
+
+    e = lc.expert_parallel
+    head = (
+        f"learner traffic per rank per iteration (ZeRO-{lc.zero_stage}, micro-batches at the full "
+        f"{rc.max_model_len} tokens, an upper bound for the all-to-all): {part(e)}"
+    )
+    others = [k for k in plan.traffic if k != e]
+    if not others:
+        n, E = cfg.resources.learner_ranks, plan.shape.experts
+        why = f"no learner.expert_parallel > 1 divides {n} ranks and {E} experts" if E else "a dense model"
+        return f"{head}; {why}"
+    k = others[0]
+    zero, ep = plan.traffic[1], plan.traffic[max(e, k)]
+    ratio = zero["total"] / ep["total"]
+    # the all-to-all grows with a micro-batch's tokens, the gathers do not: where EP breaks even, and
+    # where it moves 5x less, in average tokens a micro-batch
+    per_token = ep["all-to-all"] / rc.max_model_len / lc.micro_batch_size
+    fixed = ep["total"] - ep["all-to-all"]
+    even, fifth = ((zero["total"] / r - fixed) / per_token for r in (1, 5))
+    return (
+        f"{head}; {part(k)}; expert parallelism moves {ratio:.2f}x less at full length; less below "
+        f"{max(even, 0) / 1e3:.1f}K tokens a micro-batch on average, 5x less below {max(fifth, 0) / 1e3:.1f}K"
     )
 
 

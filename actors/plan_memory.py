@@ -57,6 +57,20 @@ Host RAM per node:
                other node with engines holds the fetched object (P·b); each engine deserializes it (P·b)
                and vLLM's worker queue copies it to each of its t workers (t·P·b)
 
+Learner traffic per rank and iteration (``learner_traffic``, bytes received; a ring collective over n
+ranks brings (n-1)/n of its size), for T_t training and T_f forward-only micro-batches and s optimizer
+steps, p = 3 passes a training micro-batch with gradient checkpointing (forward, recompute, backward)
+or 2 without:
+  parameter gathers   ZeRO-3: every pass gathers the model, P·b·(N-1)/N, (p·T_t + T_f) times; ZeRO-1/2:
+                      the updated parameters once a step
+  gradient reduction  ZeRO-2/3: a reduce-scatter of P·g·(N-1)/N a training micro-batch; below, an
+                      all-reduce (twice that) a step
+  all-to-all          expert parallelism e (``learner.expert_parallel``): in each of the L_moe layers each
+                      of S tokens goes to its k experts and comes back, 2·S·k·h·b·(e-1)/e a pass, S the
+                      micro-batch's tokens at full length (an upper bound: responses are shorter)
+  With e > 1 the routed experts' R parameters leave the gathers and reductions over N ranks: a rank
+  holds R/e of them, gathered and reduced over the N/e ranks that hold the same experts.
+
 This machine's learners are CPU processes over gloo, so there the learner's "GPU" is its RSS, and two
 terms join (``learner_sync_bytes``): gloo's all-gather holds what it gathers twice while it runs, and
 rank 0's object-store copies are in the same memory. ``kvrl bench sync`` measures a
@@ -105,6 +119,8 @@ class ModelShape:
     heads: int = 0
     qk_head_dim: int = 0  # MLA: qk_nope_head_dim + qk_rope_head_dim
     v_head_dim: int = 0
+    routed_params: int = 0  # every routed expert's parameters, all MoE layers
+    experts: int = 0  # routed experts per MoE layer (E)
 
 
 def model_shape(path: str | Path) -> ModelShape:
@@ -150,6 +166,8 @@ def model_shape(path: str | Path) -> ModelShape:
         heads=text.num_attention_heads,
         qk_head_dim=text.qk_nope_head_dim + text.qk_rope_head_dim,
         v_head_dim=text.v_head_dim,
+        routed_params=routed,
+        experts=text.n_routed_experts if moe else 0,
     )
 
 
@@ -168,24 +186,65 @@ class LearnerSetup:
     reduce_bucket: int = 0  # elements (ZeRO >= 1)
     prefetch_bucket: int = 0  # elements (ZeRO-3)
     patches: int = 0  # vision patches per micro-batch
+    expert_parallel: int = 1  # e: the routed experts split over e ranks (learner.expert_parallel)
 
 
 def learner_memory(m: ModelShape, s: LearnerSetup) -> dict[str, float]:
     """Bytes per learner GPU by kind, the weight sync apart (see the module docstring)."""
     P, b, N, W = m.params, s.dtype_bytes, s.ranks, m.layer_params
-    params = P * b / N + (W + min(s.prefetch_bucket, W)) * b if s.zero_stage == 3 else P * b
+    held = P  # parameters a rank holds whole below ZeRO-3
+    if s.expert_parallel > 1:  # a rank holds (and gathers) its E/e experts of a layer, not all E
+        e, layer_experts = s.expert_parallel, m.routed_params / max(m.moe_layers, 1)
+        W = W - layer_experts + layer_experts / e
+        held = P - m.routed_params + m.routed_params / e
+    params = P * b / N + (W + min(s.prefetch_bucket, W)) * b if s.zero_stage == 3 else held * b
     g = 4 if s.fp32_grad_accum and b < 4 else b
-    grads = P * g / N if s.zero_stage >= 2 else P * g
+    # ZeRO >= 2 partitions the experts' gradients over the N/e ranks that share them: P/N as without EP
+    grads = P * g / N if s.zero_stage >= 2 else held * g
     if s.zero_stage >= 1:
         grads += s.reduce_bucket * b + (W * b if s.zero_stage >= 2 else 0)
     state = optimizer_state_bytes(m, s.optimizer) + (MASTER_BYTES * P if b < 4 else 0)
-    states = state / N if s.zero_stage >= 1 else state
+    states = state / N if s.zero_stage >= 1 else state * held / P
     return {
         "parameters": params,
         "gradients": grads,
         "optimizer": states,
         "activations": decoder_activations(m, s) + logit_bytes(m, s) + vision_activations(m, s),
     }
+
+
+@dataclass
+class Iteration:
+    """What one learner rank runs in an RL iteration (from the config)."""
+
+    train_micro_batches: int  # forward + backward, over every pass
+    forward_micro_batches: int  # forward only: the old log-prob pass (trainer.old_logprobs: learner)
+    optimizer_steps: int
+
+
+def learner_traffic(m: ModelShape, s: LearnerSetup, it: Iteration, expert_parallel: int) -> dict[str, float]:
+    """Bytes a learner rank receives in one iteration, by kind (see the module docstring)."""
+    N, b, e = s.ranks, s.dtype_bytes, expert_parallel
+    g = 4 if s.fp32_grad_accum and b < 4 else b
+
+    def share(n: int) -> float:  # what a rank receives of a ring all-gather or reduce-scatter
+        return (n - 1) / n
+
+    experts = m.routed_params if e > 1 else 0
+    dense, local = m.params - experts, experts / e  # local: this rank's experts, over N/e peers
+    gather = dense * b * share(N) + local * b * share(N // e)
+    reduce = dense * g * share(N) + local * g * share(N // e)
+    passes = 2 + int(s.checkpointing)  # forward, backward and, with checkpointing, the recompute
+    runs = passes * it.train_micro_batches + it.forward_micro_batches
+    out = {
+        "parameter gathers": gather
+        * (runs if s.zero_stage == 3 else it.optimizer_steps * (s.zero_stage > 0)),
+        "gradient reduction": reduce
+        * (it.train_micro_batches if s.zero_stage >= 2 else 2 * it.optimizer_steps),
+        "all-to-all": 2 * m.moe_layers * s.tokens * m.experts_per_token * m.hidden * b * share(e) * runs,
+    }
+    out["total"] = sum(out.values())
+    return out
 
 
 def train_flops_per_token(m: ModelShape, context: float, head: bool = True) -> float:
@@ -203,6 +262,8 @@ def decoder_activations(m: ModelShape, s: LearnerSetup) -> float:
     S, h, b = s.tokens, m.hidden, s.dtype_bytes
     dense = S * h * LAYER_ACTIVATION_FACTOR * b / 2
     routed = 2 * S * m.experts_per_token * (2 * h + 3 * m.moe_intermediate) * b
+    if s.expert_parallel > 1:  # the all-to-all's send and receive buffers, S·k rows each
+        routed += 2 * S * m.experts_per_token * h * b
     one = dense + (routed if m.moe_layers else 0)
     if s.checkpointing:
         return m.layers * S * h * b + one

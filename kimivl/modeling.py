@@ -76,7 +76,9 @@ class KimiVLForConditionalGeneration(KimiVLPreTrainedModel, GenerationMixin):
 
         Data-parallel training needs every rank to use every parameter in every backward: ZeRO-2
         reduces gradients in buckets as they arrive and ZeRO-3 gathers parameters per module, so a
-        rank whose micro-batch has no image must still run the vision path, at zero weight.
+        rank whose micro-batch has no image must still run the vision path, at zero weight. Under
+        ZeRO-3 forwards without gradient too (log-prob passes): each module's gather is a collective,
+        so a rank that skipped the vision tower while another ran it would wait in the next gather.
         """
         weight = self.vision_tower.patch_embed.proj.weight
         pixels = torch.zeros(4, 3, 14, 14, dtype=weight.dtype, device=weight.device)
@@ -104,7 +106,8 @@ class KimiVLForConditionalGeneration(KimiVLPreTrainedModel, GenerationMixin):
         if pixel_values is None:
             if num_slots:
                 raise ValueError(f"input_ids hold {num_slots} image placeholder tokens but no pixel_values")
-            if self.training and torch.is_grad_enabled():
+            partitioned = hasattr(self.vision_tower.patch_embed.proj.weight, "ds_id")  # ZeRO-3
+            if partitioned or (self.training and torch.is_grad_enabled()):
                 embeds = embeds + self._idle_vision_term()
             return embeds
         feats = self.image_features(pixel_values, image_grid_hws)

@@ -8,6 +8,7 @@ micro-batches (:func:`shard_for_ranks` pads shards to equal size with inactive s
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import shutil
@@ -19,6 +20,7 @@ from typing import Any, Literal
 import torch
 
 from kimivl import KimiVLProcessor
+from kimivl.weight_stream import official_tensors
 from learner import qkclip
 from learner.distributed import ZERO_BUCKETS, device_kind, load_model, start_distributed
 from learner.experience import (
@@ -31,6 +33,7 @@ from learner.experience import (
     micro_batches,
     pack_by_tokens,
 )
+from learner.expert_parallel import autoep_config, check_expert_parallel, ep_layers, hf_state, moe_groups
 from learner.kernels import pin_kernels
 from learner.logprobs import batch_logprobs
 from learner.loss import LossFn, LossInputs, Mean, combine, policy_metrics
@@ -112,6 +115,10 @@ class LearnerConfig:
     # data_types.grad_accum_dtype): an RL step sums dozens of micro-batches, and bf16's 8-bit mantissa
     # drops the small ones. Costs 4 bytes a parameter of gradient (over the ranks, ZeRO >= 2) instead of 2.
     fp32_grad_accum: bool = True
+    # Expert parallelism (learner/expert_parallel.py, DeepSpeed AutoEP): the routed experts split over
+    # this many ranks, tokens sent to them by all-to-all; 1: off (experts under ZeRO like the rest).
+    # Must divide the learner ranks and the routed experts. With learner.optimizer=adamw.
+    expert_parallel: int = 1
 
     def __post_init__(self):
         if self.micro_batch_tokens < 0:
@@ -122,6 +129,13 @@ class LearnerConfig:
             raise ValueError(f"sync_bucket_mb must be > 0, got {self.sync_bucket_mb}")
         if self.muon_adamw_lr_ratio <= 0:
             raise ValueError(f"muon_adamw_lr_ratio must be > 0, got {self.muon_adamw_lr_ratio}")
+        if self.expert_parallel < 1:
+            raise ValueError(f"expert_parallel must be >= 1 (1: off), got {self.expert_parallel}")
+        if self.expert_parallel > 1 and self.optimizer != "adamw":
+            raise ValueError(
+                f"expert_parallel={self.expert_parallel} takes optimizer=adamw; optimizer="
+                f"{self.optimizer!r} with expert parallelism is not supported yet"
+            )
         if self.qk_clip < 0:
             raise ValueError(f"qk_clip must be >= 0 (0: off), got {self.qk_clip}")
         if self.qk_clip and self.zero_stage == 0:
@@ -131,9 +145,11 @@ class LearnerConfig:
             )
 
 
-def learner_layout(ranks: int, zero_stage: int) -> dict[str, int]:
-    """What DeepSpeed's saved state depends on: it loads back only into the same ranks and ZeRO stage."""
-    return {"learner_ranks": ranks, "zero_stage": zero_stage}
+def learner_layout(ranks: int, zero_stage: int, expert_parallel: int = 1) -> dict[str, int]:
+    """What DeepSpeed's saved state depends on: it loads back only into the same ranks, ZeRO stage and
+    expert parallelism (named only when on, so states saved before it existed still match)."""
+    out = {"learner_ranks": ranks, "zero_stage": zero_stage}
+    return out | ({"expert_parallel": expert_parallel} if expert_parallel > 1 else {})
 
 
 def learner_state_dir(ckpt: Path, saved: dict[str, int] | None, now: dict[str, int]) -> str | None:
@@ -143,8 +159,13 @@ def learner_state_dir(ckpt: Path, saved: dict[str, int] | None, now: dict[str, i
         log.warning("%s has no %s: the optimizer starts afresh (resume is not exact)", ckpt, STATE_DIR)
         return None
     if saved is not None and saved != now:
-        keys = {"learner_ranks": "resources.learner_ranks", "zero_stage": "learner.zero_stage"}
-        diffs = ", ".join(f"{keys[k]}={saved[k]} (this run: {now[k]})" for k in keys if saved[k] != now[k])
+        keys = {
+            "learner_ranks": "resources.learner_ranks",
+            "zero_stage": "learner.zero_stage",
+            "expert_parallel": "learner.expert_parallel",
+        }
+        was, nowv = ({k: d.get(k, 1) for k in keys} for d in (saved, now))
+        diffs = ", ".join(f"{keys[k]}={was[k]} (this run: {nowv[k]})" for k in keys if was[k] != nowv[k])
         raise ValueError(
             f"trainer.resume: {Path(ckpt) / STATE_DIR} was written with {diffs}; resume with the same "
             f"values, or delete {STATE_DIR} to continue from the weights with a fresh optimizer"
@@ -205,9 +226,10 @@ class Learner:
         # QK-clip's recording attention (masked, packed rows included) before any packed one
         packed, clip = bool(cfg.micro_batch_tokens), bool(cfg.qk_clip)
         self.kernels = pin_kernels(model, device, packed=packed, qk_clip=clip)
-        self.routing = RoutingReplay(model)  # hooks on the MoE routers; idle unless a batch has routes
         self.pad_id = KimiVLProcessor.from_pretrained(self.model_path).tokenizer.pad_token_id
         self.engine, self.optimizer, self.lr_scales = self._initialize(deepspeed, model)
+        # hooks on the MoE routers (AutoEP's, once initialize has put them in); idle unless a batch has routes
+        self.routing = RoutingReplay(self.engine.module)
         self.set_lr(cfg.lr)
         self.device = self.engine.device
         self.steps = 0
@@ -218,15 +240,7 @@ class Learner:
         """DeepSpeed's engine and optimizer, and the lr multiplier of each named param group."""
         cfg, config = self.cfg, deepspeed_config(self.cfg, self.dtype)
         if cfg.optimizer == "adamw":
-            optimizer = torch.optim.AdamW(
-                model.parameters(),
-                lr=cfg.lr,
-                weight_decay=cfg.weight_decay,
-                betas=tuple(cfg.betas),
-                eps=cfg.eps,
-            )
-            engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
-            return engine, optimizer, {}
+            return (*self._adamw(deepspeed, model, config), {})
         if device_kind() == "cpu":
             # DeepSpeed wraps Newton-Schulz in torch.compile; on CPU that builds C++ per matrix shape
             # (minutes on the tiny model) to save little. Eager there; compiled on GPU.
@@ -246,6 +260,24 @@ class Learner:
                 counts["adamw"]["parameters"],
             )
         return engine, optimizer, scales
+
+    def _adamw(self, deepspeed, model: torch.nn.Module, config: dict[str, Any]):
+        cfg, text = self.cfg, model.config.text_config
+        adamw = functools.partial(
+            torch.optim.AdamW, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), eps=cfg.eps
+        )
+        if cfg.expert_parallel == 1:
+            engine, optimizer, _, _ = deepspeed.initialize(
+                model=model, optimizer=adamw(model.parameters()), config=config
+            )
+            return engine, optimizer
+        check_expert_parallel(cfg.expert_parallel, self.world_size, text.n_routed_experts)
+        config["expert_parallel"] = autoep_config(text, cfg.expert_parallel)
+        # built by DeepSpeed from the parameters AutoEP leaves, the experts in groups of their own
+        engine, optimizer, _, _ = deepspeed.initialize(
+            model=model, model_parameters=model.parameters(), optimizer=moe_groups(adamw), config=config
+        )
+        return engine, optimizer
 
     # -- forward ---------------------------------------------------------------------------------
 
@@ -494,12 +526,20 @@ class Learner:
 
     def full_state(self) -> dict[str, torch.Tensor] | None:
         """Full weights under the official checkpoint names on rank 0 (None elsewhere). Collective."""
+        module = self.engine.module
         with self._gathered():
             if self.rank != 0:
-                return None
-            return {
-                name: t.detach().to("cpu", copy=True) for name, t in self.engine.module.checkpoint_tensors()
-            }
+                return self._take_part(module)
+            pairs = ((n, v) for name, t in hf_state(module) for n, v in official_tensors(name, t))
+            return {name: t.detach().to("cpu", copy=True) for name, t in pairs}
+
+    @staticmethod
+    def _take_part(module) -> None:
+        """What a rank other than 0 does while rank 0 reads the gathered model: AutoEP layers' experts
+        are gathered over their EP groups as ``hf_state`` walks them, so every rank walks those."""
+        if ep_layers(module):
+            for _ in hf_state(module):
+                pass
 
     # -- streamed weight sync (learner/stream.py) ------------------------------------------------
 
@@ -545,11 +585,13 @@ class Learner:
 
         The directory appears whole or not at all: it is written beside and renamed into place.
         """
+        module = self.engine.module
         if self.rank != 0:
             with self._gathered():  # every rank takes part in gathering the weights
-                return None
+                return self._take_part(module)
         with replacing(out_dir) as tmp, self._gathered():
-            self.engine.module.save_pretrained(tmp)
+            # transformers' layout: AutoEP layers given back as DeepseekV3MoE's tensors
+            module.save_pretrained(tmp, state_dict=dict(hf_state(module)) if ep_layers(module) else None)
             for name in ASSET_FILES:
                 src = Path(self.model_path) / name
                 if src.exists():

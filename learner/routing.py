@@ -15,6 +15,9 @@ so the router still gets gradients (R3: the rollout's mask, the training logits)
 recording is missing (-1: padding, the last position, a prefix the engine found in its cache) keeps
 the router's own choice. No subclass and no fork of transformers' modeling file: the hook runs again
 when gradient checkpointing recomputes a layer, as long as the replay is active through backward.
+With expert parallelism (``learner/expert_parallel.py``) the routers are DeepSpeed AutoEP's, which
+return ``(gates, indices, tokens_per_expert)``; a second hook on each one's ``gate`` keeps the logits,
+and the replacement is the same.
 
 Routes of one sample: ``kimivl/routes.py`` (uint8, ``NOT_ROUTED`` where nothing was recorded).
 """
@@ -31,19 +34,31 @@ from torch import nn
 from kimivl.routes import NOT_ROUTED
 
 ROUTER_CLASS = "DeepseekV3TopkRouter"
+# DeepSpeed AutoEP's router (learner.expert_parallel): returns (gates, indices, tokens per expert) and
+# computes its logits in a child ``gate`` (nn.Linear), whose output a second hook keeps for the replay
+EP_ROUTER_CLASS = "TokenChoiceTopKRouter"
 
 
 def moe_routers(model: nn.Module) -> list[nn.Module]:
     """The model's MoE routers in decoder order (one per MoE layer)."""
-    return [m for m in model.modules() if type(m).__name__ == ROUTER_CLASS]
+    return [m for m in model.modules() if type(m).__name__ in (ROUTER_CLASS, EP_ROUTER_CLASS)]
+
+
+def _is_ep(router: nn.Module) -> bool:
+    return type(router).__name__ == EP_ROUTER_CLASS
 
 
 def replayed_gates(router: nn.Module, logits: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """(N, k) gate weights of ``indices`` (N, k) from the router's ``logits`` (N, E), DeepSeek-V3's form."""
-    weights = logits.sigmoid().gather(1, indices)
-    if router.norm_topk_prob:
+    norm, scale = (
+        (router.route_norm, router.route_scale)
+        if _is_ep(router)
+        else (router.norm_topk_prob, router.routed_scaling_factor)
+    )
+    weights = logits.float().sigmoid().gather(1, indices)
+    if norm:
         weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-    return weights * router.routed_scaling_factor
+    return weights * scale
 
 
 class RoutingReplay:
@@ -63,7 +78,16 @@ class RoutingReplay:
         self._recorded: list[torch.Tensor] | None = None
         self.differing = torch.zeros(len(self.routers), dtype=torch.float64)
         self.counted = torch.zeros(len(self.routers), dtype=torch.float64)
-        self._handles = [r.register_forward_hook(self._hook(i)) for i, r in enumerate(self.routers)]
+        self._logits: dict[int, torch.Tensor] = {}  # AutoEP routers: the gate's last logits
+        # An AutoEP router's hook runs before ZeRO-3's own (prepend): ZeRO-3 then wraps the replayed
+        # outputs for its backward fetch of the router, as it would the router's own. Run after it, the
+        # replayed gates would bypass that wrapping on the ranks that replay, the ranks' module traces
+        # would differ, and ZeRO-3 stops. The gate's logits are kept as ZeRO-3 wrapped them.
+        self._handles = [
+            r.register_forward_hook(self._hook(i), prepend=_is_ep(r)) for i, r in enumerate(self.routers)
+        ]
+        ep = [(i, r) for i, r in enumerate(self.routers) if _is_ep(r)]
+        self._handles += [r.gate.register_forward_hook(self._keep_logits(i)) for i, r in ep]
 
     @contextmanager
     def record(self) -> Iterator[list[torch.Tensor]]:
@@ -105,11 +129,20 @@ class RoutingReplay:
         for h in self._handles:
             h.remove()
 
+    def _keep_logits(self, layer: int):
+        def hook(gate: nn.Module, args, output):
+            if self._routes is not None:
+                self._logits[layer] = output
+
+        return hook
+
     def _hook(self, layer: int):
+        at = 1 if _is_ep(self.routers[layer]) else 2  # where the indices are in the router's output
+
         def hook(router: nn.Module, args, output):
             output = self._replace(layer, router, output)
             if self._recorded is not None:
-                self._recorded.append(output[2].detach().clone())
+                self._recorded.append(output[at].detach().clone())
             return output
 
         return hook
@@ -117,7 +150,8 @@ class RoutingReplay:
     def _replace(self, layer: int, router: nn.Module, output):
         if self._routes is None:
             return output
-        logits, _, own = output
+        ep = _is_ep(router)
+        logits, own = (self._logits.pop(layer), output[1]) if ep else (output[0], output[2])
         recorded = self._routes[:, layer, :].to(device=own.device, dtype=torch.long)
         if recorded.shape[0] != own.shape[0]:
             raise ValueError(f"routes for {recorded.shape[0]} tokens, the layer routes {own.shape[0]}")
@@ -131,7 +165,12 @@ class RoutingReplay:
             self.counted[layer] += float(rows.sum())
         if not self._replay:
             return output
-        return logits, replayed_gates(router, logits, indices), indices
+        gates = replayed_gates(router, logits, indices)
+        if ep:
+            from deepspeed.moe.ep_count import count_tokens_per_expert
+
+            return gates, indices, count_tokens_per_expert(indices, router.num_experts)
+        return logits, gates.to(output[1].dtype), indices
 
 
 def collate_routes(

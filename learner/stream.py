@@ -7,7 +7,9 @@ part), only while rank 0 copies their tensors into the bucket buffer or, for a t
 bucket, broadcasts it from its own memory; they are released before the next group is gathered. Rank
 0's extra memory during a sync is therefore at most the largest module's parameters (gathered) plus one
 bucket, where gathering the whole model took all of it at once on every rank. Below ZeRO-3 the
-parameters are whole already and nothing is gathered.
+parameters are whole already and nothing is gathered. With expert parallelism an MoE layer is one
+module: every rank gathers its experts over the EP group and rank 0 sends them in transformers'
+layout, so the receivers see the same names and shapes as without it.
 """
 
 from __future__ import annotations
@@ -30,13 +32,21 @@ from kimivl.weight_stream import (
     unit_size,
     units,
 )
+from learner.expert_parallel import hf_layer_tensors, is_ep_layer
 
 log = logging.getLogger(__name__)
 
 
-def _own_tensors(prefix: str, module: nn.Module, full_shape) -> Iterator[tuple[str, torch.Tensor]]:
+def _own_tensors(
+    prefix: str, module: nn.Module, full_shape, meta: bool = False
+) -> Iterator[tuple[str, torch.Tensor]]:
     """A module's own parameters, then its persistent buffers, under their state-dict names (the
-    order ``state_dict`` lists them in)."""
+    order ``state_dict`` lists them in). An AutoEP layer (expert parallelism) owns all of its tensors,
+    given in transformers' layout, the experts gathered over its EP group (collective; ``meta``:
+    stand-ins of the full shapes, no communication)."""
+    if is_ep_layer(module):
+        yield from hf_layer_tensors(prefix, module, meta=meta)
+        return
     lead = f"{prefix}." if prefix else ""
     for name, p in module._parameters.items():
         if p is not None:
@@ -71,13 +81,18 @@ class WeightSender:
         if bucket_bytes < 1:
             raise ValueError(f"the weight stream's bucket must be >= 1 byte, got {bucket_bytes}")
         self.module, self.zero3, self.bucket_bytes = module, zero3, bucket_bytes
-        self.owners = [(p, m) for p, m in module.named_modules() if m._parameters or m._buffers]
+        ep = [f"{p}." for p, m in module.named_modules() if is_ep_layer(m)]
+        self.owners = [
+            (p, m)
+            for p, m in module.named_modules()
+            if (m._parameters or m._buffers or is_ep_layer(m)) and not any(p.startswith(e) for e in ep)
+        ]
         self.specs: list[TensorSpec] = []
         sizes = []  # bytes of each owner's own tensors
         for prefix, m in self.owners:
             own = [
                 spec_of(n, t)
-                for name, shaped in _own_tensors(prefix, m, self._meta)
+                for name, shaped in _own_tensors(prefix, m, self._meta, meta=True)
                 for n, t in official_tensors(name, shaped)
             ]
             self.specs += own
@@ -118,7 +133,12 @@ class WeightSender:
         return {"model": self.nbytes, "largest_module": self.largest_module, "bucket": self.bucket_bytes}
 
     def _gathered(self, modules: list[nn.Module]):
-        params = [p for module in modules for p in module._parameters.values() if p is not None]
+        params = [
+            p
+            for module in modules
+            for p in (module.parameters() if is_ep_layer(module) else module._parameters.values())
+            if p is not None
+        ]
         if not self.zero3:
             return nullcontext()
         return _coalesced_gather(params)
@@ -135,17 +155,21 @@ class WeightSender:
         for group in self.gathers:
             owners = [self.owners[k] for k in group]
             with self._gathered([m for _, m in owners]):
-                if stream is None:
-                    continue
-                try:
-                    for prefix, m in owners:
-                        for name, tensor in _own_tensors(prefix, m, lambda p: p):
+                for prefix, m in owners:
+                    if stream is None and not is_ep_layer(m):
+                        continue
+                    # whole before any is sent: an AutoEP layer's EP gather runs on every rank
+                    tensors = list(_own_tensors(prefix, m, lambda p: p))
+                    if stream is None:
+                        continue
+                    try:
+                        for name, tensor in tensors:
                             for _, view in official_tensors(name, tensor.detach()):
                                 self._feed(stream, buffer, i, view)
                                 i += 1
-                except Exception as e:  # a receiver gone: keep taking part in the other ranks' gathers
-                    log.warning("weight stream: broadcast failed after %d tensors: %s", i, e)
-                    failed, stream = e, None
+                    except Exception as e:  # a receiver gone: keep taking part in the other ranks' gathers
+                        log.warning("weight stream: broadcast failed after %d tensors: %s", i, e)
+                        failed, stream = e, None
         if failed is not None:
             raise RuntimeError(
                 f"weight stream: broadcast failed after {i} of {len(self.specs)} tensors"

@@ -207,6 +207,9 @@ class RLConfig:
             )
         if self.resources.rollout_actors < 1:
             raise ValueError("resources.rollout_actors must be >= 1 for RL")
+        ep, ranks = self.learner.expert_parallel, self.resources.learner_ranks
+        if ep > 1 and ranks % ep:
+            raise ValueError(f"learner.expert_parallel={ep} must divide resources.learner_ranks={ranks}")
         sampling = self.rollout.sampling
         if not self.rollout.off_policy_sampling:
             for key, value in (("temperature", sampling.temperature), ("top_p", sampling.top_p)):

@@ -157,7 +157,8 @@ class Trainer:
         self.tracker = self.pool = self.learners = self.reward = self.placement = self.stream = None
 
     def learner_layout(self) -> dict[str, int]:
-        return learner_layout(self.cfg.resources.learner_ranks, self.cfg.learner.zero_stage)
+        lc = self.cfg.learner
+        return learner_layout(self.cfg.resources.learner_ranks, lc.zero_stage, lc.expert_parallel)
 
     def start(self) -> None:
         """Provenance and tracking, then Ray (a local cluster unless RAY_ADDRESS names one), placement,

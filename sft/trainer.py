@@ -177,7 +177,8 @@ class SFTTrainer:
         self.tracker = self.learners = self.placement = self.final = None
 
     def learner_layout(self) -> dict[str, int]:
-        return learner_layout(self.cfg.resources.learner_ranks, self.cfg.learner.zero_stage)
+        lc = self.cfg.learner
+        return learner_layout(self.cfg.resources.learner_ranks, lc.zero_stage, lc.expert_parallel)
 
     def start(self) -> None:
         cfg = self.cfg

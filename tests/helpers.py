@@ -205,6 +205,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def as_learner_rank(rank: int, master_port: int, world_size: int = 2) -> None:
+    """Make this (spawned) process learner rank ``rank`` of a CPU DeepSpeed group on this machine."""
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(master_port),
+        DS_ACCELERATOR="cpu",
+    )
+
+
 @dataclass
 class RayHead:
     """A Ray head started by ``ray start --head --block`` in a process group of its own, with token

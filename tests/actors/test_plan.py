@@ -10,12 +10,14 @@ from actors.placement import ResourceConfig
 from actors.plan import GIB, ModelShape, PlanError, model_shape, place_gpus
 from actors.plan_memory import (
     HostSetup,
+    Iteration,
     LearnerSetup,
     Links,
     host_memory,
     kv_capacity,
     learner_memory,
     learner_sync_bytes,
+    learner_traffic,
     rollout_memory,
     sync_seconds,
     train_flops_per_token,
@@ -111,6 +113,42 @@ def test_the_new_learner_terms_by_hand():
     assert learner_sync_bytes(SHAPE, path="stream", zero_stage=3, rank=0, **cpu) == 2e7 + bucket
     assert learner_sync_bytes(SHAPE, path="object_store", zero_stage=3, rank=1, **cpu) == 2e9 + 6e6
     assert learner_sync_bytes(SHAPE, path="object_store", zero_stage=3, rank=0, **cpu) == 3 * 2e9
+
+
+def test_expert_parallel_memory_and_traffic_by_hand():
+    """learner.expert_parallel: what a rank holds and gathers, and the bytes it receives an iteration."""
+    moe = ModelShape(**{**SHAPE.__dict__, "routed_params": 4 * 10**7, "experts": 8})  # 5e6 a layer
+    base, ep = learner_memory(moe, setup()), learner_memory(moe, setup(expert_parallel=4))
+    # ZeRO-3: the same shard, but the layer it gathers has 5e6 / 4 of its experts: 1e7 - 5e6 + 1.25e6
+    assert ep["parameters"] == 5e8 + 6.25e6 * 2 and base["parameters"] == 5e8 + 1e7 * 2
+    assert ep["gradients"] == 5e8 + 6.25e6 * 2 and ep["optimizer"] == base["optimizer"]
+    # the all-to-all's send and receive buffers: 2 x 1000 tokens x 2 experts x 1000 x 2 bytes
+    assert ep["activations"] == base["activations"] + 8e6
+    z2 = learner_memory(moe, setup(zero_stage=2, expert_parallel=4))
+    assert z2["parameters"] == (1e9 - 4e7 + 1e7) * 2  # whole below ZeRO-3, but only its own experts
+
+    it = Iteration(train_micro_batches=10, forward_micro_batches=5, optimizer_steps=2)
+    zero3 = learner_traffic(moe, setup(), it, 1)
+    # a gather brings 1e9 x 2 x 3/4 = 1.5e9; 3 passes x 10 + 5 forward-only = 35 of them; a reduce-scatter
+    # of the same size each training micro-batch
+    assert zero3 == {
+        "parameter gathers": 35 * 1.5e9,
+        "gradient reduction": 10 * 1.5e9,
+        "all-to-all": 0.0,
+        "total": 35 * 1.5e9 + 10 * 1.5e9,
+    }
+    e4 = learner_traffic(moe, setup(), it, 4)
+    # the experts leave the gathers (each rank the only holder of its quarter): 9.6e8 x 2 x 3/4 = 1.44e9;
+    # all-to-all: 2 ways x 8 layers x 1000 tokens x 2 experts x 1000 x 2 bytes x 3/4 = 4.8e7 a pass
+    assert e4["parameter gathers"] == pytest.approx(35 * 1.44e9)
+    assert e4["gradient reduction"] == pytest.approx(10 * 1.44e9)
+    assert e4["all-to-all"] == pytest.approx(35 * 4.8e7)
+    e2 = learner_traffic(moe, setup(), it, 2)
+    # half the experts a rank, gathered from the one other rank holding them: + 2e7 x 2 x 1/2
+    assert e2["parameter gathers"] == pytest.approx(35 * (1.44e9 + 2e7))
+    z2 = learner_traffic(moe, setup(zero_stage=2), it, 1)
+    assert z2["parameter gathers"] == 2 * 1.5e9  # the updated weights, once a step
+    assert learner_traffic(moe, setup(zero_stage=1), it, 1)["gradient reduction"] == 2 * 2 * 1.5e9
 
 
 def test_host_ram_tp_capacity_and_sync_time_by_hand():
@@ -231,6 +269,22 @@ def test_a3b_configs_fit_their_clusters(name, kvrl_plan):
     else:  # 8 GPUs: 5 learner ranks and 3 engines x TP 1 on one node; the sync within 10 s over NVLink
         assert "overlap: rollout and learners on disjoint GPUs (1 node(s) hold both)" in out
         assert seconds <= 10
+
+
+def test_the_plan_weighs_expert_parallelism_against_zero3_gathers(kvrl_plan):
+    out = kvrl_plan(A3B / "rl-1x8.yaml").stdout
+    # 5 ranks: no expert parallelism divides them and 64 experts; ZeRO-3's gathers are ~30 TB a rank
+    assert "no learner.expert_parallel > 1 divides 5 ranks and 64 experts" in out
+    total = float(re.search(r"without expert parallelism: ([\d.]+) TB", out)[1])
+    assert 25 <= total <= 35
+    out = kvrl_plan(A3B / "rl-1x8.yaml", "resources.learner_ranks=4", "learner.expert_parallel=4").stdout
+    line = next(x for x in out.splitlines() if x.startswith("learner traffic"))
+    assert "expert_parallel 4: " in line and "all-to-all" in line and "without expert parallelism" in line
+    assert re.search(r"5x less below [\d.]+K", line)
+    bad = kvrl_plan(A3B / "rl-1x8.yaml", "learner.expert_parallel=2")
+    assert bad.returncode != 0 and "learner.expert_parallel=2 must divide resources.learner_ranks=5" in (
+        bad.stdout + bad.stderr
+    )
 
 
 def test_the_plan_keeps_its_margin_and_counts_the_old_sync_path(kvrl_plan):

@@ -10,29 +10,16 @@ each rank's peak RSS during the sync, less its RSS before, is what the sync hold
 from __future__ import annotations
 
 import multiprocessing
-import os
-import socket
 
 import pytest
+
+from tests.helpers import as_learner_rank, free_port
 
 BUCKET_MB = 4.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def _rank(rank: int, model: str, master_port: int, out) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK="0",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(master_port),
-        DS_ACCELERATOR="cpu",
-    )
+    as_learner_rank(rank, master_port)
     from actors.memory import peak_rss_mb, reset_peak_rss
     from learner.rank import Learner, LearnerConfig
 
@@ -79,7 +66,7 @@ def test_a_streamed_sync_holds_one_module_and_one_bucket_on_the_16x_model(tmp_pa
         monkeypatch.setenv(key, value)  # read by the spawned interpreters at start
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     ranks = [ctx.Process(target=_rank, args=(r, model, port, out)) for r in (0, 1)]
     for p in ranks:
         p.start()
