@@ -132,9 +132,12 @@ class LearnerConfig:
         if self.expert_parallel < 1:
             raise ValueError(f"expert_parallel must be >= 1 (1: off), got {self.expert_parallel}")
         if self.expert_parallel > 1 and self.optimizer != "adamw":
+            # AutoEP keeps each expert's gate and up matrices apart, where transformers fuses them:
+            # Muon would orthogonalize other matrices (at another Moonlight scale) than without EP
             raise ValueError(
-                f"expert_parallel={self.expert_parallel} takes optimizer=adamw; optimizer="
-                f"{self.optimizer!r} with expert parallelism is not supported yet"
+                f"expert_parallel={self.expert_parallel} takes optimizer=adamw: with optimizer="
+                f"{self.optimizer!r} AutoEP's split gate and up matrices would make Muon another "
+                "optimizer than without expert parallelism"
             )
         if self.qk_clip < 0:
             raise ValueError(f"qk_clip must be >= 0 (0: off), got {self.qk_clip}")

@@ -1,9 +1,9 @@
 """Expert parallelism (``learner.expert_parallel``, DeepSpeed AutoEP, ``learner/expert_parallel.py``) on
 two ZeRO-3 ranks over gloo against the same two ranks without it: the same old log-probs with routes
-replayed, the same loss and gradient norm for two optimizer steps, each rank holding half of the
-experts; a checkpoint taken between the steps and loaded back gives the second step again; the full
-state, the export and a streamed sync all give the weights of the run without expert parallelism,
-under transformers' and the official names.
+replayed, the same loss, gradient norm and QK-clip for two optimizer steps, under ZeRO-3 and ZeRO-2, each rank
+holding half of the experts; a checkpoint taken between the steps and loaded back gives the second step
+again; the full state, the export and a streamed sync all give the weights of the run without expert
+parallelism, under transformers' and the official names.
 
 Every learner is its own process pair (spawned: DeepSpeed needs real processes), as is the stream's
 receiver.
@@ -37,15 +37,18 @@ def _rank(rank: int, model: str, port: int, folder: str, out) -> None:
 
     samples = experiences(model)[rank::2]  # this rank's shard: images and recorded routes among them
     loss_fn = get_loss("opmd").bound({"tau": 1.0})
-    kinds = {"plain": 1, "ep": 2}
+    # (ZeRO stage, expert parallelism); QK-clip on at a tau low enough to act (it must keep working)
+    kinds = {"plain": (3, 1), "ep": (3, 2), "ep_zero2": (2, 2)}
     learners = {
         kind: Learner(
             model,
-            LearnerConfig(zero_stage=3, lr=1e-3, micro_batch_size=2, routing_replay=True, expert_parallel=e),
+            LearnerConfig(
+                zero_stage=z, lr=1e-3, micro_batch_size=2, routing_replay=True, expert_parallel=e, qk_clip=1.0
+            ),
             rank,
             2,
         )
-        for kind, e in kinds.items()
+        for kind, (z, e) in kinds.items()
     }
     got: dict = {"rank": rank}
     ep = learners["ep"]
@@ -57,25 +60,32 @@ def _rank(rank: int, model: str, port: int, folder: str, out) -> None:
     got["moe_groups"] = sum(1 for g in groups if g.get("moe"))
     lps = {kind: learner.logprobs(samples) for kind, learner in learners.items()}
     got["logprob_diff"] = max(
-        abs(x - y) for a, b in zip(lps["plain"], lps["ep"], strict=True) for x, y in zip(a, b, strict=True)
+        abs(x - y)
+        for kind in ("ep", "ep_zero2")
+        for a, b in zip(lps["plain"], lps[kind], strict=True)
+        for x, y in zip(a, b, strict=True)
     )
     for s, lp in zip(samples, lps["plain"], strict=True):
         s.old_logprobs = [x - 0.01 for x in lp]  # a moved policy: tau acts
     steps = {kind: [] for kind in kinds}
     for kind, learner in learners.items():
         steps[kind].append(learner.train_step(samples, loss_fn, 8))
-    ep.save_state(folder)  # between the steps
+    eps = ("ep", "ep_zero2")
+    for kind in eps:  # between the steps
+        learners[kind].save_state(os.path.join(folder, kind))
     for kind, learner in learners.items():
         steps[kind].append(learner.train_step(samples, loss_fn, 8))
     states = {kind: learner.full_state() for kind, learner in learners.items()}
-    ep.load_state(folder)
-    again = ep.train_step(samples, loss_fn, 8)
-    resumed = ep.full_state()
+    again, resumed = {}, {}
+    for kind in eps:
+        learners[kind].load_state(os.path.join(folder, kind))
+        again[kind] = {m: float(v) for m, v in learners[kind].train_step(samples, loss_fn, 8).items()}
+        resumed[kind] = learners[kind].full_state()
     got["steps"] = {k: [{m: float(v) for m, v in step.items()} for step in v] for k, v in steps.items()}
-    got["again"] = {m: float(v) for m, v in again.items()}
+    got["again"] = again
     if rank == 0:
-        got["state_diff"] = _diff(states["plain"], states["ep"])
-        got["resumed_diff"] = _diff(states["ep"], resumed)
+        got["state_diff"] = max(_diff(states["plain"], states[kind]) for kind in eps)
+        got["resumed_diff"] = max(_diff(states[kind], resumed[kind]) for kind in eps)
         got["plain_state"] = {k: v.numpy() for k, v in states["plain"].items()}  # not shared memory
     ep.export_hf(os.path.join(folder, "export"))
     if rank == 0:
@@ -134,13 +144,23 @@ def test_expert_parallel_ranks_train_checkpoint_export_and_sync_as_without_it(ti
         assert r["expert_share"] == pytest.approx(0.5)  # each rank holds half of the routed experts
         assert r["moe_groups"] >= 1  # the experts' own optimizer group: reduced over their EP peers only
         assert r["logprob_diff"] <= TOL
-        for plain, ep in zip(r["steps"]["plain"], r["steps"]["ep"], strict=True):
-            assert ep["skipped"] == plain["skipped"] == 0.0 and plain["grad_norm"] > 0
-            for key in ("loss", "grad_norm", "kl", "log_ratio_sq", "entropy"):
-                assert ep[key] == pytest.approx(plain[key], rel=TOL, abs=1e-7), (rank, key)
-        # the checkpoint between the steps, loaded back: the second step again
-        for key in ("loss", "grad_norm", "kl"):
-            assert r["again"][key] == pytest.approx(r["steps"]["ep"][1][key], rel=1e-6, abs=1e-8), key
+        assert r["steps"]["plain"][0]["qk_clip_heads"] > 0  # QK-clip acted
+        for kind in ("ep", "ep_zero2"):
+            for plain, ep in zip(r["steps"]["plain"], r["steps"][kind], strict=True):
+                assert ep["skipped"] == plain["skipped"] == 0.0 and plain["grad_norm"] > 0
+                for key in (
+                    "loss",
+                    "grad_norm",
+                    "kl",
+                    "log_ratio_sq",
+                    "entropy",
+                    "qk_clip_heads",
+                    "max_logit",
+                ):
+                    assert ep[key] == pytest.approx(plain[key], rel=TOL, abs=1e-7), (rank, kind, key)
+            # the checkpoint between the steps, loaded back: the second step again
+            for key in ("loss", "grad_norm", "kl"):
+                assert r["again"][kind][key] == pytest.approx(r["steps"][kind][1][key], rel=1e-6, abs=1e-8)
     zero = got[0]
     assert zero["state_diff"] <= TOL  # full state, official names, after two steps
     assert zero["resumed_diff"] <= 1e-6
