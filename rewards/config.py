@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from .extract import DEFAULT_MAX_CHARS
 from .length import LengthPenalty
-from .registry import resolve_verifier
-from .sandbox import VerifierPool
+from .registry import resolve_scorer
+from .sandbox import Task, VerifierPool
+from .styles import STYLES
 from .verifiers import DEFAULT_VERIFIER
 
 
@@ -18,6 +20,12 @@ class RewardConfig:
     verifier call may use; unset means ``max(60, 10 * timeout_s)``."""
 
     verifier: str = DEFAULT_VERIFIER
+    # How to call rewards.verifier: auto (from its parameters) or kvrl, kvrl_rich, verl, trl, openrlhf
+    # (rewards/styles.py); a row's own verifier takes a '@STYLE' suffix or is detected
+    verifier_style: str = "auto"
+    # A graded score (verl, TRL, OpenRLHF, kvrl_rich styles) is the reward; it counts as correct
+    # (accuracy, curriculum success, the length reward's split) from this value on
+    correct_threshold: float = 1.0
     workers: int = 2
     timeout_s: float = 10.0
     memory_mb: int = 2048
@@ -26,7 +34,11 @@ class RewardConfig:
     length: LengthPenalty = field(default_factory=LengthPenalty)
 
     def __post_init__(self):
-        resolve_verifier(self.verifier)  # fail at config time, naming the verifier
+        if self.verifier_style not in ("auto", *STYLES):
+            raise ValueError(
+                f"verifier_style must be auto or one of {', '.join(STYLES)}, got {self.verifier_style!r}"
+            )
+        resolve_scorer(self.verifier, self.verifier_style)  # fail at config time, naming the verifier
         for name in ("workers", "memory_mb", "max_answer_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -34,6 +46,24 @@ class RewardConfig:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.cpu_time_s is not None and self.cpu_time_s < 1:
             raise ValueError(f"cpu_time_s must be >= 1, got {self.cpu_time_s}")
+
+    def task(
+        self, response: str, gold, verifier: str | None = None, prompt: str = "", row: dict | None = None
+    ) -> Task:
+        """A verification of ``response``: by a row's own ``verifier`` (its style from its suffix or
+        detected) or by ``rewards.verifier`` in ``rewards.verifier_style``."""
+        row = {k: v for k, v in (row or {}).items() if k != "images"}  # images stay out of the workers
+        style = None if verifier else self.verifier_style
+        text = json.dumps(row, default=str, ensure_ascii=False) if row else ""
+        return Task(
+            response, str(gold), verifier or self.verifier, prompt, text, style, self.correct_threshold
+        )
+
+    @property
+    def verifier_spec(self) -> str:
+        """``rewards.verifier`` with its declared style as a suffix, for paths that take a name only."""
+        declared = self.verifier_style != "auto" and "@" not in self.verifier
+        return f"{self.verifier}@{self.verifier_style}" if declared else self.verifier
 
     def make_pool(self) -> VerifierPool:
         return VerifierPool(

@@ -47,9 +47,13 @@ def total_rewards(
     group_ids: Sequence[Hashable],
     iteration: int,
     penalty: LengthPenalty,
+    scores: Sequence[float | None] | None = None,
 ) -> list[float]:
-    """correctness (0/1) + weight * length reward per group, the length part only after warm-up."""
+    """correctness (0/1, or a graded verifier's score where ``scores`` has one) + weight * length
+    reward per group, the length part only after warm-up."""
     rewards = [float(c) for c in correct]
+    if scores is not None:
+        rewards = [r if s is None else float(s) for r, s in zip(rewards, scores, strict=True)]
     if penalty.weight == 0 or iteration < penalty.warmup_iterations:
         return rewards
     groups: dict[Hashable, list[int]] = defaultdict(list)

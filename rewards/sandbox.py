@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import logging
 import math
 import multiprocessing as mp
@@ -40,11 +41,18 @@ STARTUP_TIMEOUT_S = 120.0
 
 @dataclass(frozen=True)
 class Task:
-    """One verification: ``verifier`` names a built-in, ``module:function`` or an entry point."""
+    """One verification: ``verifier`` names a built-in, ``module:function`` or an entry point (with an
+    optional ``@style``); ``prompt`` (the question) and ``row`` (the data set row) are for verifiers
+    written to another framework's contract (``rewards/styles.py``), ``style`` is the one to call it in
+    (None: its suffix or detected), ``threshold`` the score that counts as correct."""
 
     response: str
     gold: str
     verifier: str = DEFAULT_VERIFIER
+    prompt: str = ""
+    row: str = ""  # the row as JSON text: a Task stays hashable (evaluations key their caches by it)
+    style: str | None = None
+    threshold: float = 1.0
 
 
 NETWORK_DISABLED = "network access is disabled in the verifier sandbox"
@@ -136,7 +144,16 @@ def _worker_main(conn: Connection, memory_bytes: int, max_chars: int, cpu_s: int
         task_id, task = msg
         _set_cpu_budget(cpu_s)
         try:
-            verdict = verify_response(task.response, task.gold, task.verifier, max_chars)
+            verdict = verify_response(
+                task.response,
+                task.gold,
+                task.verifier,
+                max_chars,
+                prompt=task.prompt,
+                row=json.loads(task.row) if task.row else None,
+                style=task.style,
+                threshold=task.threshold,
+            )
         except BaseException as e:  # MemoryError, RecursionError, UnknownVerifier ...
             verdict = Verdict(False, None, False, f"{type(e).__name__}: {e}"[:500])
         try:

@@ -30,7 +30,7 @@ from evaluation.tts import TrainingCurves, wandb_series
 from kimivl import KimiVLProcessor
 from learner.experience import Experience
 from learner.rank import learner_layout, learner_state_dir
-from rewards import Task, Verdict, total_rewards
+from rewards import Verdict, total_rewards
 from rl.config import LossConfig, RLConfig, RolloutConfig, TrainerConfig, warn_stale_reference
 from rl.losses import assign_advantages, combine, get_loss
 from rl.offpolicy import correct, mismatch_metrics
@@ -215,7 +215,7 @@ class Trainer:
         if not cfg.eval.tts_every:
             return None
         curves = TrainingCurves(
-            cfg.eval, cfg.data.path, self.processor, self.run_dir, cfg.trainer.seed, cfg.rewards.verifier
+            cfg.eval, cfg.data.path, self.processor, self.run_dir, cfg.trainer.seed, cfg.rewards.verifier_spec
         )
         curves.check_fits(cfg.rollout.max_model_len)
         return curves
@@ -355,15 +355,21 @@ class Trainer:
 
     def score(self, rollouts: list[Rollout], it: int) -> None:
         """Verdicts from the reward actor, then rewards (correctness and length, over whole groups)."""
-        default = self.cfg.rewards.verifier
-        tasks = [Task(r.sample.text, r.problem.answer, r.problem.verifier or default) for r in rollouts]
+        rc = self.cfg.rewards
+        tasks = [
+            rc.task(
+                r.sample.text, r.problem.answer, r.problem.verifier, r.problem.question, r.problem.columns
+            )
+            for r in rollouts
+        ]
         verdicts = ray.get(self.reward.verify.remote(tasks))
         rewards = total_rewards(
             [v.correct for v in verdicts],
             [len(r.sample.response_token_ids) for r in rollouts],
             [r.group for r in rollouts],
             it,
-            self.cfg.rewards.length,
+            rc.length,
+            scores=[v.score for v in verdicts],
         )
         penalty = self.cfg.rollout.repeat.penalty
         for r, v, reward in zip(rollouts, verdicts, rewards, strict=True):
