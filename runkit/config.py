@@ -10,6 +10,7 @@ dotted key, and the file when the value came from one::
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import types
 import typing
@@ -170,7 +171,11 @@ def _describe(schema: type, err: dict) -> str:
     loc, kind, got = err["loc"], err["type"], err["input"]
     key = _dotted(loc)
     if kind in ("unexpected_keyword_argument", "extra_forbidden"):
-        return f"unknown config key {key!r}; valid keys here: {', '.join(_keys_at(schema, loc[:-1]))}"
+        valid = _keys_at(schema, loc[:-1])
+        near = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+        parent = _dotted(loc[:-1])
+        hint = f"did you mean {(parent + '.' if parent else '') + near[0]!r}? " if near else ""
+        return f"unknown config key {key!r}; {hint}valid keys here: {', '.join(valid)}"
     if kind in ("value_error", "assertion_error"):  # raised by a __post_init__: name its section
         text = str(err["ctx"]["error"])
     elif kind == "literal_error":

@@ -10,20 +10,39 @@ def add_parser(sub) -> None:
     bench = sub.add_parser(
         "bench",
         help="side-by-side benchmarks; JSON (benchmark, kvrl, baseline, ratio, unit) + docs/benchmarks.md",
+        description="Side-by-side benchmarks on this machine, reported as ratios measured in one run. "
+        "kvrl bench NAME --help describes one.",
     )
     from benchmarks import BENCHMARKS  # light: names and descriptions only
 
-    bench.add_argument(
-        "name", choices=list(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items())
-    )
-    bench.add_argument("--quick", action="store_true", help="the smallest size only")
-    bench.add_argument("--repeats", type=int, default=3, help="timed repeats per size (medians reported)")
-    bench.add_argument("--model", type=Path, help="Kimi-VL directory (default: a fresh tiny model)")
-    bench.add_argument("--out", type=Path, help="write the JSON result(s) here")
-    bench.add_argument(
-        "--table", type=Path, help="markdown table to add rows to (default: docs/benchmarks.md)"
-    )
-    bench.set_defaults(func=_cmd_bench)
+    names = bench.add_subparsers(dest="name", required=True, metavar="NAME")
+    for name, summary in BENCHMARKS.items():
+        one = names.add_parser(
+            name,
+            help=summary,
+            description=_description(name) or summary,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        one.add_argument("--quick", action="store_true", help="the smallest size only")
+        one.add_argument("--repeats", type=int, default=3, help="timed repeats per size (medians reported)")
+        one.add_argument("--model", type=Path, help="Kimi-VL directory (default: a fresh tiny model)")
+        one.add_argument("--out", type=Path, help="write the JSON result(s) here")
+        one.add_argument(
+            "--table", type=Path, help="markdown table to add rows to (default: docs/benchmarks.md)"
+        )
+        one.set_defaults(func=_cmd_bench)
+
+
+def _description(name: str) -> str | None:
+    """The benchmark module's docstring, read from its source without importing it (which would load
+    torch, vLLM or Ray just to print help)."""
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec(f"benchmarks.{name}")
+    if spec is None or spec.origin is None:
+        return None
+    return ast.get_docstring(ast.parse(Path(spec.origin).read_text(encoding="utf-8")))
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

@@ -126,3 +126,19 @@ def test_quick_benchmark_writes_a_well_formed_result(name, tiny_dir, tmp_path):
             result["heldout_accuracy"]["bf16_replay_tis"][0] - result["heldout_accuracy"]["fp32"][0]
         ]
         assert gap["ci95"] == [None, None]  # no interval from one seed
+
+
+def test_each_benchmark_has_its_own_help(capsys):
+    from kvrl.cli import main
+
+    for name, own, other in (
+        ("longtail", "rollout without the long tail", "packed RL micro-batches"),
+        ("packing", "packed", "rollout without the long tail"),
+    ):
+        with pytest.raises(SystemExit) as done:
+            main(["bench", name, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        assert (
+            f"kvrl bench {name} [-h] [--quick]" in text and own in text.lower() and other not in text.lower()
+        )

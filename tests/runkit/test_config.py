@@ -69,22 +69,33 @@ def test_values_fill_nested_dataclasses(tmp_path):
 
 def test_unknown_top_level_key_names_the_file_and_the_valid_keys(tmp_path):
     path = write(tmp_path, "inner: {}\nlimmit: 3\n")
-    expected = f"{path}: unknown config key 'limmit'; valid keys here: inner, items, limit"
+    expected = (
+        f"{path}: unknown config key 'limmit'; did you mean 'limit'? valid keys here: inner, items, limit"
+    )
     assert message(Outer, path) == expected
 
 
 def test_unknown_nested_key_names_its_dotted_path_and_the_file(tmp_path):
     path = write(tmp_path, "inner: {count: 2, cuont: 3}\n")
     keys = "count, either, enabled, mode, name, rate, weights"
-    assert message(Outer, path) == f"{path}: unknown config key 'inner.cuont'; valid keys here: {keys}"
+    assert (
+        message(Outer, path)
+        == f"{path}: unknown config key 'inner.cuont'; did you mean 'inner.count'? valid keys here: {keys}"
+    )
     path = write(tmp_path, "items: [{}, {nme: a}]\n")
-    assert message(Outer, path) == f"{path}: unknown config key 'items[1].nme'; valid keys here: {keys}"
+    assert (
+        message(Outer, path)
+        == f"{path}: unknown config key 'items[1].nme'; did you mean 'items[1].name'? valid keys here: {keys}"
+    )
 
 
 def test_unknown_key_in_a_real_config_file(tmp_path):
     path = write(tmp_path, "rollout:\n  sampling: {n: 4, topp: 0.9}\n")
     got = message(RLConfig, path)
-    assert got.startswith(f"{path}: unknown config key 'rollout.sampling.topp'; valid keys here: ")
+    assert got.startswith(
+        f"{path}: unknown config key 'rollout.sampling.topp'; did you mean 'rollout.sampling.top_p'? "
+        "valid keys here: "
+    )
     assert "max_tokens, n, temperature, thinking_budget, top_p" in got
 
 
@@ -156,7 +167,10 @@ def test_sft_schedule_errors_name_the_phase(tmp_path):
     assert len(load_config(SFTConfig, sft).schedule) == 2
     path = write(tmp_path, "schedule:\n  - {epochs: 1}\n  - {epochz: 2}\n")
     got = message(SFTConfig, path)
-    assert got.startswith(f"{path}: unknown config key 'schedule[1].epochz'; valid keys here: decay, epochs")
+    assert got.startswith(
+        f"{path}: unknown config key 'schedule[1].epochz'; did you mean 'schedule[1].epochs'? "
+        "valid keys here: decay, epochs"
+    )
     bad = message(SFTConfig, sft, ["schedule=[{epochs: 1}, {epochs: many}]"])
     assert bad == "schedule[1].epochs: expected a number, got 'many'"
     assert message(SFTConfig, sft, ["schedule=[{epochs: 1}, {epochs: 0}]"]) == (
