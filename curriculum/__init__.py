@@ -3,7 +3,13 @@
 Imports without vLLM, Ray or torch.
 """
 
-from .difficulty import DifficultyError, check_difficulty, difficulty_from_outcomes, easy_to_hack
+from .difficulty import (
+    DifficultyError,
+    accuracy_by_level,
+    check_difficulty,
+    difficulty_from_outcomes,
+    easy_to_hack,
+)
 from .prioritized import PrioritizedSampler
 from .schedule import CurriculumConfig, CurriculumSampler, Stage, admitted, stage_index
 
@@ -13,6 +19,7 @@ __all__ = [
     "DifficultyError",
     "PrioritizedSampler",
     "Stage",
+    "accuracy_by_level",
     "admitted",
     "check_difficulty",
     "difficulty_from_outcomes",

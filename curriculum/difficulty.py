@@ -40,3 +40,26 @@ def difficulty_from_outcomes(outcomes: Sequence[float]) -> float:
 def easy_to_hack(no_thinking_outcomes: Sequence[float]) -> bool:
     """k1.5's filter: a problem answered correctly *without* thinking in any of N tries is easy to hack."""
     return any(o >= 1.0 for o in no_thinking_outcomes)
+
+
+LEVELS = 4  # difficulty bins of the per-level accuracy: [0, 0.25), [0.25, 0.5), [0.5, 0.75), [0.75, 1]
+
+
+def accuracy_by_level(pairs: Sequence[tuple[float | None, bool]], levels: int = LEVELS) -> dict[str, float]:
+    """Accuracy per difficulty bin, ``{"accuracy/difficulty_0.25-0.50": 0.6, ...}``, from (difficulty,
+    correct) pairs; rows without a difficulty and empty bins are left out. A curriculum moves a run's
+    batches to harder problems, so its batch accuracy can fall while every level's rises: this shows it."""
+    if levels < 1:
+        raise ValueError(f"levels must be >= 1, got {levels}")
+    sums: dict[int, list[int]] = {}
+    for difficulty, correct in pairs:
+        if difficulty is None:
+            continue
+        level = min(int(difficulty * levels), levels - 1)
+        tally = sums.setdefault(level, [0, 0])
+        tally[0] += bool(correct)
+        tally[1] += 1
+    return {
+        f"accuracy/difficulty_{k / levels:.2f}-{(k + 1) / levels:.2f}": right / n
+        for k, (right, n) in sorted(sums.items())
+    }

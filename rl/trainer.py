@@ -25,7 +25,7 @@ from actors.reward import RewardActor
 from actors.rollout import ACTOR_FAILURES, RolloutPool, RolloutUnavailable
 from actors.stream import WeightStream
 from corpus.problems import DataError, Problem, load_problems
-from curriculum import CurriculumSampler
+from curriculum import CurriculumSampler, accuracy_by_level
 from evaluation.tts import TrainingCurves, wandb_series
 from kimivl import KimiVLProcessor
 from learner.experience import Experience
@@ -521,6 +521,7 @@ class Trainer:
                 not r.verdict.correct and r.verdict.error is not None for r in rollouts
             ),
             "data_rows_skipped": self.rows_skipped,
+            **accuracy_by_level([(r.problem.difficulty, r.verdict.correct) for r in rollouts]),
             **{k: v for k, v in learn.items() if k not in ("kl", "entropy")},
             **self.sampler.metrics([self._index[p.id] for p in batch.problems], it),
             **self._eval_row,
