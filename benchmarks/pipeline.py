@@ -14,7 +14,7 @@ demo's RL accuracy by a few points (DESIGN.md), so one seed cannot tell a 2-poin
 ``accuracy_gaps`` holds pipelined minus synchronous per seed and ``accuracy_gap`` their mean; the speed
 figures are medians over the repeats. Both sides do the same work: the learners score each batch before
 learning it (the reference and the mismatch monitor), and the pipelined loop runs with
-``trainer.stale_reference: learning``, the default (README). At the full size a third loop runs
+``trainer.stale_reference: learning``, the default (docs/rl.md). At the full size a third loop runs
 beside them, pipelined with ``stale_reference: sampling`` (each step centred on the policy that
 sampled its batch: about 11 points lost on the demo), with its own ``accuracy_gaps_sampling`` and
 ``accuracy_gap_sampling`` on the same seeds. (Before the monitor, the ``sampling`` loop skipped the

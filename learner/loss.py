@@ -41,7 +41,7 @@ class LossInputs:
     """One micro-batch as a loss sees it."""
 
     logprobs: torch.Tensor  # (B, T) log pi_theta of the sampled tokens (with grad)
-    old_logprobs: torch.Tensor  # (B, T) the reference, log pi_theta_i (trainer.stale_reference: README)
+    old_logprobs: torch.Tensor  # (B, T) the reference, log pi_theta_i (trainer.stale_reference: docs/rl.md)
     response_mask: torch.Tensor  # (B, T) 1 on tokens the policy chose; 0 on padding and forced tokens
     advantages: torch.Tensor  # (B,) from ``PolicyLoss.advantages`` over whole groups
     # (B, T) per-token weights on the policy-gradient term: the off-policy correction's (rl/offpolicy.py);

@@ -1,5 +1,5 @@
 """The RL stage's config: the trainer's keys, the loss's, the rollout's, and ``RLConfig`` that nests them
-with the learner's, the rewards', the curriculum's, the resources' and the rest (README: configuration).
+with the learner's, the rewards', the curriculum's, the resources' and the rest (README: Configuration).
 Validated when built; ``runkit.config.load_config`` builds it from YAML and overrides."""
 
 from __future__ import annotations
@@ -42,11 +42,11 @@ class TrainerConfig:
     # The reference of tokens an older policy sampled (a batch sampled ahead, a partial rollout's earlier
     # segments). learning: the policy about to learn the batch, recomputed by the learners before its
     # first step, so the mirror-descent step starts from its own reference as in the synchronous loop;
-    # the sampling policy enters through off_policy_correction (README). sampling: that policy's own
+    # the sampling policy enters through off_policy_correction (docs/rl.md). sampling: that policy's own
     # log-probs, from the rollout (k1.5's eq. 3 as written; about 11 points lost pipelined on the demo).
     stale_reference: Literal["sampling", "learning"] = "learning"
     # Correct for the gap between the policy that sampled a token and the reference (rl/offpolicy.py,
-    # README "Off-policy correction"): none; tis (token weights min(rho, correction_cap) on the
+    # docs/rl.md "Off-policy correction"): none; tis (token weights min(rho, correction_cap) on the
     # policy-gradient term); icepop (tokens whose rho is outside correction_band leave the loss); mis
     # (responses whose geometric-mean rho is outside correction_band leave it). Needs old_logprobs=learner.
     off_policy_correction: Literal["none", "tis", "icepop", "mis"] = "none"
@@ -56,14 +56,14 @@ class TrainerConfig:
     routing_replay: bool = False
     correction_cap: float = 2.0
     correction_band: tuple[float, float] = (0.5, 2.0)
-    # Leave out groups whose rewards are all equal (no policy gradient): a departure from eq. 3 (README).
+    # Leave out groups whose rewards are all equal (no policy gradient): a departure from eq. 3 (docs/rl.md).
     drop_zero_signal_groups: bool = False
     save_every: int = 1
     keep_checkpoints: int = 2
     max_nonfinite_in_a_row: int = 5
     max_restarts: int = 0  # times a run whose actor died starts again from its last checkpoint by itself
     # Pipelined RL: with 1 the engines sample iteration i+1's batch while the learners train on iteration
-    # i's, so every batch is learned by a policy one version newer than the one that sampled it (README).
+    # i's, so every batch is learned by a policy one version newer than the one that sampled it (docs/rl.md).
     # 0: the synchronous loop.
     max_staleness: int = 0
 
@@ -109,13 +109,13 @@ class TrainerConfig:
 
 
 def warn_stale_reference(t: TrainerConfig) -> None:
-    """Pipelining with k1.5's reference as written learns much less per iteration (README): say so."""
+    """Pipelining with k1.5's reference as written learns much less per iteration (docs/rl.md): say so."""
     if t.max_staleness and t.stale_reference == "sampling":
         log.warning(
             "trainer.max_staleness=%d with trainer.stale_reference=sampling: each step is centred on the "
             "policy that sampled its batch, one version back; on the demo this ended 9.2 points below the "
             "synchronous loop after 20 iterations (two seeds), the default trainer.stale_reference=learning "
-            "0.1 above it (README)",
+            "0.1 above it (docs/rl.md)",
             t.max_staleness,
         )
 
@@ -177,10 +177,10 @@ class RolloutConfig:
     speculative_max_batch: int = 0
     # true: draft only where drafting has paid on each engine, per batch size (measured tokens per second
     # of step with and without drafts; rollout.speculation.SpeculationGate); false: whenever allowed
-    # above. Off by default: on this CPU it drafted too rarely and lost to the fixed schedule (README)
+    # above. Off by default: on this CPU it drafted too rarely and lost to the fixed schedule (docs/rl.md)
     speculative_adaptive: bool = False
     # true: allow sampling at temperature != 1 or top_p < 1. The loss still takes log-probs at
-    # temperature 1, so it then trains on samples of another policy than the one it assumes (README).
+    # temperature 1, so it then trains on samples of another policy than the one it assumes (docs/rl.md).
     off_policy_sampling: bool = False
 
 
@@ -217,7 +217,7 @@ class RLConfig:
                     raise ValueError(
                         f"rollout.sampling.{key}={value:g}: RL rollouts must be samples of the policy "
                         "itself (temperature 1, top_p 1), whose temperature-1 log-probs the loss uses. "
-                        "Set rollout.off_policy_sampling=true to train on them anyway (README: sampling)"
+                        "Set rollout.off_policy_sampling=true to train on them anyway (docs/rl.md: sampling)"
                     )
         if self.rollout.speculative_tokens < 0:
             raise ValueError(

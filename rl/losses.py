@@ -20,7 +20,7 @@ tau * log mean exp(r / tau) of the derivation). log pi(y|x) is the sum of the re
 log-probs; the token-normalized variant divides both sums by the response length. The tau term's
 gradient is zero at pi = pi_old: it acts only from the second optimizer step on the same samples.
 
-Off-policy correction (``rl/offpolicy.py``, README "Off-policy correction"). Eq. 3 is an expectation
+Off-policy correction (``rl/offpolicy.py``, docs/rl.md "Off-policy correction"). Eq. 3 is an expectation
 over y ~ pi_old, but the engine sampled y from mu. The exact correction weighs each response's whole
 term by pi_old(y) / mu(y), a product over its tokens whose variance grows with length. kvrl corrects
 only the policy-gradient term, token by token: -(r_j - rbar) * sum_t w_t log pi(y_jt), w_t the truncated

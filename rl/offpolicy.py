@@ -25,7 +25,7 @@ included; a forced token has no rollout value), with rho = pi_learner / mu per t
 - ``mis``: sequence masking, a response whose geometric-mean rho (exp of its mean log rho) lies outside
   [lo, hi] dropped whole (the product over a 16K-token response would leave nothing inside any band).
 
-Where each enters Kimi k1.5's eq. 3 and why (it is not PPO's token surrogate) is in the README's
+Where each enters Kimi k1.5's eq. 3 and why (it is not PPO's token surrogate) is in docs/rl.md's
 "Off-policy correction" section and ``rl/losses.py``. Pure tensor code: no Ray, no learner.
 """
 

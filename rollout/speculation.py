@@ -449,7 +449,7 @@ class GroupSpeculator:
 
 class AdaptiveGroupSpeculator(GroupSpeculator):
     """``GroupSpeculator`` with a ``SpeculationGate``: drafts only where drafting has paid on this
-    engine (``rollout.speculative_adaptive``). Measured on this CPU (README) it loses to the plain
+    engine (``rollout.speculative_adaptive``). Measured on this CPU (docs/benchmarks.md) it loses to the plain
     batch-size schedule: its first drafts of a request come from a cold drafter and look worse than
     they are, and a step that switches between drafting and not costs more than either."""
 
