@@ -20,7 +20,7 @@ from pathlib import Path
 from corpus.problems import DataError, Problem, load_problems
 from curriculum import difficulty_from_outcomes, easy_to_hack
 from kimivl import ImageInputError, KimiVLProcessor
-from rewards import DEFAULT_VERIFIER, Task, VerifierPool
+from rewards import DEFAULT_VERIFIER, VerifierPool, problem_task
 from rollout.engine import EngineConfig, make_llm
 from rollout.inputs import make_request
 from rollout.prompts import chat_prompt
@@ -116,7 +116,10 @@ def sample_and_verify(llm, pool, problems, requests, params, default_verifier) -
     tasks, owner = [], []
     for i, (p, out) in enumerate(zip(problems, outputs, strict=True)):
         for completion in out.outputs:
-            tasks.append((completion, Task(completion.text, p.answer, p.verifier or default_verifier)))
+            task = problem_task(
+                completion.text, p.answer, p.verifier or default_verifier, p.question, p.columns
+            )
+            tasks.append((completion, task))
             owner.append(i)
     results: list[list[tuple]] = [[] for _ in problems]
     verdicts = pool.verify([task for _, task in tasks])

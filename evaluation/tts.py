@@ -47,7 +47,7 @@ from evaluation.curves import (
 )
 from kimivl import KimiVLProcessor
 from kimivl.processing import load_image
-from rewards import DEFAULT_VERIFIER, THINK_CLOSE, THINK_OPEN, Task, Verdict, VerifierPool
+from rewards import DEFAULT_VERIFIER, THINK_CLOSE, THINK_OPEN, Task, Verdict, VerifierPool, problem_task
 from rollout.engine import EngineConfig
 from rollout.prompts import chat_prompt
 from rollout.worker import RolloutRequest, RolloutResult, RolloutWorker, SamplingConfig
@@ -262,7 +262,9 @@ def score_cuts(
                         texts[cut.token_ids] = THINK_OPEN + tokenizer.decode(
                             list(cut.token_ids), skip_special_tokens=True
                         )
-                    task = Task(texts[cut.token_ids], str(p.answer), p.verifier or default_verifier)
+                    task = problem_task(
+                        texts[cut.token_ids], p.answer, p.verifier or default_verifier, p.question, p.columns
+                    )
                     tasks.setdefault(task, len(tasks))
                 keys.append((b, i, j, cut, task))
     verdicts = verify(list(tasks)) if tasks else []

@@ -11,7 +11,7 @@ from .config import RewardConfig
 from .extract import THINK_CLOSE, THINK_OPEN, Extraction, extract
 from .length import LengthPenalty, length_reward, total_rewards
 from .registry import ENTRY_POINT_GROUP, UnknownVerifier, resolve_verifier
-from .sandbox import Task, VerifierPool
+from .sandbox import Task, VerifierPool, problem_task
 from .verdict import Verdict, verify_response
 from .verifiers import BUILTIN_VERIFIERS, DEFAULT_VERIFIER, RejectedInput
 
@@ -31,6 +31,7 @@ __all__ = [
     "VerifierPool",
     "extract",
     "length_reward",
+    "problem_task",
     "resolve_verifier",
     "total_rewards",
     "verify_response",

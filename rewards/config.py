@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
 from .extract import DEFAULT_MAX_CHARS
 from .length import LengthPenalty
 from .registry import resolve_scorer
-from .sandbox import Task, VerifierPool
+from .sandbox import Task, VerifierPool, problem_task
 from .styles import STYLES
 from .verifiers import DEFAULT_VERIFIER
 
@@ -52,11 +51,9 @@ class RewardConfig:
     ) -> Task:
         """A verification of ``response``: by a row's own ``verifier`` (its style from its suffix or
         detected) or by ``rewards.verifier`` in ``rewards.verifier_style``."""
-        row = {k: v for k, v in (row or {}).items() if k != "images"}  # images stay out of the workers
         style = None if verifier else self.verifier_style
-        text = json.dumps(row, default=str, ensure_ascii=False) if row else ""
-        return Task(
-            response, str(gold), verifier or self.verifier, prompt, text, style, self.correct_threshold
+        return problem_task(
+            response, gold, verifier or self.verifier, prompt, row, style, self.correct_threshold
         )
 
     @property

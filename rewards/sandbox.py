@@ -55,6 +55,22 @@ class Task:
     threshold: float = 1.0
 
 
+def problem_task(
+    response: str,
+    gold,
+    verifier: str,
+    prompt: str = "",
+    row: dict | None = None,
+    style: str | None = None,
+    threshold: float = 1.0,
+) -> Task:
+    """A :class:`Task` for one data set row: its question as ``prompt`` and the row (``images`` left
+    out: they stay out of the workers) as JSON, for verifiers written to another framework's contract."""
+    row = {k: v for k, v in (row or {}).items() if k != "images"}
+    text = json.dumps(row, default=str, ensure_ascii=False) if row else ""
+    return Task(response, str(gold), verifier, prompt, text, style, threshold)
+
+
 NETWORK_DISABLED = "network access is disabled in the verifier sandbox"
 _CLONE_NEWUSER = 0x10000000
 _CLONE_NEWNET = 0x40000000
