@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
+from learner.optim import full_shape
+
 EP_LAYER = "AutoEPMoELayer"
 # where Kimi-VL's decoder MLPs sit (the dense first layer has no experts; AutoEP leaves it)
 MOE_PATTERN = r"language_model\.model\.layers\.\d+\.mlp"
@@ -77,12 +79,6 @@ def ep_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if is_ep_layer(m)]
 
 
-def _whole_shape(p: torch.Tensor) -> tuple[int, ...]:
-    """A parameter's shape on its rank, whole over ZeRO-3's partitioning (``ds_shape``)."""
-    shape = getattr(p, "ds_shape", None)
-    return tuple(shape) if shape is not None else tuple(p.shape)
-
-
 def _ep_gather(t: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """The EP group's shards of ``t`` (E/e, ...) laid end to end in rank order: (E, ...). Collective
     over the layer's EP group."""
@@ -105,7 +101,7 @@ def hf_layer_tensors(prefix: str, layer: nn.Module, meta: bool = False) -> Itera
     yield f"{lead}gate.weight", _meta(router.gate.weight) if meta else router.gate.weight
     yield f"{lead}gate.e_score_correction_bias", router.e_score_correction_bias
     if meta:
-        e, i, h = _whole_shape(experts.w1)
+        e, i, h = full_shape(experts.w1)
         dtype = experts.w1.dtype
         e *= layer.ep_size
         yield f"{lead}experts.gate_up_proj", torch.empty(e, 2 * i, h, dtype=dtype, device="meta")
@@ -121,7 +117,7 @@ def hf_layer_tensors(prefix: str, layer: nn.Module, meta: bool = False) -> Itera
 
 
 def _meta(p: torch.Tensor) -> torch.Tensor:
-    return torch.empty(_whole_shape(p), dtype=p.dtype, device="meta")
+    return torch.empty(full_shape(p), dtype=p.dtype, device="meta")
 
 
 def hf_state(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:

@@ -13,7 +13,7 @@ Attention (the language model's MLA: q/k head 192, v head 128):
 - on CUDA with FlashAttention installed (3 before 2), transformers' flash path, which pads V up to the
   q/k head size and crops the output, and runs packed rows as variable-length sequences from their
   position resets;
-- packed rows otherwise: one SDPA per sequence (``learner/packing.py use_packed_attention``);
+- packed rows otherwise: one SDPA per sequence (``learner/packing.py`` ``PACKED_ATTENTION``);
 - padded batches otherwise: torch SDPA, which picks its own backend.
 
 :func:`pin_kernels` sets both and returns what it chose; :func:`kernels_ran` says which expert paths

@@ -121,7 +121,7 @@ def packed_logits(model, batch: PackedBatch, hidden_states_only: bool = False) -
     return out.last_hidden_state if hidden_states_only else out.logits
 
 
-# Attention over a packed row, one sequence at a time (``use_packed_attention``).
+# Attention over a packed row, one sequence at a time (chosen by ``learner/kernels.py pin_kernels``).
 PACKED_ATTENTION = "kvrl_packed"
 
 
@@ -153,10 +153,3 @@ def _packed_mask(**kwargs):
 
 AttentionInterface.register(PACKED_ATTENTION, _packed_attention)
 AttentionMaskInterface.register(PACKED_ATTENTION, _packed_mask)
-
-
-def use_packed_attention(model) -> None:
-    """Give the language model attention that runs each sequence of a packed row on its own: on CPU,
-    SDPA with a block-diagonal mask computes every block of the row, masked or not (``kvrl bench
-    packing``). Padded batches (with a mask) attend as before."""
-    model.language_model.config._attn_implementation = PACKED_ATTENTION

@@ -11,9 +11,9 @@ import torch
 
 from kimivl import KimiVLForConditionalGeneration, KimiVLProcessor
 from learner.experience import Experience, by_length, collate, collate_row, micro_batches, pack_by_tokens
+from learner.kernels import pin_kernels
 from learner.logprobs import batch_logprobs
 from learner.loss import LossInputs
-from learner.packing import use_packed_attention
 from learner.rank import Learner, LearnerConfig
 from learner.routing import RoutingReplay, moe_routers
 from rl.losses import assign_advantages, get_loss
@@ -83,12 +83,12 @@ def test_packed_rows_give_the_padded_logprobs_loss_and_gradients(tiny_dir):
     assert any(len({samples[i].group_id for i in b}) > 1 for b in packed_batches)  # groups split
     grads, results = {}, {}
     # padded rows; packed rows with a block-diagonal mask; packed rows attended one sequence at a time
-    # (use_packed_attention), with gradient checkpointing, whose recompute in backward must split alike
+    # (pin_kernels' packed attention), with gradient checkpointing, whose recompute must split alike
     for way in ("padded", "masked", "per_sequence"):
         model = KimiVLForConditionalGeneration.from_pretrained(tiny_dir, dtype=torch.float32)
         assert moe_routers(model)
         if way == "per_sequence":
-            use_packed_attention(model)
+            pin_kernels(model, "cpu", packed=True)
             model.gradient_checkpointing_enable()
         pack = way != "padded"
         batches = packed_batches if pack else micro_batches(by_length(samples), 2)
